@@ -1,0 +1,542 @@
+"""The stack config: pydantic models, loading, and every check made before
+anything is created.
+
+Keys live under the project's namespace (`efa-infra:network`,
+`efa-infra:fleets`, ...) and `aws:region`, as `pulumi config` writes them.
+`load()` returns a validated `StackConfig` or raises `ConfigError` listing every
+problem at once, each with its key path, the bad value and what would be valid.
+The same models give the JSON Schema for editors. Pure: no Pulumi import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from . import addressing, efa
+from .catalog import Catalog, UnknownInstanceType, from_data, regions
+
+NAMESPACE = "efa-infra"
+SECTIONS = ("network", "fleets", "instanceTypes", "eks", "jobs")
+NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        use_attribute_docstrings=False,
+    )
+
+
+# --- network -----------------------------------------------------------------
+
+
+class NetworkConfig(Model):
+    vpc_cidr: str = Field(
+        "10.0.0.0/16",
+        description="IPv4 CIDR of the VPC, /16 to /24. Private subnets are carved from it, sized for the fleets.",
+    )
+    nat_gateways: Literal["single", "per-az"] = Field(
+        "single",
+        description="NAT for egress: one gateway for the VPC (cheaper), or one per AZ (no cross-AZ dependency).",
+    )
+    interface_endpoints: list[Literal["ecr.api", "ecr.dkr", "sts", "ssm", "ssmmessages", "ec2messages", "logs"]] = Field(
+        default_factory=list,
+        description="Interface VPC endpoints to create, so image pulls and API calls skip the NAT. "
+        "An S3 gateway endpoint is always created.",
+    )
+    availability_zones: list[str] = Field(
+        default_factory=list,
+        description="AZs that get subnets besides the fleets' own, e.g. a second AZ for the EKS control plane.",
+    )
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(v)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 CIDR ({exc}); for example 10.0.0.0/16") from None
+        if not 16 <= net.prefixlen <= 24:
+            raise ValueError(f"/{net.prefixlen} is outside what a VPC may be: /16 to /24")
+        return str(net)
+
+
+# --- fleets ------------------------------------------------------------------
+
+
+class NodeCounts(Model):
+    min: int = Field(0, ge=0, description="Fewest nodes the fleet scales to.")
+    desired: int = Field(..., ge=0, description="Nodes to run now.")
+    max: int | None = Field(None, ge=1, description="Most nodes the fleet may grow to; subnets are sized for it. Default: desired.")
+
+    @model_validator(mode="after")
+    def _order(self) -> "NodeCounts":
+        top = self.maximum
+        if not self.min <= self.desired <= top:
+            raise ValueError(f"need min <= desired <= max, got min={self.min}, desired={self.desired}, max={top}")
+        if top < 1:
+            raise ValueError("max must be at least 1")
+        return self
+
+    @property
+    def maximum(self) -> int:
+        return self.desired if self.max is None else self.max
+
+
+class PlacementConfig(Model):
+    mode: Literal["cluster", "existing", "none"] | None = Field(
+        None,
+        description="cluster: create a cluster placement group; existing: use the group named in groupName; "
+        "none: no group (a capacity reservation or block decides placement). "
+        "Default: cluster, or none when capacity.type is a reservation or capacity block.",
+    )
+    group_name: str | None = Field(None, description="The existing placement group, for mode: existing.")
+
+
+class CapacityConfig(Model):
+    type: Literal["on-demand", "reservation", "capacity-block"] = Field(
+        "on-demand",
+        description="on-demand; reservation: target an On-Demand Capacity Reservation; capacity-block: an EC2 Capacity Block for ML.",
+    )
+    reservation_id: str | None = Field(
+        None, pattern=r"^cr-[0-9a-f]{8,17}$", description="The capacity reservation or block id (cr-...), for reservation and capacity-block."
+    )
+
+
+class FleetConfig(Model):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Fleet name: lower case, digits and '-', at most 24 characters; used in resource names.")
+    instance_type: str = Field(..., description="EC2 instance type, e.g. p5.48xlarge. Must be in the catalog or declared under efa-infra:instanceTypes.")
+    availability_zone: str = Field(..., description="The one AZ the fleet runs in (EFA traffic does not cross AZs), e.g. us-east-1a.")
+    nodes: NodeCounts = Field(..., description="Node counts: min, desired, max.")
+    efa: bool = Field(True, description="Attach every EFA device the instance type has.")
+    efa_layout: Literal["ena-primary", "efa-primary"] = Field(
+        "ena-primary",
+        description="ena-primary: ENA primary and efa-only devices (AWS's current recommendation, one IP per node); "
+        "efa-primary: the classic layout with EFA on the primary interface.",
+    )
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Placement group for the fleet.")
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
+    ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
+    root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_type(cls, v: str, info: ValidationInfo) -> str:
+        cat = (info.context or {}).get("catalog")
+        if cat is not None and v not in cat:
+            try:
+                cat.get(v)
+            except UnknownInstanceType as exc:
+                raise ValueError(f"{exc}; declare a type the data lacks under {NAMESPACE}:instanceTypes") from None
+        return v
+
+    @field_validator("availability_zone")
+    @classmethod
+    def _in_region(cls, v: str, info: ValidationInfo) -> str:
+        region = (info.context or {}).get("region")
+        if isinstance(region, str) and not re.fullmatch(re.escape(region) + r"[a-z]", v):
+            raise ValueError(f"not an AZ of region {region}; expected {region}a, {region}b, ...")
+        return v
+
+    @property
+    def placement_mode(self) -> str:
+        if self.placement.mode is not None:
+            return self.placement.mode
+        return "cluster" if self.capacity.type == "on-demand" else "none"
+
+
+class CardSpec(Model):
+    index: int = Field(..., ge=0, description="Network card index.")
+    maximum_network_interfaces: int = Field(..., ge=1, description="Interfaces the card holds.")
+    interface_types: list[Literal["interface", "efa", "efa-only"]] = Field(..., min_length=1, description="Interface types the card accepts.")
+    baseline_bandwidth_gbps: float = Field(..., gt=0, description="The card's baseline bandwidth, Gbps.")
+
+
+class AcceleratorSpec(Model):
+    kind: Literal["gpu", "neuron"] = Field(..., description="gpu (NVIDIA) or neuron (Trainium/Inferentia).")
+    manufacturer: str = Field("NVIDIA", description="Accelerator manufacturer.")
+    name: str = Field(..., description="Accelerator model, e.g. H100.")
+    count: int = Field(..., ge=1, description="Accelerators per instance.")
+    memory_mib: int = Field(0, ge=0, description="Memory per accelerator, MiB.", alias="memoryMiB")
+
+
+class InstanceTypeSpec(Model):
+    """A type the shipped AWS data lacks, declared with its card layout."""
+
+    architectures: list[Literal["x86_64", "arm64"]] = Field(["x86_64"], description="CPU architectures.")
+    vcpus: int = Field(..., ge=1, description="Default vCPUs.")
+    memory_mib: int = Field(..., ge=1, description="Memory, MiB.", alias="memoryMiB")
+    maximum_network_interfaces: int = Field(..., ge=1, description="Interfaces across all cards.")
+    ipv4_addresses_per_interface: int = Field(..., ge=1, description="Private IPv4 addresses per interface.")
+    maximum_efa_interfaces: int = Field(..., ge=0, description="EFA devices the type takes (0: no EFA).")
+    network_cards: list[CardSpec] = Field(..., min_length=1, description="Network cards, card 0 first.")
+    placement_strategies: list[Literal["cluster", "partition", "spread"]] = Field(["cluster", "partition", "spread"], description="Placement strategies the type supports.")
+    accelerator: AcceleratorSpec | None = Field(None, description="The accelerators, if any.")
+
+    @model_validator(mode="after")
+    def _cards(self) -> "InstanceTypeSpec":
+        indices = [c.index for c in self.network_cards]
+        if 0 not in indices or len(set(indices)) != len(indices):
+            raise ValueError(f"networkCards need card 0 and distinct indices, got {indices}")
+        return self
+
+
+# --- EKS -----------------------------------------------------------------------
+
+
+class EksConfig(Model):
+    enabled: bool = Field(False, description="Create an EKS cluster; every fleet then joins it as a managed node group.")
+    version: str = Field("1.33", pattern=r"^1\.\d{2}$", description="Kubernetes version, e.g. 1.33.")
+    public_access_cidrs: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
+    )
+
+    @field_validator("public_access_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.IPv4Network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IPv4 CIDR such as 203.0.113.0/24") from None
+        return v
+
+
+# --- jobs ------------------------------------------------------------------------
+
+
+class JobConfig(Model):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Job name: lower case, digits and '-'.")
+    fleet: str = Field(..., description="The fleet (efa-infra:fleets[].name) the job runs on.")
+    launcher: Literal["torchrun", "accelerate", "nccl-tests"] = Field(..., description="How processes are launched.")
+    command: list[str] = Field(default_factory=list, description="The program and its arguments, e.g. [train.py, --epochs, '3'].")
+    image: str | None = Field(None, description="Container image, for jobs on EKS.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables; they override the derived EFA settings.")
+    nodes: int | None = Field(None, ge=1, description="Nodes to run on (at most the fleet's max). Default: the fleet's desired count.")
+    procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
+    efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
+
+
+# --- the stack -------------------------------------------------------------------
+
+
+class StackConfig(Model):
+    """Everything one stack (environment) asks for."""
+
+    region: str = Field(..., description="AWS region, from aws:region.")
+    network: NetworkConfig = Field(default_factory=NetworkConfig, description="The VPC and its subnets.")
+    fleets: list[FleetConfig] = Field(default_factory=list, description="GPU fleets, each in one AZ and placement group.")
+    instance_types: dict[str, InstanceTypeSpec] = Field(default_factory=dict, description="Instance types the shipped AWS data lacks, by name.")
+    eks: EksConfig = Field(default_factory=EksConfig, description="The optional EKS cluster.")
+    jobs: list[JobConfig] = Field(default_factory=list, description="Training jobs rendered for the fleets.")
+
+    def catalog(self) -> Catalog:
+        return catalog_for(self.instance_types)
+
+    def fleet(self, name: str) -> FleetConfig:
+        return next(f for f in self.fleets if f.name == name)
+
+
+def catalog_for(specs: dict[str, InstanceTypeSpec]) -> Catalog:
+    return Catalog({name: from_data(name, spec.model_dump(by_alias=True), custom=True) for name, spec in specs.items()})
+
+
+# --- errors ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # e.g. efa-infra:fleets[0].nodes.max
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], source: str = "stack config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)} in {self.source}:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def key_path(loc: tuple) -> str:
+    """('fleets', 0, 'nodes', 'max') -> 'efa-infra:fleets[0].nodes.max'."""
+    if not loc:
+        return NAMESPACE
+    head, rest = loc[0], loc[1:]
+    out = "aws:region" if head == "region" else f"{NAMESPACE}:{head}"
+    for part in rest:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The model that holds the key at `loc`, to list its valid keys."""
+    model: Any = StackConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            if model is StackConfig:
+                return None
+            continue  # a dict key, such as an instance type name
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _valid_keys(model: type[BaseModel]) -> str:
+    return ", ".join(f.alias or n for n, f in model.model_fields.items())
+
+
+def _from_pydantic(err: ValidationError) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        path = key_path(loc)
+        if e["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            valid = _valid_keys(model) if model else ", ".join(SECTIONS)
+            near = difflib.get_close_matches(str(loc[-1]), valid.split(", "), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            problems.append(Problem(path, f"unknown key{hint} Valid keys here: {valid}"))
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            problems.append(Problem(path, "required key is missing"))
+        elif isinstance(e["input"], (dict, list)):
+            problems.append(Problem(path, msg))  # a whole section: the message names the values
+        else:
+            problems.append(Problem(path, f"{msg} (got {e['input']!r})"))
+    return problems
+
+
+# --- checks that need the catalog or several fields --------------------------------
+
+
+def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
+    at = lambda key: key_path(("fleets", i, *key.split(".")))  # noqa: E731
+    out: list[Problem] = []
+    itype = cat.get(f.instance_type)  # known: checked with the fields
+    if f.efa and not itype.efa_supported:
+        family = f.instance_type.split(".")[0]
+        alike = [t.name for t in cat.efa_types() if t.name.split(".")[0] == family][:4]
+        hint = f"EFA sizes of {family}: {', '.join(alike)}" if alike else "python -m components types lists them"
+        out.append(Problem(at("efa"), f"{f.instance_type} has no EFA device; set efa: false or pick an EFA type ({hint})"))
+    elif f.efa:
+        try:
+            efa.interfaces(itype, f.efa_layout)
+        except efa.EfaLayoutError as exc:
+            out.append(Problem(at("efaLayout"), str(exc)))
+    mode, cap = f.placement_mode, f.capacity.type
+    if mode == "cluster" and "cluster" not in itype.placement_strategies:
+        out.append(Problem(at("placement.mode"), f"{f.instance_type} does not support cluster placement groups; use none or existing"))
+    if mode == "existing" and not f.placement.group_name:
+        out.append(Problem(at("placement.groupName"), "required when placement.mode is existing"))
+    if mode != "existing" and f.placement.group_name:
+        out.append(Problem(at("placement.groupName"), f"only used with placement.mode existing (mode is {mode})"))
+    if cap != "on-demand" and not f.capacity.reservation_id:
+        out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...)"))
+    if cap == "on-demand" and f.capacity.reservation_id:
+        out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    if cap != "on-demand" and mode == "cluster":
+        out.append(Problem(
+            at("placement.mode"),
+            f"'cluster' creates a new placement group, which conflicts with capacity.type {cap}: the reservation "
+            "decides placement and a new group can fail with InsufficientInstanceCapacity. Use none, or existing "
+            "with the group the reservation was made in",
+        ))
+    return out
+
+
+def _sizing_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
+    """Subnets sized for the fleets at their max: a fleet that cannot fit is named with the numbers."""
+    need: dict[str, int] = {az: 0 for az in cfg.network.availability_zones}
+    by_az: dict[str, list[tuple[int, FleetConfig, int]]] = {}
+    for i, f in fleets:
+        try:
+            per_node = fleet_addresses_per_node(f, cat, cfg.eks.enabled)
+        except (UnknownInstanceType, efa.EfaLayoutError):
+            continue  # reported by the fleet checks
+        need[f.availability_zone] = need.get(f.availability_zone, 0) + per_node * f.nodes.maximum
+        by_az.setdefault(f.availability_zone, []).append((i, f, per_node))
+    try:
+        addressing.plan_subnets(cfg.network.vpc_cidr, need, {})
+    except addressing.AddressingError as exc:
+        blamed = by_az.get(exc.az) or [(None, None, 0)]
+        problems = []
+        for i, f, per_node in blamed:
+            if f is None:
+                problems.append(Problem(key_path(("network", "vpcCidr")), f"{exc} (got {cfg.network.vpc_cidr!r}); widen the VPC"))
+                continue
+            problems.append(Problem(
+                key_path(("fleets", i, "nodes", "max")),
+                f"fleet {f.name!r} cannot fit: {f.nodes.maximum} nodes x {per_node} private addresses each = "
+                f"{f.nodes.maximum * per_node} in {f.availability_zone}; {exc}. Lower nodes.max, use efaLayout "
+                f"ena-primary, or widen network.vpcCidr",
+            ))
+        return problems
+    return []
+
+
+def fleet_addresses_per_node(f: FleetConfig, cat: Catalog, on_eks: bool) -> int:
+    itype = cat.get(f.instance_type)
+    interfaces = efa.interfaces(itype, f.efa_layout) if f.efa else [efa.Interface(0, 0, "interface")]
+    return addressing.node_addresses(itype, efa.summarize(itype, interfaces), on_eks)
+
+
+def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: list[tuple[int, JobConfig]],
+                  raw_fleet_names: set[str]) -> list[Problem]:
+    out: list[Problem] = []
+    if cfg.region not in regions():
+        near = difflib.get_close_matches(cfg.region, regions(), n=2)
+        out.append(Problem("aws:region", f"{cfg.region!r} is not an AWS region" + (f"; did you mean {', '.join(near)}?" if near else "")))
+    seen: dict[str, int] = {}
+    for i, f in fleets:
+        if f.name in seen:
+            out.append(Problem(key_path(("fleets", i, "name")), f"{f.name!r} is already the name of fleets[{seen[f.name]}]"))
+        seen.setdefault(f.name, i)
+    for k, az in enumerate(cfg.network.availability_zones):
+        if not re.fullmatch(re.escape(cfg.region) + r"[a-z]", az):
+            out.append(Problem(key_path(("network", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
+    azs = {f.availability_zone for _, f in fleets} | set(cfg.network.availability_zones)
+    if cfg.eks.enabled and len(azs) < 2:
+        out.append(Problem(key_path(("network", "availabilityZones")),
+                           f"EKS needs subnets in two AZs; the stack has {sorted(azs) or 'none'}: add a second AZ here"))
+    known = {f.name: f for _, f in fleets}
+    for j, job in jobs:
+        if job.fleet not in raw_fleet_names:
+            out.append(Problem(key_path(("jobs", j, "fleet")),
+                               f"no fleet named {job.fleet!r}; fleets: {', '.join(sorted(raw_fleet_names)) or 'none'}"))
+        elif job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
+            out.append(Problem(key_path(("jobs", j, "nodes")),
+                               f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))
+    return out
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def _valid_specs(specs: dict) -> dict[str, InstanceTypeSpec]:
+    out = {}
+    for name, value in specs.items():
+        try:
+            out[name] = InstanceTypeSpec.model_validate(value)
+        except ValidationError:
+            pass  # reported by the whole-document validation
+    return out
+
+
+def _salvage(raw: dict, context: dict) -> tuple[StackConfig | None, list[tuple[int, FleetConfig]], list[tuple[int, JobConfig]]]:
+    """The parts of an invalid document that are valid alone, so their checks still run."""
+    def one(model, value, default=None):
+        try:
+            return model.model_validate(value if value is not None else {}, context=context)
+        except ValidationError:
+            return default
+    if not isinstance(raw.get("region"), str):
+        return None, [], []
+    cfg = StackConfig.model_construct(
+        region=raw["region"],
+        network=one(NetworkConfig, raw.get("network"), NetworkConfig()),
+        eks=one(EksConfig, raw.get("eks"), EksConfig()),
+        instance_types=_valid_specs(raw.get("instanceTypes") if isinstance(raw.get("instanceTypes"), dict) else {}),
+        fleets=[], jobs=[],
+    )
+    items = lambda key: raw.get(key) if isinstance(raw.get(key), list) else []  # noqa: E731
+    fleets = [(i, m) for i, v in enumerate(items("fleets")) if (m := one(FleetConfig, v))]
+    jobs = [(j, m) for j, v in enumerate(items("jobs")) if (m := one(JobConfig, v))]
+    return cfg, fleets, jobs
+
+
+def load(raw: dict, source: str = "stack config") -> StackConfig:
+    """Validate a config document (`region` plus the namespace's sections) or raise ConfigError."""
+    problems: list[Problem] = []
+    specs = raw.get("instanceTypes") if isinstance(raw.get("instanceTypes"), dict) else {}
+    context = {"catalog": catalog_for(_valid_specs(specs)), "region": raw.get("region")}
+    try:
+        cfg = StackConfig.model_validate(raw, context=context)
+        fleets, jobs = list(enumerate(cfg.fleets)), list(enumerate(cfg.jobs))
+    except ValidationError as err:
+        problems.extend(_from_pydantic(err))
+        cfg, fleets, jobs = _salvage(raw, context)
+    if cfg is not None:
+        cat = cfg.catalog()
+        for i, f in fleets:
+            problems.extend(_fleet_checks(i, f, cat))
+        raw_fleets = raw.get("fleets") if isinstance(raw.get("fleets"), list) else []
+        raw_names = {f.get("name") for f in raw_fleets if isinstance(f, dict)}
+        problems.extend(_stack_checks(cfg, fleets, jobs, raw_names))
+        if not problems:
+            problems.extend(_sizing_checks(cfg, fleets, cat))
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), source)
+    return cfg
+
+
+def document_from_settings(settings: dict[str, Any]) -> dict:
+    """`{"aws:region": ..., "efa-infra:fleets": [...]}` -> the document `load` takes.
+
+    Values may be structured (a stack file) or JSON text (how the Pulumi engine
+    hands config to the program). Other namespaces are left alone; unknown keys
+    of ours are kept so that validation names them.
+    """
+    doc: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and key.startswith(NAMESPACE + ":"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if key == "aws:region":
+            doc["region"] = value
+        elif key.startswith(NAMESPACE + ":"):
+            doc[key.split(":", 1)[1]] = value
+    return doc
+
+
+def read_stack_file(path: str | Path) -> dict[str, Any]:
+    """The `config:` map of a Pulumi stack file, keys as written (`ns:key`)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError([Problem(str(p), "no such stack file")], str(p)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(str(p), f"not valid YAML: {exc}")], str(p)) from None
+    settings = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(settings, dict):
+        raise ConfigError([Problem(str(p), "a stack file needs a top-level 'config:' mapping")], str(p))
+    return settings
+
+
+def load_file(path: str | Path) -> StackConfig:
+    """Load and validate a stack file such as stacks/Pulumi.dev.yaml."""
+    return load(document_from_settings(read_stack_file(path)), str(path))
