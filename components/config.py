@@ -220,12 +220,35 @@ class JobConfig(Model):
     name: str = Field(..., pattern=NAME_PATTERN, description="Job name: lower case, digits and '-'.")
     fleet: str = Field(..., description="The fleet (efa-infra:fleets[].name) the job runs on.")
     launcher: Literal["torchrun", "accelerate", "nccl-tests"] = Field(..., description="How processes are launched.")
-    command: list[str] = Field(default_factory=list, description="The program and its arguments, e.g. [train.py, --epochs, '3'].")
-    image: str | None = Field(None, description="Container image, for jobs on EKS.")
+    command: list[str] = Field(
+        default_factory=list,
+        description="The training script and its arguments, e.g. [train.py, --epochs, '3'] (torchrun, accelerate), "
+        "or the nccl-tests binary and its arguments (default: all_reduce_perf -b 8 -e 2G -f 2 -g 1).",
+    )
+    image: str | None = Field(None, description="Container image; required for jobs on EKS.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables; they override the derived EFA settings.")
     nodes: int | None = Field(None, ge=1, description="Nodes to run on (at most the fleet's max). Default: the fleet's desired count.")
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
+    efa_check: bool = Field(True, description="Stop the launch when a node shows fewer EFA devices than its type has (no silent TCP fallback).")
+    shm_size: str = Field("64Gi", pattern=r"^[1-9][0-9]*(Mi|Gi)$", description="Size of /dev/shm for NCCL, e.g. 64Gi.")
+    port: int = Field(29500, ge=1024, le=65535, description="Rendezvous (master) port.")
+    kind: Literal["indexed-job", "pytorchjob", "mpijob"] = Field(
+        "indexed-job",
+        description="On EKS: indexed-job (a Kubernetes Indexed Job and headless Service, no operator), "
+        "pytorchjob (Kubeflow training operator; torchrun and accelerate) or mpijob (MPI operator v2beta1; nccl-tests).",
+    )
+    apply: bool = Field(False, description="On EKS, have Pulumi apply the manifests; they are always exported as stack outputs.")
+
+    @model_validator(mode="after")
+    def _kind_fits_launcher(self) -> "JobConfig":
+        if self.kind == "pytorchjob" and self.launcher == "nccl-tests":
+            raise ValueError("kind pytorchjob runs torchrun or accelerate; use mpijob or indexed-job for nccl-tests")
+        if self.kind == "mpijob" and self.launcher != "nccl-tests":
+            raise ValueError(f"kind mpijob runs nccl-tests; use pytorchjob or indexed-job for {self.launcher}")
+        if self.launcher != "nccl-tests" and not self.command:
+            raise ValueError(f"launcher {self.launcher} needs a command: the training script and its arguments")
+        return self
 
 
 # --- the stack -------------------------------------------------------------------
@@ -435,7 +458,9 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
         if job.fleet not in raw_fleet_names:
             out.append(Problem(key_path(("jobs", j, "fleet")),
                                f"no fleet named {job.fleet!r}; fleets: {', '.join(sorted(raw_fleet_names)) or 'none'}"))
-        elif job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
+        if cfg.eks.enabled and not job.image:
+            out.append(Problem(key_path(("jobs", j, "image")), "required for a job on EKS: the container image to run"))
+        if job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))
     return out
