@@ -1,0 +1,115 @@
+"""The offline CLI: `python -m components COMMAND`.
+
+    plan          what `pulumi up` would build for a stack, run under Pulumi's mocks
+    validate      check stack configs; exit 1 naming each problem by stack and key
+    types         the EFA-capable instance types and their layouts
+    nccl-report   compare nccl-tests logs (EFA against TCP)
+
+No command needs AWS credentials or the Pulumi CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ROOT / "stacks"
+
+
+def stack_file(args: argparse.Namespace) -> tuple[Path, str]:
+    if args.config:
+        path = Path(args.config)
+        name = path.name.removeprefix("Pulumi.").removesuffix(".yaml") if path.name.startswith("Pulumi.") else path.stem
+        return path, name
+    return STACKS / f"Pulumi.{args.stack}.yaml", args.stack
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import config, plan, report
+
+    path, name = stack_file(args)
+    cfg = config.load_file(path)  # a clean error before Pulumi is even imported
+    settings = config.read_stack_file(path)
+
+    from . import offline  # imports Pulumi and the AWS SDK modules the program uses
+
+    run = offline.run(settings, name)
+    if run.error:
+        print(f"error: {run.error}", file=sys.stderr)
+        return 1
+    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs=[])
+    print(json.dumps(doc, indent=2) if args.json else report.render_text(doc))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import config
+
+    paths = [Path(p) for p in args.files] or sorted(STACKS.glob("Pulumi.*.yaml"))
+    failed = 0
+    for path in paths:
+        try:
+            config.load_file(path)
+            print(f"ok      {path.name}")
+        except config.ConfigError as err:
+            failed += 1
+            print(f"invalid {path.name}")
+            for problem in err.problems:
+                print(f"  - {problem}")
+    print(f"{len(paths) - failed} of {len(paths)} stack configs valid")
+    return 1 if failed else 0
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    from . import efa
+    from .catalog import Catalog
+
+    for itype in Catalog().efa_types():
+        s = efa.summarize(itype, efa.interfaces(itype, args.layout))
+        accel = f"{itype.accelerator.count} x {itype.accelerator.name}" if itype.accelerator else "-"
+        print(f"{itype.name:<22} cards {len(itype.network_cards):>2}  EFA {s.efa_devices:>2}  "
+              f"EFA {s.efa_bandwidth_gbps:>6g} of {s.network_bandwidth_gbps:>6g} Gbps  {accel}")
+    return 0
+
+
+def cmd_nccl(argv: list[str]) -> int:
+    from . import nccl
+
+    return nccl.cli(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["nccl-report"]:
+        return cmd_nccl(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m components", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="offline plan of a stack")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
+    where.add_argument("--config", help="path of a stack file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plan)
+    v = sub.add_parser("validate", help="validate stack files (default: every stacks/Pulumi.*.yaml)")
+    v.add_argument("files", nargs="*")
+    v.set_defaults(func=cmd_validate)
+    t = sub.add_parser("types", help="list EFA-capable instance types")
+    t.add_argument("--layout", default="ena-primary", choices=["ena-primary", "efa-primary"])
+    t.set_defaults(func=cmd_types)
+    sub.add_parser("nccl-report", help="compare nccl-tests logs (see: nccl-report --help)")
+    args = parser.parse_args(argv)
+
+    from .config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

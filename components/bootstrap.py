@@ -1,0 +1,52 @@
+"""The boot script of a fleet's nodes (launch template user data).
+
+It raises the locked-memory limit (EFA registers memory with the device;
+without it: "Cannot allocate memory"), reserves 2 MiB hugepages (libfabric
+uses them for its buffers) and checks that every EFA device the type has is
+present, logging the result. Pure: no Pulumi import.
+"""
+
+from __future__ import annotations
+
+HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
+MIME_BOUNDARY = "==EFAINFRA=="
+
+
+def boot_script(fleet: str, efa_devices: int) -> str:
+    pages = HUGEPAGES_MIB // 2 if efa_devices else 0
+    return f"""#!/bin/bash
+# efa-infra boot script for fleet {fleet}
+set -uo pipefail
+log() {{ logger -t efa-infra "$*"; echo "$(date -Is) $*" >> /var/log/efa-infra-boot.log; }}
+
+cat > /etc/security/limits.d/90-efa-infra.conf <<'LIMITS'
+* soft memlock unlimited
+* hard memlock unlimited
+LIMITS
+mkdir -p /etc/systemd/system.conf.d
+printf '[Manager]\\nDefaultLimitMEMLOCK=infinity\\n' > /etc/systemd/system.conf.d/90-efa-infra.conf
+systemctl daemon-reexec || true
+
+echo "vm.nr_hugepages = {pages}" > /etc/sysctl.d/90-efa-infra.conf
+sysctl -q -p /etc/sysctl.d/90-efa-infra.conf || log "could not reserve {pages} hugepages"
+
+expected={efa_devices}
+found=$(find /sys/class/infiniband -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+if [ "$found" -ge "$expected" ]; then
+  log "EFA check passed: $found of $expected EFA devices present"
+else
+  log "EFA check FAILED: $found of $expected EFA devices present; NCCL would fall back to TCP"
+fi
+"""
+
+
+def user_data(fleet: str, efa_devices: int, multipart: bool) -> str:
+    """EKS merges a launch template's user data with its own bootstrap only in MIME multipart form."""
+    script = boot_script(fleet, efa_devices)
+    if not multipart:
+        return script
+    return (
+        f'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n\n'
+        f"--{MIME_BOUNDARY}\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n"
+        f"{script}\n--{MIME_BOUNDARY}--\n"
+    )

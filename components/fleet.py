@@ -1,0 +1,180 @@
+"""EfaFleet: the placement group, launch template and (on plain EC2) the Auto
+Scaling group of one fleet.
+
+The launch template carries the interfaces exactly as `efa.interfaces` lays
+them out for the fleet's layout; this module adds only what every interface
+shares (security groups, subnet, no public IP). Only the Auto Scaling group
+reads the node counts, so scaling a fleet never touches anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pulumi
+import pulumi_aws as aws
+
+from . import bootstrap
+from .plan import FleetPlan, default_ami
+
+FLEET_TAG, STACK_TAG = "efa-infra:fleet", "efa-infra:stack"
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class EfaFleet(pulumi.ComponentResource):
+    launch_template: aws.ec2.LaunchTemplate
+    placement_group_name: pulumi.Output[str] | None
+    asg_name: pulumi.Output[str] | None
+
+    def __init__(
+        self,
+        name: str,
+        plan: FleetPlan,
+        stack: str,
+        subnet_id: pulumi.Input[str],
+        security_group_ids: list[pulumi.Input[str]],
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("efa-infra:index:EfaFleet", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        f = plan.config
+        fleet_tags = {**tags, FLEET_TAG: f.name, STACK_TAG: stack}
+
+        placement = None
+        self.placement_group_name = None
+        if plan.config.placement_mode == "cluster":
+            group = aws.ec2.PlacementGroup(
+                f"{name}-pg",
+                aws.ec2.PlacementGroupArgs(strategy="cluster", tags=fleet_tags),
+                opts=child,
+            )
+            self.placement_group_name = group.name
+        elif plan.config.placement_mode == "existing":
+            self.placement_group_name = pulumi.Output.from_input(f.placement.group_name)
+        if self.placement_group_name is not None:
+            placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=self.placement_group_name)
+
+        profile = None
+        if not plan.on_eks:
+            # EKS node groups bring their own role; plain EC2 nodes get SSM access
+            # and just enough EC2 read access for the launch script to find peers.
+            role = aws.iam.Role(
+                f"{name}-node",
+                aws.iam.RoleArgs(
+                    assume_role_policy=json.dumps({
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                    }),
+                    tags=fleet_tags,
+                ),
+                opts=child,
+            )
+            aws.iam.RolePolicyAttachment(
+                f"{name}-ssm",
+                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+                opts=child,
+            )
+            aws.iam.RolePolicy(
+                f"{name}-peers",
+                aws.iam.RolePolicyArgs(
+                    role=role.id,
+                    policy=json.dumps({
+                        "Version": "2012-10-17",
+                        "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}],
+                    }),
+                ),
+                opts=child,
+            )
+            profile = aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
+
+        capacity_spec = market = None
+        if f.capacity.type != "on-demand":
+            capacity_spec = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+                capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                    capacity_reservation_id=f.capacity.reservation_id,
+                ),
+            )
+        if f.capacity.type == "capacity-block":
+            market = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+
+        self.launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-lt",
+            aws.ec2.LaunchTemplateArgs(
+                description=f"efa-infra {stack}/{f.name}: {f.instance_type}, {plan.efa_devices} EFA devices ({f.efa_layout})",
+                instance_type=f.instance_type,
+                # On EKS the node group's AMI type picks the EKS-optimized accelerated AMI.
+                image_id=None if plan.on_eks and not f.ami else (f.ami or default_ami(plan.itype)),
+                network_interfaces=[
+                    aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                        network_card_index=i.network_card_index,
+                        device_index=i.device_index,
+                        interface_type=i.interface_type,
+                        security_groups=security_group_ids,
+                        # EKS node groups pick the subnet themselves and refuse one here.
+                        subnet_id=None if plan.on_eks else subnet_id,
+                        associate_public_ip_address="false",
+                        delete_on_termination="true",
+                    )
+                    for i in plan.interfaces
+                ],
+                metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                    http_endpoint="enabled",
+                    http_tokens="required",
+                    # Containers on the node sit one hop further away.
+                    http_put_response_hop_limit=2,
+                ),
+                block_device_mappings=[
+                    aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                        device_name="/dev/xvda",
+                        ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                            volume_size=f.root_volume_gib, volume_type="gp3", encrypted="true", delete_on_termination="true",
+                        ),
+                    )
+                ],
+                iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn) if profile else None,
+                placement=placement,
+                capacity_reservation_specification=capacity_spec,
+                instance_market_options=market,
+                user_data=_b64(bootstrap.user_data(f.name, plan.efa_devices, multipart=plan.on_eks)),
+                tag_specifications=[
+                    aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
+                    for kind in ("instance", "volume")
+                ],
+                tags=fleet_tags,
+            ),
+            opts=child,
+        )
+
+        self.asg_name = None
+        if not plan.on_eks:
+            asg = aws.autoscaling.Group(
+                f"{name}-asg",
+                aws.autoscaling.GroupArgs(
+                    min_size=f.nodes.min,
+                    desired_capacity=f.nodes.desired,
+                    max_size=f.nodes.maximum,
+                    vpc_zone_identifiers=[subnet_id],
+                    launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                        id=self.launch_template.id, version=self.launch_template.latest_version.apply(str),
+                    ),
+                    # The placement group and subnet come with the launch template.
+                    tags=[
+                        aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                        for k, v in {**fleet_tags, "Name": f"{stack}-{f.name}"}.items()
+                    ],
+                ),
+                opts=child,
+            )
+            self.asg_name = asg.name
+
+        self.register_outputs({
+            "launchTemplateId": self.launch_template.id,
+            "launchTemplateVersion": self.launch_template.latest_version,
+            "placementGroupName": self.placement_group_name,
+            "asgName": self.asg_name,
+        })

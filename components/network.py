@@ -1,0 +1,170 @@
+"""EfaNetwork: the VPC an EFA cluster needs.
+
+Private subnets from the plan (one per AZ, sized for the fleets), a public
+subnet per AZ for NAT, an S3 gateway endpoint, optional interface endpoints,
+and the EFA security group: all traffic to and from itself, egress to the
+world, nothing inbound from outside (EC2 User Guide, "Prepare an EFA-enabled
+security group").
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from .plan import StackPlan
+
+
+class EfaNetwork(pulumi.ComponentResource):
+    vpc_id: pulumi.Output[str]
+    private_subnet_ids: dict[str, pulumi.Output[str]]
+    security_group_id: pulumi.Output[str]
+
+    def __init__(self, name: str, plan: StackPlan, tags: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("efa-infra:index:EfaNetwork", name, None, opts)
+        net = plan.config.network
+        child = pulumi.ResourceOptions(parent=self)
+        tagged = lambda label: {**tags, "Name": f"{name}-{label}"}  # noqa: E731
+
+        vpc = aws.ec2.Vpc(
+            f"{name}-vpc",
+            aws.ec2.VpcArgs(cidr_block=net.vpc_cidr, enable_dns_support=True, enable_dns_hostnames=True, tags=tagged("vpc")),
+            opts=child,
+        )
+        igw = aws.ec2.InternetGateway(f"{name}-igw", aws.ec2.InternetGatewayArgs(vpc_id=vpc.id, tags=tagged("igw")), opts=child)
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public",
+            aws.ec2.RouteTableArgs(
+                vpc_id=vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", gateway_id=igw.id)],
+                tags=tagged("public"),
+            ),
+            opts=child,
+        )
+
+        subnets: dict[tuple[str, str], aws.ec2.Subnet] = {}
+        for s in plan.subnets:
+            subnets[(s.kind, s.az)] = aws.ec2.Subnet(
+                f"{name}-{s.kind}-{s.az}",
+                aws.ec2.SubnetArgs(
+                    vpc_id=vpc.id,
+                    cidr_block=s.cidr,
+                    availability_zone=s.az,
+                    # Instances with several interfaces cannot get a public IPv4 address.
+                    map_public_ip_on_launch=s.kind == "public",
+                    tags={**tagged(f"{s.kind}-{s.az}"), "efa-infra:subnet": s.kind},
+                ),
+                opts=child,
+            )
+        azs = sorted({s.az for s in plan.subnets})
+        for az in azs:
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{az}",
+                aws.ec2.RouteTableAssociationArgs(subnet_id=subnets[("public", az)].id, route_table_id=public_rt.id),
+                opts=child,
+            )
+
+        nat_azs = azs if net.nat_gateways == "per-az" else azs[:1]
+        nats = {}
+        for az in nat_azs:
+            eip = aws.ec2.Eip(f"{name}-nat-{az}", aws.ec2.EipArgs(domain="vpc", tags=tagged(f"nat-{az}")), opts=child)
+            nats[az] = aws.ec2.NatGateway(
+                f"{name}-nat-{az}",
+                aws.ec2.NatGatewayArgs(allocation_id=eip.id, subnet_id=subnets[("public", az)].id, tags=tagged(f"nat-{az}")),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            )
+        private_rts = []
+        for az in azs:
+            nat = nats.get(az, nats[nat_azs[0]])
+            rt = aws.ec2.RouteTable(
+                f"{name}-private-{az}",
+                aws.ec2.RouteTableArgs(
+                    vpc_id=vpc.id,
+                    routes=[aws.ec2.RouteTableRouteArgs(cidr_block="0.0.0.0/0", nat_gateway_id=nat.id)],
+                    tags=tagged(f"private-{az}"),
+                ),
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{az}",
+                aws.ec2.RouteTableAssociationArgs(subnet_id=subnets[("private", az)].id, route_table_id=rt.id),
+                opts=child,
+            )
+            private_rts.append(rt)
+
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-efa",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=vpc.id,
+                description="EFA: all traffic within the group; egress to anywhere",
+                tags=tagged("efa"),
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-efa-in-self",
+            aws.vpc.SecurityGroupIngressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic from the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-self",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic to the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-world",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1",
+                description="Egress for image and data pulls",
+            ),
+            opts=child,
+        )
+
+        region = plan.config.region
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3",
+            aws.ec2.VpcEndpointArgs(
+                vpc_id=vpc.id, service_name=f"com.amazonaws.{region}.s3", vpc_endpoint_type="Gateway",
+                route_table_ids=[rt.id for rt in private_rts], tags=tagged("s3"),
+            ),
+            opts=child,
+        )
+        if net.interface_endpoints:
+            endpoint_sg = aws.ec2.SecurityGroup(
+                f"{name}-endpoints",
+                aws.ec2.SecurityGroupArgs(vpc_id=vpc.id, description="Interface endpoints: HTTPS from the VPC", tags=tagged("endpoints")),
+                opts=child,
+            )
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-endpoints-https",
+                aws.vpc.SecurityGroupIngressRuleArgs(
+                    security_group_id=endpoint_sg.id, cidr_ipv4=net.vpc_cidr, ip_protocol="tcp", from_port=443, to_port=443,
+                    description="HTTPS from the VPC",
+                ),
+                opts=child,
+            )
+            for service in net.interface_endpoints:
+                aws.ec2.VpcEndpoint(
+                    f"{name}-{service.replace('.', '-')}",
+                    aws.ec2.VpcEndpointArgs(
+                        vpc_id=vpc.id, service_name=f"com.amazonaws.{region}.{service}", vpc_endpoint_type="Interface",
+                        private_dns_enabled=True, security_group_ids=[endpoint_sg.id],
+                        subnet_ids=[subnets[("private", az)].id for az in azs], tags=tagged(service),
+                    ),
+                    opts=child,
+                )
+
+        self.vpc_id = vpc.id
+        self.private_subnet_ids = {az: subnets[("private", az)].id for az in azs}
+        self.security_group_id = sg.id
+        self.register_outputs({
+            "vpcId": self.vpc_id,
+            "privateSubnetIds": self.private_subnet_ids,
+            "securityGroupId": self.security_group_id,
+        })

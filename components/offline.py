@@ -1,0 +1,136 @@
+"""Runs the real Pulumi program under Pulumi's mocks: what `pulumi up` would
+register, with no credentials, no CLI and no cloud.
+
+The config reaches the program the way the engine hands it over (flat
+`ns:key` values, structured ones as JSON text), and the program reads it with
+the same code as under `pulumi up`. Values only AWS can know (ids, ARNs) come
+back as `<name.id>`-style placeholders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pmocks
+from pulumi.runtime.proto import resource_pb2
+
+from . import stack as stack_mod
+
+PROJECT = "efa-infra"
+
+
+def placeholder(name: str, attr: str) -> str:
+    return f"<{name}.{attr}>"
+
+
+def is_placeholder(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("<") and value.endswith(">")
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    urn: str
+    parent: str | None  # the parent's name, None for top-level resources
+    custom: bool
+    inputs: dict
+
+
+class PlanMocks(pulumi.runtime.Mocks):
+    """Answers registrations with the inputs plus placeholders for what AWS assigns."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[tuple[str, str], tuple[dict, bool]] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.inputs[(args.typ, args.name)] = (dict(args.inputs), args.custom)
+        state = dict(args.inputs)
+        state.setdefault("name", placeholder(args.name, "name"))
+        state.setdefault("arn", placeholder(args.name, "arn"))
+        if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        return placeholder(args.name, "id"), state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+class PlanMonitor(pmocks.MockMonitor):
+    """Records each registration with its parent. Resource references are
+    switched off: pulumi-eks components are remote, and resource objects
+    passed to them hang the default mock monitor."""
+
+    def __init__(self, mocks: PlanMocks):
+        super().__init__(mocks)
+        self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.order.append((response.urn, request.parent, request.type, request.name))
+        return response
+
+    def GetDeploymentInfo(self, request):
+        info = super().GetDeploymentInfo(request)
+        features = [f for f in info.supportedFeatures if f != resource_pb2.RESOURCE_MONITOR_FEATURE_RESOURCE_REFERENCES]
+        return resource_pb2.DeploymentInfo(supportedFeatures=features)
+
+    def SupportsFeature(self, request):
+        if request.id == "resourceReferences":
+            return type("SupportsFeatureResponse", (object,), {"hasSupport": False})
+        return super().SupportsFeature(request)
+
+
+@dataclass
+class Run:
+    resources: list[Registered]
+    outputs: dict = field(default_factory=dict)
+    error: str | None = None  # the program's clean error (pulumi.RunError), as `pulumi up` would print it
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name: str | None = None) -> Registered:
+        found = [r for r in self.of_type(typ) if name is None or r.name == name]
+        if len(found) != 1:
+            raise LookupError(f"{len(found)} resources of type {typ} named {name}")
+        return found[0]
+
+
+def engine_settings(settings: dict[str, Any]) -> dict[str, str]:
+    """Stack-file values as the engine passes them: strings, structured values as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
+
+
+def run(settings: dict[str, Any], stack: str) -> Run:
+    """Run the program with these config settings (`{"ns:key": value}`).
+
+    An invalid config ends the program with pulumi.RunError, as under
+    `pulumi up`: the Run then carries its message and whatever was registered.
+    """
+    mocks = PlanMocks()
+    monitor = PlanMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(engine_settings(settings))
+    captured: dict = {}
+
+    @pulumi.runtime.test
+    def program():
+        outputs = stack_mod.build(stack_mod.load_config(), stack)
+        return pulumi.Output.all(**outputs).apply(captured.update) if outputs else None
+
+    error = None
+    try:
+        program()
+    except pulumi.RunError as err:
+        error = str(err)
+    names = {urn: name for urn, _, _, name in monitor.order}
+    resources = []
+    for urn, parent, typ, name in monitor.order:
+        inputs, custom = mocks.inputs[(typ, name)]
+        resources.append(Registered(typ, name, urn, names.get(parent), custom, inputs))
+    return Run(resources, captured, error)

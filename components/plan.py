@@ -1,0 +1,86 @@
+"""The plan: what a validated stack config works out to before any resource
+exists. Per fleet the instance facts, the EFA layout and what it costs in
+addresses; for the VPC the subnets. Components build from this; the offline
+plan prints it. Pure: no Pulumi import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import addressing, efa
+from .catalog import Catalog, InstanceType
+from .config import FleetConfig, StackConfig, fleet_addresses_per_node
+
+
+# DLAMI SSM parameters (/aws/service/deeplearning/ami/$arch/$ami_type/latest/ami-id,
+# "Finding the ID of a DLAMI"): the Base AMIs carry the drivers and the EFA installer.
+DLAMI_TYPES = {"gpu": "base-oss-nvidia-driver-gpu-amazon-linux-2023", "neuron": "base-neuron-amazon-linux-2023"}
+
+
+def default_ami(itype: InstanceType) -> str:
+    """`resolve:ssm:` lets EC2 resolve the current DLAMI at launch, so a new AMI
+    release never changes the launch template (and never replaces nodes)."""
+    kind = itype.accelerator.kind if itype.accelerator else "gpu"  # the GPU base AMI also serves CPU-only EFA types
+    return f"resolve:ssm:/aws/service/deeplearning/ami/{itype.architecture}/{DLAMI_TYPES[kind]}/latest/ami-id"
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    config: FleetConfig
+    itype: InstanceType
+    interfaces: list[efa.Interface]
+    summary: efa.LayoutSummary
+    on_eks: bool
+    addresses_per_node: int
+    max_pods: int | None  # on EKS only
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def efa_devices(self) -> int:
+        return self.summary.efa_devices
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    config: StackConfig
+    catalog: Catalog
+    fleets: list[FleetPlan]
+    subnets: list[addressing.Subnet]
+
+    def private_subnet(self, az: str) -> addressing.Subnet:
+        return next(s for s in self.subnets if s.kind == "private" and s.az == az)
+
+    def fleet(self, name: str) -> FleetPlan:
+        return next(f for f in self.fleets if f.name == name)
+
+
+def fleet_plan(f: FleetConfig, cat: Catalog, on_eks: bool) -> FleetPlan:
+    itype = cat.get(f.instance_type)
+    interfaces = efa.interfaces(itype, f.efa_layout) if f.efa else [efa.Interface(0, 0, "interface")]
+    summary = efa.summarize(itype, interfaces)
+    return FleetPlan(
+        config=f,
+        itype=itype,
+        interfaces=interfaces,
+        summary=summary,
+        on_eks=on_eks,
+        addresses_per_node=fleet_addresses_per_node(f, cat, on_eks),
+        max_pods=addressing.max_pods(itype, summary) if on_eks else None,
+    )
+
+
+def build(cfg: StackConfig) -> StackPlan:
+    """The plan of a config that `config.load` accepted."""
+    cat = cfg.catalog()
+    fleets = [fleet_plan(f, cat, cfg.eks.enabled) for f in cfg.fleets]
+    need = {az: 0 for az in cfg.network.availability_zones}
+    by_az: dict[str, list[str]] = {}
+    for fp in fleets:
+        az = fp.config.availability_zone
+        need[az] = need.get(az, 0) + fp.addresses_per_node * fp.config.nodes.maximum
+        by_az.setdefault(az, []).append(fp.name)
+    return StackPlan(cfg, cat, fleets, addressing.plan_subnets(cfg.network.vpc_cidr, need, by_az))

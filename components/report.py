@@ -1,0 +1,128 @@
+"""The offline plan as people and pipelines read it: fleets, subnets and the
+resource tree. Pure formatting of a StackPlan and a mock run's registrations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .addressing import Subnet
+from .plan import FleetPlan, StackPlan, default_ami
+
+AWS_ASSIGNED = "assigned by AWS at deploy time"
+# Inputs too long or too noisy for the tree; the JSON has them all.
+HIDDEN_INPUTS = {"tags", "userData", "assumeRolePolicy", "policy", "description", "tagSpecifications"}
+
+
+def _placement(fp: FleetPlan) -> str:
+    mode = fp.config.placement_mode
+    if mode == "cluster":
+        return "a new cluster placement group"
+    if mode == "existing":
+        return f"existing placement group {fp.config.placement.group_name}"
+    return f"no placement group ({fp.config.capacity.type} decides placement)"
+
+
+def _ami(fp: FleetPlan) -> str:
+    if fp.config.ami:
+        return fp.config.ami
+    if fp.on_eks:
+        return "EKS-optimized accelerated AMI, chosen by the node group's AMI type"
+    return f"{default_ami(fp.itype)} (resolved by EC2 at each launch)"
+
+
+def fleet_facts(fp: FleetPlan, subnet: Subnet) -> dict[str, Any]:
+    f, itype, s = fp.config, fp.itype, fp.summary
+    accel = itype.accelerator
+    return {
+        "name": f.name,
+        "instanceType": f.instance_type,
+        "accelerators": f"{accel.count} x {accel.name}" if accel else None,
+        "nodes": {"min": f.nodes.min, "desired": f.nodes.desired, "max": f.nodes.maximum},
+        "availabilityZone": f.availability_zone,
+        "placement": _placement(fp),
+        "capacity": f.capacity.type + (f" {f.capacity.reservation_id}" if f.capacity.reservation_id else ""),
+        "efaLayout": f.efa_layout if f.efa else "none (efa: false)",
+        "efaDevicesPerNode": s.efa_devices,
+        "efaDevicesMax": itype.maximum_efa_interfaces,
+        "interfaces": [i.as_api() for i in fp.interfaces],
+        "efaBandwidthGbps": s.efa_bandwidth_gbps,
+        "networkBandwidthGbps": s.network_bandwidth_gbps,
+        "privateIpsPerNode": s.private_ips,
+        "addressesPerNode": fp.addresses_per_node,
+        "maxPodsPerNode": fp.max_pods,
+        "subnet": {"cidr": subnet.cidr, "capacity": subnet.capacity, "need": subnet.need},
+        "target": "eks" if fp.on_eks else "ec2",
+        "ami": _ami(fp),
+    }
+
+
+def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]) -> dict[str, Any]:
+    return {
+        "stack": stack,
+        "region": plan.config.region,
+        "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
+        "fleets": [fleet_facts(fp, plan.private_subnet(fp.config.availability_zone)) for fp in plan.fleets],
+        "subnets": [
+            {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "capacity": s.capacity, "need": s.need, "fleets": s.fleets}
+            for s in plan.subnets
+        ],
+        "resources": [
+            {"type": r.type, "name": r.name, "parent": r.parent, "component": not r.custom, "inputs": r.inputs} for r in resources
+        ],
+        "jobs": jobs,
+    }
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_short(v)}" for k, v in value.items() if k not in HIDDEN_INPUTS) + "}"
+    return str(value)
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    out = [f"Offline plan of stack {doc['stack']} ({doc['region']}): no AWS call was made.",
+           f"Values written <name.attr> are {AWS_ASSIGNED}.", ""]
+    out.append("Fleets")
+    for f in doc["fleets"]:
+        n = f["nodes"]
+        out.append(f"  {f['name']}: {f['instanceType']}" + (f" ({f['accelerators']})" if f["accelerators"] else "")
+                   + f" on {f['target'].upper()}, in {f['availabilityZone']}")
+        out.append(f"    nodes             min {n['min']} / desired {n['desired']} / max {n['max']}")
+        out.append(f"    placement         {f['placement']}; capacity {f['capacity']}")
+        out.append(f"    EFA               {f['efaDevicesPerNode']} of {f['efaDevicesMax']} devices per node, layout {f['efaLayout']}")
+        layout = ", ".join(f"{i['NetworkCardIndex']}/{i['DeviceIndex']} {i['InterfaceType']}" for i in f["interfaces"])
+        out.append(f"    interfaces        card/device: {layout}")
+        out.append(f"    EFA bandwidth     {f['efaBandwidthGbps']:g} of {f['networkBandwidthGbps']:g} Gbps attached")
+        pods = f"; {f['addressesPerNode']} with up to {f['maxPodsPerNode']} pods" if f["maxPodsPerNode"] is not None else ""
+        out.append(f"    addresses         {f['privateIpsPerNode']} private IP per node{pods}")
+        s = f["subnet"]
+        out.append(f"    subnet            {s['cidr']}: room for {s['capacity']}, needs {s['need']} at max nodes")
+        out.append(f"    AMI               {f['ami']}")
+    out += ["", "Subnets"]
+    for s in doc["subnets"]:
+        who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
+        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {s['cidr']:<18} room {s['capacity']:>6}, need {s['need']:>6}{who}")
+    if doc["jobs"]:
+        out += ["", "Jobs"]
+        for j in doc["jobs"]:
+            out.append(f"  {j['name']}: {j['launcher']} on fleet {j['fleet']}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
+                       f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per node), {j['artifacts']}")
+    out += ["", f"Resources ({len(doc['resources'])})"]
+    children: dict[str | None, list[dict]] = {}
+    for r in doc["resources"]:
+        children.setdefault(r["parent"], []).append(r)
+
+    def walk(parent: str | None, depth: int) -> None:
+        for r in sorted(children.get(parent, []), key=lambda r: (r["type"], r["name"])):
+            shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(r["inputs"].items()) if k not in HIDDEN_INPUTS)
+            out.append(f"{'  ' * depth}{r['type']}  {r['name']}" + (f"  {shown}" if shown else ""))
+            if r["component"]:
+                walk(r["name"], depth + 1)
+
+    walk(None, 1)
+    return "\n".join(out)
