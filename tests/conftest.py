@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def aws_instance_types() -> dict[str, dict]:
+    """AWS's DescribeInstanceTypes answer, from moto's bundled copy through boto3."""
+    import boto3
+    import moto
+
+    with moto.mock_aws():
+        client = boto3.client("ec2", region_name="us-east-1")
+        types = [t for page in client.get_paginator("describe_instance_types").paginate() for t in page["InstanceTypes"]]
+    return {t["InstanceType"]: t for t in types}
+
+
+def base_doc(**overrides) -> dict:
+    """A valid config document (one small EFA fleet) to break in one place."""
+    doc = {
+        "region": "us-east-1",
+        "fleets": [{"name": "gpu", "instanceType": "g6.8xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def settings_of(doc: dict) -> dict:
+    """A config document as stack-file settings (`ns:key`)."""
+    return {("aws:region" if k == "region" else f"efa-infra:{k}"): v for k, v in doc.items()}

@@ -1,0 +1,131 @@
+"""The EFA layout against AWS's own data: every EFA-capable type, both layouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from components import catalog, efa
+from components.efa import EfaLayoutError, network_interfaces
+
+
+def check_layout(raw: dict, interfaces: list[dict]) -> list[str]:
+    """The rules AWS enforces on RunInstances, checked against the raw DescribeInstanceTypes entry."""
+    net = raw["NetworkInfo"]
+    cards = {c["NetworkCardIndex"]: c for c in net["NetworkCards"]}
+    errors = []
+    slots = {(i["NetworkCardIndex"], i["DeviceIndex"]) for i in interfaces}
+    if len(slots) != len(interfaces):
+        errors.append("two interfaces share a card and device index")
+    primary = [i for i in interfaces if (i["NetworkCardIndex"], i["DeviceIndex"]) == (0, 0)]
+    if len(primary) != 1 or primary[0]["InterfaceType"] == "efa-only":
+        errors.append("card 0 device 0 must hold an interface that is not efa-only")
+    for i in interfaces:
+        card = cards.get(i["NetworkCardIndex"])
+        if card is None or i["NetworkCardIndex"] >= net["MaximumNetworkCards"]:
+            errors.append(f"card {i['NetworkCardIndex']} does not exist")
+            continue
+        if i["DeviceIndex"] >= card["MaximumNetworkInterfaces"]:
+            errors.append(f"device index {i['DeviceIndex']} exceeds card {i['NetworkCardIndex']}'s limit")
+        if i["InterfaceType"] not in card.get("InterfaceTypes", ["interface", "efa", "efa-only"]):
+            errors.append(f"card {i['NetworkCardIndex']} does not accept {i['InterfaceType']}")
+    for index, card in cards.items():
+        used = sum(1 for i in interfaces if i["NetworkCardIndex"] == index)
+        if used > card["MaximumNetworkInterfaces"]:
+            errors.append(f"card {index} holds {used} interfaces, limit {card['MaximumNetworkInterfaces']}")
+    efa_count = sum(1 for i in interfaces if i["InterfaceType"] in ("efa", "efa-only"))
+    if efa_count != net["EfaInfo"]["MaximumEfaInterfaces"]:
+        errors.append(f"{efa_count} EFA devices, the type has {net['EfaInfo']['MaximumEfaInterfaces']}")
+    return errors
+
+
+def efa_types(aws_instance_types):
+    return sorted(n for n, t in aws_instance_types.items() if t["NetworkInfo"].get("EfaSupported"))
+
+
+@pytest.mark.parametrize("layout", efa.LAYOUTS)
+def test_every_efa_type_gets_a_valid_full_layout(aws_instance_types, layout):
+    names = efa_types(aws_instance_types)
+    assert len(names) >= 300, "AWS's data lists about 300 EFA-capable types"
+    failures = {}
+    for name in names:
+        errors = check_layout(aws_instance_types[name], network_interfaces(name, layout))
+        if errors:
+            failures[name] = errors
+    assert failures == {}
+
+
+def test_the_rule_checker_catches_the_classic_mistakes(aws_instance_types):
+    """The checker above must fail the layouts other tools produce, or it proves nothing."""
+    b300 = aws_instance_types["p6-b300.48xlarge"]
+    efa_on_every_card = [{"NetworkCardIndex": c, "DeviceIndex": 0, "InterfaceType": "efa"} for c in range(17)]
+    assert any("does not accept efa" in e for e in check_layout(b300, efa_on_every_card))
+    p5 = aws_instance_types["p5.48xlarge"]
+    device_2 = [{"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "interface"},
+                {"NetworkCardIndex": 1, "DeviceIndex": 2, "InterfaceType": "efa-only"}]
+    assert any("exceeds" in e for e in check_layout(p5, device_2))
+    assert any("EFA devices" in e for e in check_layout(p5, device_2))
+
+
+def test_ena_primary_is_awss_recommended_layout():
+    interfaces = network_interfaces("p5.48xlarge")
+    assert interfaces[0] == {"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "interface"}
+    assert interfaces[1] == {"NetworkCardIndex": 0, "DeviceIndex": 1, "InterfaceType": "efa-only"}
+    assert all(i == {"NetworkCardIndex": c, "DeviceIndex": 0, "InterfaceType": "efa-only"}
+               for c, i in zip(range(1, 32), interfaces[2:]))
+    assert len(interfaces) == 33
+
+
+def test_efa_primary_is_the_classic_layout():
+    interfaces = network_interfaces("p5.48xlarge", "efa-primary")
+    assert interfaces[0] == {"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "efa"}
+    assert [i["DeviceIndex"] for i in interfaces[1:]] == [1] * 31
+    assert {i["InterfaceType"] for i in interfaces[1:]} == {"efa-only"}
+
+
+@pytest.mark.parametrize("layout", efa.LAYOUTS)
+def test_p5_node_uses_one_private_ip(layout):
+    itype = catalog.get("p5.48xlarge")
+    summary = efa.summarize(itype, efa.interfaces(itype, layout))
+    assert (summary.private_ips, summary.efa_devices, summary.efa_bandwidth_gbps) == (1, 32, 3200)
+
+
+def test_p6_b300_skips_card_0_which_takes_no_efa():
+    for layout in efa.LAYOUTS:
+        interfaces = network_interfaces("p6-b300.48xlarge", layout)
+        assert interfaces[0] == {"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "interface"}
+        assert [i["NetworkCardIndex"] for i in interfaces if i["InterfaceType"] != "interface"] == list(range(1, 17))
+    itype = catalog.get("p6-b300.48xlarge")
+    summary = efa.summarize(itype, efa.interfaces(itype))
+    assert (summary.efa_bandwidth_gbps, summary.network_bandwidth_gbps) == (6400, 6750)
+
+
+def test_two_cards_but_one_efa_device():
+    interfaces = network_interfaces("i7ie.48xlarge")
+    assert [i["InterfaceType"] for i in interfaces] == ["interface", "efa-only"]
+    assert all(i["NetworkCardIndex"] == 0 for i in interfaces)
+
+
+def test_single_slot_cards_make_the_primary_the_efa_device():
+    # hpc6id.32xlarge: two cards of one interface each and two EFA devices.
+    assert network_interfaces("hpc6id.32xlarge") == [
+        {"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "efa"},
+        {"NetworkCardIndex": 1, "DeviceIndex": 0, "InterfaceType": "efa-only"},
+    ]
+
+
+def test_errors_for_types_without_efa_unknown_types_and_layouts():
+    with pytest.raises(EfaLayoutError, match="m5.large does not support EFA"):
+        network_interfaces("m5.large")
+    with pytest.raises(catalog.UnknownInstanceType, match="p5.48xlarge"):
+        network_interfaces("p5.48xlarg")
+    with pytest.raises(EfaLayoutError, match="valid: ena-primary, efa-primary"):
+        network_interfaces("p5.48xlarge", "efa-everywhere")
+
+
+def test_shipped_catalog_matches_awss_data(aws_instance_types):
+    """The data file is what tools/refresh_catalog.py makes of AWS's data: regenerate it if this fails."""
+    from tools.refresh_catalog import slim
+
+    shipped = catalog._shipped()[0]
+    assert set(shipped) == set(aws_instance_types)
+    assert all(shipped[n] == slim(t) for n, t in aws_instance_types.items())
