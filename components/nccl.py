@@ -1,0 +1,412 @@
+"""nccl-tests reports: `python -m components nccl-report LOG [LOG ...]`.
+
+Reads the output of all_reduce_perf and its siblings (NVIDIA/nccl-tests) and
+compares runs: out-of-place bus bandwidth by message size, the first run's
+speed-up over each other run (EFA over TCP, say) and each run's average bus
+bandwidth. --json gives the same for pipelines, --plot draws it, and
+--stack/--fleet sets it against the fleet's EFA line rate.
+
+Pure: no Pulumi import; matplotlib is imported only for --plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import config, efa
+
+STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+
+# mpirun --tag-output starts every line with "[jobid,rank]<stdout>:" (or <stderr>).
+_MPI_TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")
+_AVG_FOOTER = re.compile(r"^#\s*Avg bus bandwidth\s*:\s*(\S+)")
+# Measured twice per row: out-of-place first, then in-place (src/common.cu, BenchTime).
+_PER_PLACE = ("time", "algbw", "busbw", "#wrong")
+_REQUIRED = ("size", "count", "type", "redop", *(p + c for p in ("oop_", "ip_") for c in _PER_PLACE))
+# The unit line under the header; a different unit would make every figure wrong by a factor.
+_UNITS = {"size": "(B)", "time": "(us)", "algbw": "(GB/s)", "busbw": "(GB/s)"}
+
+
+class ReportError(Exception):
+    """A problem the CLI reports as `error: ...` with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Row:
+    size_bytes: int
+    count: int
+    type: str
+    redop: str  # "none" for collectives without a reduction (all_gather, broadcast, ...)
+    oop_time_us: float
+    oop_algbw_gbps: float
+    oop_busbw_gbps: float
+    ip_time_us: float
+    ip_algbw_gbps: float
+    ip_busbw_gbps: float
+    wrong: int | None  # wrong elements, out-of-place plus in-place; None when not checked (-c 0)
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    file: str
+    rows: tuple[Row, ...]
+    footer_avg_busbw_gbps: float | None  # the log's "# Avg bus bandwidth" line, if it got that far
+
+    @property
+    def avg_busbw_gbps(self) -> float:
+        # nccl-tests' "Avg bus bandwidth" (src/common.cu) is the mean bus bandwidth
+        # of every measurement it printed: each size's out-of-place AND in-place
+        # figure. The footer has it unrounded; a log cut short has none, so take the
+        # mean of the printed (2-decimal) figures instead.
+        if self.footer_avg_busbw_gbps is not None:
+            return self.footer_avg_busbw_gbps
+        values = [v for r in self.rows for v in (r.oop_busbw_gbps, r.ip_busbw_gbps)]
+        return sum(values) / len(values)
+
+    def busbw(self) -> dict[int, float]:
+        """Out-of-place bus bandwidth, GB/s, by message size in bytes."""
+        return {r.size_bytes: r.oop_busbw_gbps for r in self.rows}
+
+
+@dataclass(frozen=True)
+class LineRate:
+    stack: str
+    fleet: str
+    instance_type: str
+    efa_devices: int
+    gbit_per_s: float  # EFA bandwidth attached to one node, Gbit/s as EC2 quotes it
+
+    @property
+    def gbyte_per_s(self) -> float:
+        # nccl-tests reports GB/s (1e9 bytes); EC2 quotes Gbit/s (1e9 bits): 8 bits a byte.
+        return self.gbit_per_s / 8
+
+
+# --- parsing -------------------------------------------------------------------
+
+
+def _columns(names: list[str], where: str) -> dict[str, int]:
+    """Header names -> column index, the per-place ones as oop_* and ip_*."""
+    index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        name = "time" if name == "cputime" else name  # -C 1 times the CPU side instead
+        if name in _PER_PLACE:
+            name = ("ip_" if "oop_" + name in index else "oop_") + name
+        index.setdefault(name, i)
+    missing = [c.removeprefix("oop_").removeprefix("ip_") for c in _REQUIRED if c not in index]
+    if missing:
+        raise ReportError(f"{where}: the results header lacks {', '.join(dict.fromkeys(missing))}")
+    return index
+
+
+def _check_units(header: str, units: str, where: str) -> None:
+    # Header and unit line are printed with the same right-aligned widths, so a
+    # unit belongs to the header word that ends in the same column.
+    names = {m.end(): m.group() for m in re.finditer(r"\S+", header)}
+    for m in re.finditer(r"\S+", units):
+        name = names.get(m.end())
+        want = _UNITS.get("time" if name == "cputime" else name)
+        if want and m.group() != want:
+            raise ReportError(f"{where}: column {name} is in {m.group()}, expected {want}")
+
+
+def _row(tokens: list[str], index: dict[str, int], where: str) -> Row:
+    def value(key: str, kind=float):
+        token = tokens[index[key]]
+        try:
+            return kind(token)
+        except ValueError:
+            column = key.replace("oop_", "out-of-place ").replace("ip_", "in-place ")
+            raise ReportError(f"{where}: malformed data row: {column} is {token!r}") from None
+
+    def wrong(key: str) -> int | None:
+        token = tokens[index[key]]
+        if token == "N/A":  # printed when the data check is off (-c 0)
+            return None
+        n = value(key)  # %g: large counts print as 1e+06
+        return None if n < 0 else int(n)  # some versions print -1 for "not checked"
+
+    counts = [wrong("oop_#wrong"), wrong("ip_#wrong")]
+    return Row(
+        size_bytes=value("size", int),
+        count=value("count", int),
+        type=tokens[index["type"]],
+        redop=tokens[index["redop"]],
+        oop_time_us=value("oop_time"),
+        oop_algbw_gbps=value("oop_algbw"),
+        oop_busbw_gbps=value("oop_busbw"),
+        ip_time_us=value("ip_time"),
+        ip_algbw_gbps=value("ip_algbw"),
+        ip_busbw_gbps=value("ip_busbw"),
+        wrong=None if None in counts else sum(counts),
+    )
+
+
+def parse_log(text: str, file: str, label: str | None = None) -> Run:
+    """One nccl-tests log as a Run; ReportError names the file and line of what it cannot read.
+
+    Columns are found by name from the header line, so newer versions' extra
+    columns (per-iteration statistics, timestamps) are skipped. Lines that are
+    neither comments nor start with a number (NCCL INFO/WARN, mpirun messages)
+    are ignored; a line that starts with a number after the header must be a
+    whole data row.
+    """
+    index: dict[str, int] | None = None
+    header_text, header_line, width = "", 0, 0
+    rows: list[Row] = []
+    first_seen: dict[int, int] = {}
+    footer = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = _MPI_TAG.sub("", raw, count=1)
+        tokens = line.split()
+        where = f"{file}: line {n}"
+        if not tokens:
+            continue
+        if tokens[0].startswith("#"):
+            names = line.strip().lstrip("#").split()
+            if names[:2] == ["size", "count"]:
+                index, header_text, header_line = _columns(names, where), line, n
+                # The timestamp column prints date and time: two words under one name.
+                width = len(names) + ("timestamp" in names)
+            elif n == header_line + 1 and names[:1] == ["(B)"]:
+                _check_units(header_text, line, where)
+            elif m := _AVG_FOOTER.match(line.strip()):
+                try:
+                    footer = float(m.group(1))
+                except ValueError:
+                    raise ReportError(f"{where}: Avg bus bandwidth is {m.group(1)!r}, not a number") from None
+            continue
+        if index is None or not tokens[0].isdigit():
+            continue
+        if len(tokens) != width:
+            raise ReportError(
+                f"{where}: malformed data row: {len(tokens)} columns where the header on line {header_line} has {width}"
+            )
+        row = _row(tokens, index, where)
+        if row.size_bytes in first_seen:
+            # -d all / -o all repeat every size per datatype or op: one comparison per log.
+            raise ReportError(
+                f"{where}: size {row.size_bytes} again (first on line {first_seen[row.size_bytes]}); "
+                "give one datatype and one op per log"
+            )
+        first_seen[row.size_bytes] = n
+        rows.append(row)
+    if index is None:
+        raise ReportError(f"{file}: not an nccl-tests log: no results header ('#  size  count  type  redop ...')")
+    if not rows:
+        raise ReportError(f"{file}: no data rows after the results header on line {header_line} (did the run fail?)")
+    return Run(label or Path(file).stem, file, tuple(rows), footer)
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    try:
+        text = Path(path).read_text(errors="replace")  # logs can carry stray bytes from other ranks
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_log(text, str(path), label)
+
+
+# --- comparison ------------------------------------------------------------------
+
+
+def speedups(runs: list[Run]) -> list[dict]:
+    """The first run's out-of-place bus bandwidth over each other run's, by the sizes both measured.
+
+    None where the other run measured 0.00 GB/s (small sizes), which no ratio describes.
+    """
+    first = runs[0].busbw()
+    out = []
+    for other in runs[1:]:
+        theirs = other.busbw()
+        by_size = {s: (first[s] / theirs[s] if theirs[s] else None) for s in first if s in theirs}
+        out.append({"over": other.label, "by_size": by_size})
+    return out
+
+
+def line_rate(stack: str, fleet: str, stacks_dir: Path = STACKS_DIR) -> LineRate:
+    """The EFA line rate of one node of a fleet, from the stack's config and the instance catalog."""
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        names = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in stacks_dir.glob("Pulumi.*.yaml"))
+        raise ReportError(f"no stack {stack!r}; stacks: {', '.join(names) or 'none'}")
+    try:
+        cfg = config.load_file(path)
+    except config.ConfigError as exc:
+        raise ReportError(str(exc)) from None
+    names = [f.name for f in cfg.fleets]
+    if fleet not in names:
+        raise ReportError(f"stack {stack} has no fleet {fleet!r}; fleets: {', '.join(names) or 'none'}")
+    f = cfg.fleet(fleet)
+    if not f.efa:
+        raise ReportError(f"fleet {fleet} of stack {stack} has efa: false, so no EFA line rate to compare with")
+    itype = cfg.catalog().get(f.instance_type)
+    s = efa.summarize(itype, efa.interfaces(itype, f.efa_layout))
+    return LineRate(stack, fleet, f.instance_type, s.efa_devices, s.efa_bandwidth_gbps)
+
+
+def _against(run: Run, rate: LineRate) -> dict:
+    # For a ring all-reduce, bus bandwidth is what each node pushes through its
+    # network per direction, so it compares with one node's line rate directly.
+    peak = max(run.rows, key=lambda r: r.oop_busbw_gbps)
+    return {
+        "label": run.label,
+        "peak_busbw_gbps": peak.oop_busbw_gbps,
+        "peak_size_bytes": peak.size_bytes,
+        "peak_fraction": peak.oop_busbw_gbps / rate.gbyte_per_s,
+        "avg_fraction": run.avg_busbw_gbps / rate.gbyte_per_s,
+    }
+
+
+def to_json(runs: list[Run], rate: LineRate | None = None) -> dict:
+    return {
+        "runs": [
+            {
+                "label": run.label,
+                "file": run.file,
+                "avg_busbw_gbps": run.avg_busbw_gbps,
+                "avg_busbw_from": "footer" if run.footer_avg_busbw_gbps is not None else "rows",
+                "rows": [asdict(r) for r in run.rows],
+            }
+            for run in runs
+        ],
+        # JSON keys are strings: sizes in bytes as text.
+        "speedups": [{"over": s["over"], "by_size": {str(k): v for k, v in s["by_size"].items()}} for s in speedups(runs)],
+        "line_rate": None if rate is None else {
+            **asdict(rate),
+            "gbyte_per_s": rate.gbyte_per_s,
+            "runs": [_against(run, rate) for run in runs],
+        },
+    }
+
+
+# --- output -----------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    """1048576 -> '1 MiB'. A size no binary unit divides stays in bytes, so no size is rounded."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def format_table(runs: list[Run], rate: LineRate | None = None) -> str:
+    ups = speedups(runs)
+    by_run = [run.busbw() for run in runs]
+    sizes = sorted({s for b in by_run for s in b})
+    header = ["size", *(run.label for run in runs), *(f"{runs[0].label} vs {u['over']}" for u in ups)]
+    body = [
+        [
+            human_size(s),
+            *(f"{b[s]:.2f}" if s in b else "-" for b in by_run),
+            *(f"{u['by_size'][s]:.2f}x" if u["by_size"].get(s) is not None else "-" for u in ups),
+        ]
+        for s in sizes
+    ]
+    body.append(["avg busbw", *(f"{run.avg_busbw_gbps:.2f}" for run in runs), *("" for _ in ups)])
+    widths = [max(map(len, col)) for col in zip(header, *body)]
+    lines = ["Out-of-place bus bandwidth (GB/s) by message size"]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip() for cells in [header, *body]]
+    lines.append("avg busbw: nccl-tests' Avg bus bandwidth, the mean over out-of-place and in-place rows")
+    lines += [
+        f"  {run.label}: the log has no Avg bus bandwidth line (cut short?); mean of its rows"
+        for run in runs if run.footer_avg_busbw_gbps is None
+    ]
+    if rate is not None:
+        lines.append(
+            f"EFA line rate of fleet {rate.fleet} (stack {rate.stack}, {rate.instance_type}, "
+            f"{rate.efa_devices} EFA device{'s' * (rate.efa_devices != 1)}): "
+            f"{rate.gbit_per_s:g} Gbit/s = {rate.gbyte_per_s:.2f} GB/s per node"
+        )
+        for run in runs:
+            a = _against(run, rate)
+            lines.append(
+                f"  {run.label}: peak {a['peak_busbw_gbps']:.2f} GB/s at {human_size(a['peak_size_bytes'])} "
+                f"= {a['peak_fraction']:.1%} of line rate; average {run.avg_busbw_gbps:.2f} GB/s = {a['avg_fraction']:.1%}"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: str | Path):
+    """Bus bandwidth against message size, one line per run, written to `path`; returns the Figure."""
+    # The Agg canvas directly, not pyplot: no GUI backend, no global figure list.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(8, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for run in runs:
+        ax.plot([r.size_bytes for r in run.rows], [r.oop_busbw_gbps for r in run.rows], marker="o", label=run.label)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_size(round(x))))
+    ax.set_xlabel("message size (bytes, log2 scale)")
+    ax.set_ylabel("out-of-place bus bandwidth (GB/s)")
+    ax.set_title("nccl-tests bus bandwidth by message size")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return fig
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit; the CLI wants one line
+        raise ReportError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m components nccl-report",
+        description="Compare nccl-tests runs (all_reduce_perf and siblings): out-of-place bus bandwidth by "
+        "message size, the first run's speed-up over each other, average bus bandwidth.",
+    )
+    p.add_argument("logs", nargs="+", metavar="LOG", help="nccl-tests output, plain or with mpirun --tag-output prefixes")
+    p.add_argument("--label", action="append", default=[], metavar="NAME", help="name of each run, once per LOG in order (default: file stem)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw bus bandwidth against message size")
+    p.add_argument("--stack", metavar="NAME", help="stack (stacks/Pulumi.NAME.yaml) whose fleet gives the EFA line rate")
+    p.add_argument("--fleet", metavar="NAME", help="fleet of --stack the runs were measured on")
+    return p
+
+
+def _load_runs(paths: list[str], labels: list[str]) -> list[Run]:
+    if labels and len(labels) != len(paths):
+        raise ReportError(f"{len(labels)} --label for {len(paths)} logs; give one per LOG, in order")
+    runs = [load_run(p, label) for p, label in zip(paths, labels or [None] * len(paths))]
+    seen = [run.label for run in runs]
+    dupes = sorted({x for x in seen if seen.count(x) > 1})
+    if dupes:
+        raise ReportError(f"two runs are labelled {', '.join(dupes)}; name them with --label")
+    return runs
+
+
+def cli(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if (args.stack is None) != (args.fleet is None):
+            raise ReportError("--stack and --fleet go together: the fleet's instance type sets the line rate")
+        runs = _load_runs(args.logs, args.label)
+        rate = line_rate(args.stack, args.fleet) if args.stack else None
+        if args.plot:
+            try:
+                plot(runs, args.plot)
+            except (OSError, ValueError) as exc:  # a missing directory, an extension matplotlib cannot write
+                raise ReportError(f"cannot write plot {args.plot}: {exc}") from None
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    print(json.dumps(to_json(runs, rate), indent=2) if args.json else format_table(runs, rate))
+    return 0
