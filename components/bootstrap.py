@@ -40,13 +40,20 @@ fi
 """
 
 
-def user_data(fleet: str, efa_devices: int, multipart: bool) -> str:
-    """EKS merges a launch template's user data with its own bootstrap only in MIME multipart form."""
+def user_data(fleet: str, efa_devices: int, max_pods: int | None = None) -> str:
+    """The boot script; for EKS nodes (`max_pods` given) in MIME multipart form,
+    the only form EKS merges with its own bootstrap, with a nodeadm NodeConfig
+    so the kubelet never advertises more pods than the VPC CNI can address."""
     script = boot_script(fleet, efa_devices)
-    if not multipart:
+    if max_pods is None:
         return script
+    node_config = (
+        "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n"
+        f"  kubelet:\n    config:\n      maxPods: {max_pods}\n"
+    )
     return (
         f'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n\n'
+        f"--{MIME_BOUNDARY}\nContent-Type: application/node.eks.aws\n\n{node_config}\n"
         f"--{MIME_BOUNDARY}\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n"
         f"{script}\n--{MIME_BOUNDARY}--\n"
     )

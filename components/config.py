@@ -28,6 +28,7 @@ from .catalog import Catalog, UnknownInstanceType, from_data, regions
 NAMESPACE = "efa-infra"
 SECTIONS = ("network", "fleets", "instanceTypes", "eks", "jobs")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
+MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
 
 
 class Model(BaseModel):
@@ -113,6 +114,12 @@ class CapacityConfig(Model):
     )
 
 
+class TaintConfig(Model):
+    key: str = Field(..., min_length=1, description="Taint key, e.g. nvidia.com/gpu.")
+    value: str = Field("true", description="Taint value.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = Field("NoSchedule", description="Taint effect.")
+
+
 class FleetConfig(Model):
     name: str = Field(..., pattern=NAME_PATTERN, description="Fleet name: lower case, digits and '-', at most 24 characters; used in resource names.")
     instance_type: str = Field(..., description="EC2 instance type, e.g. p5.48xlarge. Must be in the catalog or declared under efa-infra:instanceTypes.")
@@ -128,6 +135,11 @@ class FleetConfig(Model):
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
     ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
     root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
+    taints: list[TaintConfig] | None = Field(
+        None,
+        description="On EKS, the node group's taints. Default: the accelerator's taint "
+        "(nvidia.com/gpu=true:NoSchedule or aws.amazon.com/neuron=true:NoSchedule); [] for none.",
+    )
 
     @field_validator("instance_type")
     @classmethod
@@ -197,10 +209,23 @@ class InstanceTypeSpec(Model):
 class EksConfig(Model):
     enabled: bool = Field(False, description="Create an EKS cluster; every fleet then joins it as a managed node group.")
     version: str = Field("1.33", pattern=r"^1\.\d{2}$", description="Kubernetes version, e.g. 1.33.")
+    vpc_cni_version: str = Field(
+        "v1.19.2-eksbuild.1",
+        pattern=r"^v\d+\.\d+\.\d+-eksbuild\.\d+$",
+        description="VPC CNI add-on version; v1.18.4 or newer, the first to handle efa-only interfaces.",
+    )
     public_access_cidrs: list[str] = Field(
         default_factory=list,
         description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
     )
+
+    @field_validator("vpc_cni_version")
+    @classmethod
+    def _cni_handles_efa_only(cls, v: str) -> str:
+        version = tuple(int(x) for x in v[1:].split("-")[0].split("."))
+        if version < MIN_VPC_CNI:
+            raise ValueError("efa-only interfaces need VPC CNI v1.18.4 or newer, e.g. v1.19.2-eksbuild.1")
+        return v
 
     @field_validator("public_access_cidrs")
     @classmethod

@@ -140,7 +140,7 @@ class EfaFleet(pulumi.ComponentResource):
                 placement=placement,
                 capacity_reservation_specification=capacity_spec,
                 instance_market_options=market,
-                user_data=_b64(bootstrap.user_data(f.name, plan.efa_devices, multipart=plan.on_eks)),
+                user_data=_b64(bootstrap.user_data(f.name, plan.efa_devices, plan.max_pods)),
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
                     for kind in ("instance", "volume")

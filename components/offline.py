@@ -36,6 +36,7 @@ class Registered:
     name: str
     urn: str
     parent: str | None  # the parent's name, None for top-level resources
+    parent_urn: str | None
     custom: bool
     inputs: dict
 
@@ -53,6 +54,10 @@ class PlanMocks(pulumi.runtime.Mocks):
         state.setdefault("arn", placeholder(args.name, "arn"))
         if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        if args.typ == "eks:index:Cluster":
+            # Plain values only: resource-typed outputs do not survive the mock monitor.
+            state["nodeSecurityGroupId"] = placeholder(args.name, "nodeSecurityGroupId")
+            state["kubeconfigJson"] = placeholder(args.name, "kubeconfig")
         return placeholder(args.name, "id"), state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
@@ -132,5 +137,7 @@ def run(settings: dict[str, Any], stack: str) -> Run:
     resources = []
     for urn, parent, typ, name in monitor.order:
         inputs, custom = mocks.inputs[(typ, name)]
-        resources.append(Registered(typ, name, urn, names.get(parent), custom, inputs))
+        # The stack itself is not listed: its children count as top level.
+        parent_urn = parent if parent in names else None
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs))
     return Run(resources, captured, error)

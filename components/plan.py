@@ -25,6 +25,17 @@ def default_ami(itype: InstanceType) -> str:
     return f"resolve:ssm:/aws/service/deeplearning/ami/{itype.architecture}/{DLAMI_TYPES[kind]}/latest/ami-id"
 
 
+FLEET_LABEL = "efa-infra/fleet"
+EFA_LABEL = "vpc.amazonaws.com/efa.present"  # the EFA device plugin selects nodes by it
+
+
+def accelerator_taint(itype: InstanceType) -> dict[str, str] | None:
+    """The taint that keeps non-accelerator pods off accelerator nodes."""
+    if not itype.accelerator:
+        return None
+    return {"key": itype.accelerator.resource_name, "value": "true", "effect": "NoSchedule"}
+
+
 @dataclass(frozen=True)
 class FleetPlan:
     config: FleetConfig
@@ -42,6 +53,20 @@ class FleetPlan:
     @property
     def efa_devices(self) -> int:
         return self.summary.efa_devices
+
+    @property
+    def node_labels(self) -> dict[str, str]:
+        labels = {FLEET_LABEL: self.name, "node.kubernetes.io/instance-type": self.itype.name}
+        if self.efa_devices:
+            labels[EFA_LABEL] = "true"
+        return labels
+
+    @property
+    def node_taints(self) -> list[dict[str, str]]:
+        if self.config.taints is not None:
+            return [t.model_dump() for t in self.config.taints]
+        taint = accelerator_taint(self.itype)
+        return [taint] if taint else []
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
             for s in plan.subnets
         ],
         "resources": [
-            {"type": r.type, "name": r.name, "parent": r.parent, "component": not r.custom, "inputs": r.inputs} for r in resources
+            {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
+             "component": not r.custom, "inputs": r.inputs}
+            for r in resources
         ],
         "jobs": jobs,
     }
@@ -115,14 +117,14 @@ def render_text(doc: dict[str, Any]) -> str:
     out += ["", f"Resources ({len(doc['resources'])})"]
     children: dict[str | None, list[dict]] = {}
     for r in doc["resources"]:
-        children.setdefault(r["parent"], []).append(r)
+        children.setdefault(r["parentUrn"], []).append(r)
 
     def walk(parent: str | None, depth: int) -> None:
         for r in sorted(children.get(parent, []), key=lambda r: (r["type"], r["name"])):
             shown = " ".join(f"{k}={_short(v)}" for k, v in sorted(r["inputs"].items()) if k not in HIDDEN_INPUTS)
             out.append(f"{'  ' * depth}{r['type']}  {r['name']}" + (f"  {shown}" if shown else ""))
             if r["component"]:
-                walk(r["name"], depth + 1)
+                walk(r["urn"], depth + 1)
 
     walk(None, 1)
     return "\n".join(out)

@@ -39,14 +39,22 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
         "privateSubnetIds": net.private_subnet_ids,
         "securityGroupId": net.security_group_id,
     }
+    cluster = None
+    security_groups = [net.security_group_id]
+    if cfg.eks.enabled:
+        from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
+
+        cluster = EfaCluster("eks", plan, stack, net.private_subnet_ids, net.vpc_id, tags)
+        # A launch template's security groups replace EKS's own: add the one that reaches the control plane.
+        security_groups.append(cluster.node_security_group_id)
+        outputs["clusterName"] = cluster.name
+        outputs["kubeconfig"] = cluster.kubeconfig
     fleets = {}
     for fp in plan.fleets:
-        fleets[fp.name] = EfaFleet(
-            fp.name, fp, stack,
-            subnet_id=net.private_subnet_ids[fp.config.availability_zone],
-            security_group_ids=[net.security_group_id],
-            tags=tags,
-        )
+        subnet_id = net.private_subnet_ids[fp.config.availability_zone]
+        fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags)
+        if cluster is not None:
+            cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags)
     outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
     outputs["launchTemplates"] = {
         n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()

@@ -1,0 +1,196 @@
+"""EfaCluster: the optional EKS cluster, its EFA node groups and add-ons.
+
+The control plane is a pulumi-eks `Cluster` (a remote component: only its
+inputs are visible offline). Everything that decides whether EFA works is
+built from pulumi-aws and pulumi-kubernetes resources instead, so each input
+can be checked before deploying: the managed node groups that launch from
+the fleets' EFA launch templates, the VPC CNI add-on version that handles
+`efa-only` interfaces, and the device plugins' tolerations and selectors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_eks as eks
+import pulumi_kubernetes as k8s
+
+from .plan import EFA_LABEL, FleetPlan, StackPlan, accelerator_taint
+
+SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
+NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
+EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "v0.5.30")
+NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
+TRAINING_OPERATOR = "https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.8.1"
+MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
+TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}  # Kubernetes -> EKS API
+AMI_TYPES = {("gpu", "x86_64"): "AL2023_x86_64_NVIDIA", ("gpu", "arm64"): "AL2023_ARM_64_NVIDIA",
+             ("neuron", "x86_64"): "AL2023_x86_64_NEURON", (None, "x86_64"): "AL2023_x86_64_STANDARD",
+             (None, "arm64"): "AL2023_ARM_64_STANDARD"}
+
+
+def ami_type(fp: FleetPlan) -> str:
+    """EKS picks the accelerated AMI from this; a pinned AMI id makes it CUSTOM."""
+    if fp.config.ami:
+        return "CUSTOM"
+    kind = fp.itype.accelerator.kind if fp.itype.accelerator else None
+    return AMI_TYPES[(kind, fp.itype.architecture)]
+
+
+def _tolerations(plan: StackPlan) -> list[dict]:
+    taints = {json.dumps(t, sort_keys=True) for fp in plan.fleets for t in fp.node_taints}
+    return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]} for t in map(json.loads, sorted(taints))]
+
+
+class EfaCluster(pulumi.ComponentResource):
+    name: str
+    node_security_group_id: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+
+    def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
+                 vpc_id: pulumi.Input[str], tags: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("efa-infra:index:EfaCluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cfg = plan.config.eks
+        self.name = f"{stack}-{name}"
+
+        key = aws.kms.Key(
+            f"{name}-secrets",
+            aws.kms.KeyArgs(description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags),
+            opts=child,
+        )
+        cluster = eks.Cluster(
+            f"{name}-cluster",
+            eks.ClusterArgs(
+                name=self.name,
+                version=cfg.version,
+                vpc_id=vpc_id,
+                private_subnet_ids=list(private_subnet_ids.values()),
+                authentication_mode="API",
+                endpoint_private_access=True,
+                endpoint_public_access=bool(cfg.public_access_cidrs),
+                public_access_cidrs=cfg.public_access_cidrs or None,
+                encryption_config_key_arn=key.arn,
+                skip_default_node_group=True,
+                # The VPC CNI is managed below as an add-on pinned to a version that handles efa-only.
+                use_default_vpc_cni=True,
+                node_associate_public_ip_address=False,
+                tags=tags,
+            ),
+            opts=child,
+        )
+        deps = pulumi.ResourceOptions(parent=self, depends_on=[cluster])
+        self.node_security_group_id = cluster.node_security_group_id
+        self.kubeconfig = pulumi.Output.secret(cluster.kubeconfig_json)
+
+        aws.eks.Addon(
+            f"{name}-vpc-cni",
+            aws.eks.AddonArgs(
+                cluster_name=self.name, addon_name="vpc-cni", addon_version=cfg.vpc_cni_version,
+                resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", tags=tags,
+            ),
+            opts=deps,
+        )
+
+        role = aws.iam.Role(
+            f"{name}-node",
+            aws.iam.RoleArgs(
+                assume_role_policy=json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                }),
+                tags=tags,
+            ),
+            opts=child,
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{policy}"),
+                opts=child,
+            )
+            for policy in NODE_POLICIES
+        ]
+        self.node_role = role
+        self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[cluster, *attachments])
+
+        aws.eks.NodeGroup(
+            f"{name}-system",
+            aws.eks.NodeGroupArgs(
+                cluster_name=self.name, node_role_arn=role.arn, subnet_ids=list(private_subnet_ids.values()),
+                instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
+                scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
+                labels={"efa-infra/role": "system"}, tags=tags,
+            ),
+            opts=self._node_deps,
+        )
+
+        self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig), opts=deps)
+        on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        tolerations = _tolerations(plan)
+        chart, repo, version = EFA_PLUGIN
+        k8s.helm.v3.Release(
+            f"{name}-efa-device-plugin",
+            k8s.helm.v3.ReleaseArgs(
+                chart=chart, version=version, namespace="kube-system",
+                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
+                values={
+                    "tolerations": tolerations,
+                    "nodeSelector": {EFA_LABEL: "true"},
+                    # The chart's affinity lists instance types, which lag new ones: match our label instead.
+                    "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
+                },
+            ),
+            opts=on_k8s,
+        )
+        gpu_taints = [accelerator_taint(fp.itype) for fp in plan.fleets if fp.itype.accelerator and fp.itype.accelerator.kind == "gpu"]
+        if gpu_taints:
+            chart, repo, version = NVIDIA_PLUGIN
+            k8s.helm.v3.Release(
+                f"{name}-nvidia-device-plugin",
+                k8s.helm.v3.ReleaseArgs(
+                    chart=chart, version=version, namespace="kube-system",
+                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
+                    values={"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "gpu"}, "affinity": {}},
+                ),
+                opts=on_k8s,
+            )
+        kinds = {j.kind for j in plan.config.jobs}
+        if "pytorchjob" in kinds:
+            k8s.kustomize.v2.Directory(
+                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
+            )
+        if "mpijob" in kinds:
+            k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
+        self.register_outputs({"clusterName": self.name, "kubeconfig": self.kubeconfig})
+
+    def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
+                   tags: dict[str, str]) -> aws.eks.NodeGroup:
+        """A managed node group that launches from the fleet's EFA launch template."""
+        f = fp.config
+        labels = dict(fp.node_labels)
+        if fp.itype.accelerator:
+            labels["efa-infra/accelerator"] = fp.itype.accelerator.kind
+        return aws.eks.NodeGroup(
+            f"{f.name}-nodes",
+            aws.eks.NodeGroupArgs(
+                cluster_name=self.name,
+                node_role_arn=self.node_role.arn,
+                subnet_ids=[subnet_id],
+                launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                    id=launch_template.id, version=launch_template.latest_version.apply(str),
+                ),
+                ami_type=ami_type(fp),
+                scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                    min_size=f.nodes.min, desired_size=f.nodes.desired, max_size=f.nodes.maximum,
+                ),
+                labels=labels,
+                taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]])
+                        for t in fp.node_taints],
+                tags={**tags, "efa-infra:fleet": f.name},
+            ),
+            opts=self._node_deps,
+        )
