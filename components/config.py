@@ -253,6 +253,14 @@ class JobConfig(Model):
     image: str | None = Field(None, description="Container image; required for jobs on EKS.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables; they override the derived EFA settings.")
     nodes: int | None = Field(None, ge=1, description="Nodes to run on (at most the fleet's max). Default: the fleet's desired count.")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"environment variable names take letters, digits and '_' and do not start with a digit: {bad}")
+        return v
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
     efa_check: bool = Field(True, description="Stop the launch when a node shows fewer EFA devices than its type has (no silent TCP fallback).")
@@ -485,6 +493,10 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
                                f"no fleet named {job.fleet!r}; fleets: {', '.join(sorted(raw_fleet_names)) or 'none'}"))
         if cfg.eks.enabled and not job.image:
             out.append(Problem(key_path(("jobs", j, "image")), "required for a job on EKS: the container image to run"))
+        if job.fleet in known and job.efa and not known[job.fleet].efa:
+            out.append(Problem(key_path(("jobs", j, "efa")),
+                               f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "
+                               "set the job's efa: false (TCP) or enable EFA on the fleet"))
         if job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))

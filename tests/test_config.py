@@ -54,6 +54,8 @@ INVALID = [
     ("root volume too small", base_doc(fleets=[fleet(rootVolumeGiB=8)]), "efa-infra:fleets[0].rootVolumeGiB"),
     ("NAT mode unknown", base_doc(network={"natGateways": "two"}), "efa-infra:network.natGateways"),
     ("public endpoint CIDR malformed", base_doc(eks={"publicAccessCidrs": ["everyone"]}), "efa-infra:eks.publicAccessCidrs"),
+    ("EFA job on a fleet without EFA", base_doc(fleets=[fleet(efa=False)], jobs=[JOB]), "efa-infra:jobs[0].efa"),
+    ("env name with a dash", base_doc(jobs=[{**JOB, "env": {"NCCL-DEBUG": "INFO"}}]), "efa-infra:jobs[0].env"),
     ("MPIJob for torchrun", base_doc(jobs=[{**JOB, "kind": "mpijob"}]), "efa-infra:jobs[0]"),
     ("declared type without card 0",
      base_doc(instanceTypes={"p9.48xlarge": {"vcpus": 192, "memoryMiB": 2097152, "maximumNetworkInterfaces": 2,
