@@ -1,6 +1,7 @@
 """The offline CLI: `python -m components COMMAND`.
 
     plan          what `pulumi up` would build for a stack, run under Pulumi's mocks
+    render        write every job's launch artifacts (manifests, node scripts)
     validate      check stack configs; exit 1 naming each problem by stack and key
     types         the EFA-capable instance types and their layouts
     nccl-report   compare nccl-tests logs (EFA against TCP)
@@ -28,7 +29,7 @@ def stack_file(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from . import config, plan, report
+    from . import config, launch, plan, report
 
     path, name = stack_file(args)
     cfg = config.load_file(path)  # a clean error before Pulumi is even imported
@@ -40,8 +41,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if run.error:
         print(f"error: {run.error}", file=sys.stderr)
         return 1
-    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs=[])
+    clusters = {c.name for c in cfg.clusters}
+    jobs = [report.job_facts(launch.job_plan(cfg, j), j.fleet in clusters) for j in cfg.jobs]
+    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs)
     print(json.dumps(doc, indent=2) if args.json else report.render_text(doc))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from . import config, launch
+
+    path, name = stack_file(args)
+    cfg = config.load_file(path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for job in cfg.jobs:
+        jp = launch.job_plan(cfg, job)
+        if jp.target == "eks":
+            files = {f"{job.name}.yaml": launch.manifests_yaml(launch.render_manifests(cfg, job))}
+        else:
+            script = launch.render_node_script(cfg, job, stack=name)
+            files = {f"{job.name}.sh": script,
+                     f"{job.name}.ssm.json": json.dumps(launch.ssm_document(script, job.name), indent=2) + "\n"}
+        for filename, text in files.items():
+            (out / filename).write_text(text)
+            print(out / filename)
+    if not cfg.jobs:
+        print(f"stack {name} has no jobs")
     return 0
 
 
@@ -93,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", help="path of a stack file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
+    r = sub.add_parser("render", help="write every job's launch artifacts")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
+    where.add_argument("--config", help="path of a stack file")
+    r.add_argument("--out", required=True, help="directory to write into")
+    r.set_defaults(func=cmd_render)
     v = sub.add_parser("validate", help="validate stack files (default: every stacks/Pulumi.*.yaml)")
     v.add_argument("files", nargs="*")
     v.set_defaults(func=cmd_validate)

@@ -52,12 +52,15 @@ class AddressingError(ValueError):
 class Subnet:
     kind: str  # "private" or "public"
     az: str
-    cidr: str
+    cidr: str | None  # None for an existing subnet: read at deploy time
     need: int = 0  # addresses the fleets in it may take
     fleets: list[str] = field(default_factory=list)
+    existing_id: str | None = None
 
     @property
-    def capacity(self) -> int:
+    def capacity(self) -> int | None:
+        if self.cidr is None:
+            return None
         return ipaddress.ip_network(self.cidr).num_addresses - AWS_RESERVED_PER_SUBNET
 
 

@@ -26,7 +26,7 @@ from . import addressing, efa
 from .catalog import Catalog, UnknownInstanceType, from_data, regions
 
 NAMESPACE = "efa-infra"
-SECTIONS = ("network", "fleets", "instanceTypes", "eks", "jobs")
+SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
 
@@ -41,7 +41,36 @@ class Model(BaseModel):
 # --- network -----------------------------------------------------------------
 
 
+class ExistingNetwork(Model):
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$", description="The existing VPC's id (or give vpcName).")
+    vpc_name: str | None = Field(None, min_length=1, description="The existing VPC's Name tag (or give vpcId).")
+    private_subnet_ids: dict[str, str] = Field(
+        ..., min_length=1,
+        description="The private subnet to use in each AZ, e.g. {us-east-1a: subnet-0abc...}. Each is read at deploy "
+        "time and refused if it assigns public IPs, lies in another AZ or lacks free addresses for its fleets.",
+    )
+
+    @field_validator("private_subnet_ids")
+    @classmethod
+    def _subnet_ids(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = {az: s for az, s in v.items() if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", s)}
+        if bad:
+            raise ValueError(f"not subnet ids (subnet-...): {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_vpc(self) -> "ExistingNetwork":
+        if (self.vpc_id is None) == (self.vpc_name is None):
+            raise ValueError("give exactly one of vpcId and vpcName")
+        return self
+
+
 class NetworkConfig(Model):
+    existing: ExistingNetwork | None = Field(
+        None,
+        description="Use an existing VPC and private subnets instead of creating them; only the EFA security group "
+        "and the fleets' resources are created in it.",
+    )
     vpc_cidr: str = Field(
         "10.0.0.0/16",
         description="IPv4 CIDR of the VPC, /16 to /24. Private subnets are carved from it, sized for the fleets.",
@@ -59,6 +88,14 @@ class NetworkConfig(Model):
         default_factory=list,
         description="AZs that get subnets besides the fleets' own, e.g. a second AZ for the EKS control plane.",
     )
+
+    @model_validator(mode="after")
+    def _existing_excludes_creation(self) -> "NetworkConfig":
+        if self.existing is not None:
+            clash = sorted(type(self).model_fields[k].alias or k for k in self.model_fields_set - {"existing"})
+            if clash:
+                raise ValueError(f"{', '.join(clash)} describe a VPC to create; with existing they are not used: remove them")
+        return self
 
     @field_validator("vpc_cidr")
     @classmethod
@@ -114,6 +151,17 @@ class CapacityConfig(Model):
     )
 
 
+def _known_type(name: str, value: str, info: ValidationInfo) -> str:
+    """A type the catalog in the validation context knows (the shipped data plus the stack's declarations)."""
+    cat = (info.context or {}).get("catalog")
+    if cat is not None and name not in cat:
+        try:
+            cat.get(name)
+        except UnknownInstanceType as exc:
+            raise ValueError(f"{exc}; declare a type the data lacks under {NAMESPACE}:instanceTypes") from None
+    return value
+
+
 class TaintConfig(Model):
     key: str = Field(..., min_length=1, description="Taint key, e.g. nvidia.com/gpu.")
     value: str = Field("true", description="Taint value.")
@@ -144,13 +192,7 @@ class FleetConfig(Model):
     @field_validator("instance_type")
     @classmethod
     def _known_type(cls, v: str, info: ValidationInfo) -> str:
-        cat = (info.context or {}).get("catalog")
-        if cat is not None and v not in cat:
-            try:
-                cat.get(v)
-            except UnknownInstanceType as exc:
-                raise ValueError(f"{exc}; declare a type the data lacks under {NAMESPACE}:instanceTypes") from None
-        return v
+        return _known_type(v, v, info)
 
     @field_validator("availability_zone")
     @classmethod
@@ -206,8 +248,16 @@ class InstanceTypeSpec(Model):
 # --- EKS -----------------------------------------------------------------------
 
 
+class ExistingCluster(Model):
+    cluster_name: str = Field(..., min_length=1, description="Name of the existing EKS cluster the fleets' node groups join.")
+    device_plugins: bool = Field(True, description="Install the EFA and NVIDIA device plugins; false when the cluster runs them already.")
+
+
 class EksConfig(Model):
-    enabled: bool = Field(False, description="Create an EKS cluster; every fleet then joins it as a managed node group.")
+    enabled: bool = Field(False, description="Put the fleets on EKS: every fleet becomes a managed node group.")
+    existing: ExistingCluster | None = Field(
+        None, description="Join an existing cluster (read at deploy time) instead of creating one; needs enabled: true.",
+    )
     version: str = Field("1.33", pattern=r"^1\.\d{2}$", description="Kubernetes version, e.g. 1.33.")
     vpc_cni_version: str = Field(
         "v1.19.2-eksbuild.1",
@@ -241,9 +291,29 @@ class EksConfig(Model):
 # --- jobs ------------------------------------------------------------------------
 
 
+class ClusterConfig(Model):
+    """A cluster this stack does not manage at all, as a target for jobs."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="Name jobs use for it (jobs[].fleet).")
+    kind: Literal["eks", "hyperpod"] = Field(..., description="eks: an EKS cluster; hyperpod: a SageMaker HyperPod cluster on EKS.")
+    instance_type: str = Field(
+        ..., description="Its EFA node type; HyperPod's ml.p5.48xlarge form is accepted and maps to the EC2 type for the catalog.",
+    )
+    nodes: int = Field(..., ge=1, description="EFA nodes available to jobs.")
+
+    @property
+    def ec2_type(self) -> str:
+        return self.instance_type.removeprefix("ml.")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_type(cls, v: str, info: ValidationInfo) -> str:
+        return _known_type(v.removeprefix("ml."), v, info)
+
+
 class JobConfig(Model):
     name: str = Field(..., pattern=NAME_PATTERN, description="Job name: lower case, digits and '-'.")
-    fleet: str = Field(..., description="The fleet (efa-infra:fleets[].name) the job runs on.")
+    fleet: str = Field(..., description="Where the job runs: a fleet (efa-infra:fleets[].name) or an unmanaged cluster (efa-infra:clusters[].name).")
     launcher: Literal["torchrun", "accelerate", "nccl-tests"] = Field(..., description="How processes are launched.")
     command: list[str] = Field(
         default_factory=list,
@@ -295,7 +365,8 @@ class StackConfig(Model):
     fleets: list[FleetConfig] = Field(default_factory=list, description="GPU fleets, each in one AZ and placement group.")
     instance_types: dict[str, InstanceTypeSpec] = Field(default_factory=dict, description="Instance types the shipped AWS data lacks, by name.")
     eks: EksConfig = Field(default_factory=EksConfig, description="The optional EKS cluster.")
-    jobs: list[JobConfig] = Field(default_factory=list, description="Training jobs rendered for the fleets.")
+    clusters: list[ClusterConfig] = Field(default_factory=list, description="Clusters this stack does not manage, as job targets.")
+    jobs: list[JobConfig] = Field(default_factory=list, description="Training jobs rendered for the fleets and clusters.")
 
     def catalog(self) -> Catalog:
         return catalog_for(self.instance_types)
@@ -482,17 +553,46 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
     for k, az in enumerate(cfg.network.availability_zones):
         if not re.fullmatch(re.escape(cfg.region) + r"[a-z]", az):
             out.append(Problem(key_path(("network", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
-    azs = {f.availability_zone for _, f in fleets} | set(cfg.network.availability_zones)
-    if cfg.eks.enabled and len(azs) < 2:
+    existing = cfg.network.existing
+    if existing is not None:
+        for az in existing.private_subnet_ids:
+            if not re.fullmatch(re.escape(cfg.region) + r"[a-z]", az):
+                out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{az!r} is not an AZ of region {cfg.region}"))
+        for i, f in fleets:
+            if f.availability_zone not in existing.private_subnet_ids:
+                out.append(Problem(key_path(("fleets", i, "availabilityZone")),
+                                   f"no subnet for {f.availability_zone} in network.existing.privateSubnetIds "
+                                   f"(has {', '.join(sorted(existing.private_subnet_ids))})"))
+    if cfg.eks.existing is not None and not cfg.eks.enabled:
+        out.append(Problem(key_path(("eks", "enabled")), "must be true to join eks.existing"))
+    azs = {f.availability_zone for _, f in fleets} | set(cfg.network.availability_zones) | set(existing.private_subnet_ids if existing else ())
+    if cfg.eks.enabled and cfg.eks.existing is None and len(azs) < 2:
         out.append(Problem(key_path(("network", "availabilityZones")),
                            f"EKS needs subnets in two AZs; the stack has {sorted(azs) or 'none'}: add a second AZ here"))
+    cat = cfg.catalog()
+    clusters = {c.name: c for c in cfg.clusters}
+    for k, c in enumerate(cfg.clusters):
+        if c.name in seen:
+            out.append(Problem(key_path(("clusters", k, "name")), f"{c.name!r} is already the name of fleets[{seen[c.name]}]"))
+        if c.ec2_type in cat and not cat.get(c.ec2_type).efa_supported:
+            out.append(Problem(key_path(("clusters", k, "instanceType")), f"{c.instance_type} has no EFA device; name the cluster's EFA node type"))
     known = {f.name: f for _, f in fleets}
     for j, job in jobs:
-        if job.fleet not in raw_fleet_names:
+        if job.fleet not in raw_fleet_names and job.fleet not in clusters:
             out.append(Problem(key_path(("jobs", j, "fleet")),
-                               f"no fleet named {job.fleet!r}; fleets: {', '.join(sorted(raw_fleet_names)) or 'none'}"))
-        if cfg.eks.enabled and not job.image:
-            out.append(Problem(key_path(("jobs", j, "image")), "required for a job on EKS: the container image to run"))
+                               f"no fleet or cluster named {job.fleet!r}; fleets: {', '.join(sorted(raw_fleet_names)) or 'none'}"
+                               + (f"; clusters: {', '.join(sorted(clusters))}" if clusters else "")))
+        if (cfg.eks.enabled or job.fleet in clusters) and not job.image:
+            out.append(Problem(key_path(("jobs", j, "image")), "required for a job on Kubernetes: the container image to run"))
+        on_k8s = job.fleet in clusters or (cfg.eks.enabled and job.fleet in known)
+        nodes = job.nodes or (clusters[job.fleet].nodes if job.fleet in clusters else known[job.fleet].nodes.desired if job.fleet in known else 1)
+        if on_k8s and job.launcher == "nccl-tests" and job.kind == "indexed-job" and nodes > 1:
+            out.append(Problem(key_path(("jobs", j, "kind")),
+                               f"nccl-tests across {nodes} nodes needs mpirun to start ranks on the other pods, "
+                               "which an indexed Job has no means for: use kind: mpijob"))
+        if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
+            out.append(Problem(key_path(("jobs", j, "nodes")),
+                               f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
         if job.fleet in known and job.efa and not known[job.fleet].efa:
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "
@@ -530,6 +630,7 @@ def _salvage(raw: dict, context: dict) -> tuple[StackConfig | None, list[tuple[i
         network=one(NetworkConfig, raw.get("network"), NetworkConfig()),
         eks=one(EksConfig, raw.get("eks"), EksConfig()),
         instance_types=_valid_specs(raw.get("instanceTypes") if isinstance(raw.get("instanceTypes"), dict) else {}),
+        clusters=[c for v in (raw.get("clusters") if isinstance(raw.get("clusters"), list) else []) if (c := one(ClusterConfig, v))],
         fleets=[], jobs=[],
     )
     items = lambda key: raw.get(key) if isinstance(raw.get(key), list) else []  # noqa: E731
@@ -556,7 +657,7 @@ def load(raw: dict, source: str = "stack config") -> StackConfig:
         raw_fleets = raw.get("fleets") if isinstance(raw.get("fleets"), list) else []
         raw_names = {f.get("name") for f in raw_fleets if isinstance(f, dict)}
         problems.extend(_stack_checks(cfg, fleets, jobs, raw_names))
-        if not problems:
+        if not problems and cfg.network.existing is None:  # existing subnets are checked at deploy time
             problems.extend(_sizing_checks(cfg, fleets, cat))
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source)

@@ -17,7 +17,8 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from .plan import EFA_LABEL, FleetPlan, StackPlan, accelerator_taint
+from .existing import ClusterFacts, kubeconfig
+from .plan import EFA_LABEL, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
@@ -51,12 +52,79 @@ class EfaCluster(pulumi.ComponentResource):
     provider: k8s.Provider
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
-                 vpc_id: pulumi.Input[str], tags: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+                 vpc_id: pulumi.Input[str], tags: dict[str, str], existing: ClusterFacts | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        """With `existing` (eks.existing, already read) the node groups join that cluster and
+        only the node role, its access entry and (if asked) the device plugins are created."""
         super().__init__("efa-infra:index:EfaCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg = plan.config.eks
-        self.name = f"{stack}-{name}"
+        role = aws.iam.Role(
+            f"{name}-node",
+            aws.iam.RoleArgs(
+                assume_role_policy=json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+                }),
+                tags=tags,
+            ),
+            opts=child,
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{policy}"),
+                opts=child,
+            )
+            for policy in NODE_POLICIES
+        ]
+        self.node_role = role
 
+        if existing is not None:
+            self.name = existing.name
+            self.node_security_group_id = pulumi.Output.from_input(existing.security_group_id)
+            self.kubeconfig = pulumi.Output.secret(json.dumps(kubeconfig(existing, plan.config.region)))
+            # Managed node groups of a cluster we did not create need their role let in.
+            access = aws.eks.AccessEntry(
+                f"{name}-node-access",
+                aws.eks.AccessEntryArgs(cluster_name=self.name, principal_arn=role.arn, type="EC2_LINUX", tags=tags),
+                opts=child,
+            )
+            ready: list[pulumi.Resource] = [access]
+            device_plugins = cfg.existing.device_plugins
+        else:
+            cluster = self._create_cluster(name, plan, stack, private_subnet_ids, vpc_id, tags, child)
+            ready = [cluster]
+            device_plugins = True
+            aws.eks.NodeGroup(
+                f"{name}-system",
+                aws.eks.NodeGroupArgs(
+                    cluster_name=self.name, node_role_arn=role.arn, subnet_ids=list(private_subnet_ids.values()),
+                    instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
+                    scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
+                    labels={"efa-infra/role": "system"}, tags=tags,
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, *attachments]),
+            )
+        self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
+        self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig),
+                                     opts=pulumi.ResourceOptions(parent=self, depends_on=ready))
+        on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
+        if device_plugins:
+            self._device_plugins(name, plan, on_k8s)
+        kinds = {j.kind for j in plan.config.jobs}
+        if "pytorchjob" in kinds:
+            k8s.kustomize.v2.Directory(
+                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
+            )
+        if "mpijob" in kinds:
+            k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
+        self.register_outputs({"clusterName": self.name, "kubeconfig": self.kubeconfig})
+
+    def _create_cluster(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
+                        vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
+        cfg = plan.config.eks
+        self.name = f"{stack}-{name}"
         key = aws.kms.Key(
             f"{name}-secrets",
             aws.kms.KeyArgs(description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags),
@@ -82,54 +150,19 @@ class EfaCluster(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        deps = pulumi.ResourceOptions(parent=self, depends_on=[cluster])
         self.node_security_group_id = cluster.node_security_group_id
         self.kubeconfig = pulumi.Output.secret(cluster.kubeconfig_json)
-
         aws.eks.Addon(
             f"{name}-vpc-cni",
             aws.eks.AddonArgs(
                 cluster_name=self.name, addon_name="vpc-cni", addon_version=cfg.vpc_cni_version,
                 resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE", tags=tags,
             ),
-            opts=deps,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
+        return cluster
 
-        role = aws.iam.Role(
-            f"{name}-node",
-            aws.iam.RoleArgs(
-                assume_role_policy=json.dumps({
-                    "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-                }),
-                tags=tags,
-            ),
-            opts=child,
-        )
-        attachments = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-node-{policy}",
-                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{policy}"),
-                opts=child,
-            )
-            for policy in NODE_POLICIES
-        ]
-        self.node_role = role
-        self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[cluster, *attachments])
-
-        aws.eks.NodeGroup(
-            f"{name}-system",
-            aws.eks.NodeGroupArgs(
-                cluster_name=self.name, node_role_arn=role.arn, subnet_ids=list(private_subnet_ids.values()),
-                instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
-                scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
-                labels={"efa-infra/role": "system"}, tags=tags,
-            ),
-            opts=self._node_deps,
-        )
-
-        self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig), opts=deps)
-        on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
+    def _device_plugins(self, name: str, plan: StackPlan, on_k8s: pulumi.ResourceOptions) -> None:
         tolerations = _tolerations(plan)
         chart, repo, version = EFA_PLUGIN
         k8s.helm.v3.Release(
@@ -146,8 +179,7 @@ class EfaCluster(pulumi.ComponentResource):
             ),
             opts=on_k8s,
         )
-        gpu_taints = [accelerator_taint(fp.itype) for fp in plan.fleets if fp.itype.accelerator and fp.itype.accelerator.kind == "gpu"]
-        if gpu_taints:
+        if any(fp.itype.accelerator and fp.itype.accelerator.kind == "gpu" for fp in plan.fleets):
             chart, repo, version = NVIDIA_PLUGIN
             k8s.helm.v3.Release(
                 f"{name}-nvidia-device-plugin",
@@ -158,14 +190,6 @@ class EfaCluster(pulumi.ComponentResource):
                 ),
                 opts=on_k8s,
             )
-        kinds = {j.kind for j in plan.config.jobs}
-        if "pytorchjob" in kinds:
-            k8s.kustomize.v2.Directory(
-                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
-            )
-        if "mpijob" in kinds:
-            k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
-        self.register_outputs({"clusterName": self.name, "kubeconfig": self.kubeconfig})
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
                    tags: dict[str, str]) -> aws.eks.NodeGroup:

@@ -20,12 +20,61 @@ class EfaNetwork(pulumi.ComponentResource):
     private_subnet_ids: dict[str, pulumi.Output[str]]
     security_group_id: pulumi.Output[str]
 
-    def __init__(self, name: str, plan: StackPlan, tags: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, plan: StackPlan, tags: dict[str, str], existing_vpc_id: str | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        """With `existing_vpc_id` (network.existing, already read and checked) only the EFA security group is created."""
         super().__init__("efa-infra:index:EfaNetwork", name, None, opts)
-        net = plan.config.network
         child = pulumi.ResourceOptions(parent=self)
         tagged = lambda label: {**tags, "Name": f"{name}-{label}"}  # noqa: E731
+        if existing_vpc_id is not None:
+            self.vpc_id = pulumi.Output.from_input(existing_vpc_id)
+            self.private_subnet_ids = {s.az: pulumi.Output.from_input(s.existing_id) for s in plan.subnets}
+        else:
+            self.vpc_id, self.private_subnet_ids = self._create_vpc(name, plan, tagged, child)
 
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-efa",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=self.vpc_id,
+                description="EFA: all traffic within the group; egress to anywhere",
+                tags=tagged("efa"),
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-efa-in-self",
+            aws.vpc.SecurityGroupIngressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic from the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-self",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic to the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-world",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1",
+                description="Egress for image and data pulls",
+            ),
+            opts=child,
+        )
+        self.security_group_id = sg.id
+        self.register_outputs({
+            "vpcId": self.vpc_id,
+            "privateSubnetIds": self.private_subnet_ids,
+            "securityGroupId": self.security_group_id,
+        })
+
+    @staticmethod
+    def _create_vpc(name: str, plan: StackPlan, tagged, child: pulumi.ResourceOptions):
+        net = plan.config.network
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             aws.ec2.VpcArgs(cidr_block=net.vpc_cidr, enable_dns_support=True, enable_dns_hostnames=True, tags=tagged("vpc")),
@@ -71,7 +120,7 @@ class EfaNetwork(pulumi.ComponentResource):
             nats[az] = aws.ec2.NatGateway(
                 f"{name}-nat-{az}",
                 aws.ec2.NatGatewayArgs(allocation_id=eip.id, subnet_id=subnets[("public", az)].id, tags=tagged(f"nat-{az}")),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[igw])),
             )
         private_rts = []
         for az in azs:
@@ -91,40 +140,6 @@ class EfaNetwork(pulumi.ComponentResource):
                 opts=child,
             )
             private_rts.append(rt)
-
-        sg = aws.ec2.SecurityGroup(
-            f"{name}-efa",
-            aws.ec2.SecurityGroupArgs(
-                vpc_id=vpc.id,
-                description="EFA: all traffic within the group; egress to anywhere",
-                tags=tagged("efa"),
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-efa-in-self",
-            aws.vpc.SecurityGroupIngressRuleArgs(
-                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
-                description="EFA: all traffic from the group itself",
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-efa-out-self",
-            aws.vpc.SecurityGroupEgressRuleArgs(
-                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
-                description="EFA: all traffic to the group itself",
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-efa-out-world",
-            aws.vpc.SecurityGroupEgressRuleArgs(
-                security_group_id=sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1",
-                description="Egress for image and data pulls",
-            ),
-            opts=child,
-        )
 
         region = plan.config.region
         aws.ec2.VpcEndpoint(
@@ -160,11 +175,4 @@ class EfaNetwork(pulumi.ComponentResource):
                     opts=child,
                 )
 
-        self.vpc_id = vpc.id
-        self.private_subnet_ids = {az: subnets[("private", az)].id for az in azs}
-        self.security_group_id = sg.id
-        self.register_outputs({
-            "vpcId": self.vpc_id,
-            "privateSubnetIds": self.private_subnet_ids,
-            "securityGroupId": self.security_group_id,
-        })
+        return vpc.id, {az: subnets[("private", az)].id for az in azs}

@@ -9,14 +9,16 @@ back as `<name.id>`-style placeholders.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime.proto import resource_pb2
 
+from . import config
 from . import stack as stack_mod
 
 PROJECT = "efa-infra"
@@ -41,11 +43,37 @@ class Registered:
     inputs: dict
 
 
-class PlanMocks(pulumi.runtime.Mocks):
-    """Answers registrations with the inputs plus placeholders for what AWS assigns."""
+Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
+GET_VPC, GET_SUBNET, GET_CLUSTER = "aws:ec2/getVpc:getVpc", "aws:ec2/getSubnet:getSubnet", "aws:eks/getCluster:getCluster"
 
-    def __init__(self) -> None:
+
+def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
+    """Answers for the existing resources a stack names, standing in for AWS's:
+    each subnet private, in the AZ it is listed under, with room to spare. The
+    plan marks them; the real checks happen when `pulumi up` reads the real ones."""
+    doc = config.document_from_settings(engine_settings(settings))
+    existing = (doc.get("network") or {}).get("existing") or {}
+    az_of = {sid: az for az, sid in (existing.get("privateSubnetIds") or {}).items()}
+    vpc = existing.get("vpcId") or placeholder(f"vpc Name={existing.get('vpcName')}", "id")
+    return {
+        GET_VPC: lambda args: {"id": vpc},
+        GET_SUBNET: lambda args: {"id": args["id"], "vpcId": vpc, "availabilityZone": az_of.get(args["id"], "?"),
+                                  "mapPublicIpOnLaunch": False, "availableIpAddressCount": 65531},
+        GET_CLUSTER: lambda args: {
+            "name": args["name"], "version": placeholder(args["name"], "version"), "endpoint": placeholder(args["name"], "endpoint"),
+            "certificateAuthorities": [{"data": placeholder(args["name"], "certificate")}],
+            "vpcConfig": {"clusterSecurityGroupId": placeholder(args["name"], "clusterSecurityGroupId")},
+        },
+    }
+
+
+class PlanMocks(pulumi.runtime.Mocks):
+    """Answers registrations with the inputs plus placeholders for what AWS assigns,
+    and data-source lookups from `lookups`."""
+
+    def __init__(self, lookups: Lookups) -> None:
         self.inputs: dict[tuple[str, str], tuple[dict, bool]] = {}
+        self.lookups = lookups
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.inputs[(args.typ, args.name)] = (dict(args.inputs), args.custom)
@@ -61,7 +89,9 @@ class PlanMocks(pulumi.runtime.Mocks):
         return placeholder(args.name, "id"), state
 
     def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}
+        if args.token not in self.lookups:
+            raise LookupError(f"the offline plan has no answer for {args.token}")
+        return self.lookups[args.token](dict(args.args))
 
 
 class PlanMonitor(pmocks.MockMonitor):
@@ -111,13 +141,14 @@ def engine_settings(settings: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
 
 
-def run(settings: dict[str, Any], stack: str) -> Run:
-    """Run the program with these config settings (`{"ns:key": value}`).
+def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) -> Run:
+    """Run the program with these config settings (`{"ns:key": value}`); data
+    sources answer from `lookups` (default: stand_in_lookups(settings)).
 
     An invalid config ends the program with pulumi.RunError, as under
     `pulumi up`: the Run then carries its message and whatever was registered.
     """
-    mocks = PlanMocks()
+    mocks = PlanMocks(stand_in_lookups(settings) if lookups is None else lookups)
     monitor = PlanMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(engine_settings(settings))
@@ -133,6 +164,9 @@ def run(settings: dict[str, Any], stack: str) -> Run:
         program()
     except pulumi.RunError as err:
         error = str(err)
+    # The mock monitor's worker threads leave event loops behind; finalize them now,
+    # not during interpreter shutdown, where closing one prints a spurious error.
+    gc.collect()
     names = {urn: name for urn, _, _, name in monitor.order}
     resources = []
     for urn, parent, typ, name in monitor.order:

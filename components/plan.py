@@ -98,14 +98,51 @@ def fleet_plan(f: FleetConfig, cat: Catalog, on_eks: bool) -> FleetPlan:
     )
 
 
+@dataclass(frozen=True)
+class JobTarget:
+    """Where a job runs: one of the stack's fleets, or a cluster it does not manage."""
+
+    name: str
+    itype: InstanceType
+    efa_devices: int  # per node, all the type's devices in the fleet's layout; 0 for a fleet without EFA
+    platform: str  # "eks" (Kubernetes manifests) or "ec2" (node scripts)
+    default_nodes: int
+    node_selector: dict[str, str]  # Kubernetes labels that pick its nodes
+
+
+def job_target(cfg: StackConfig, name: str) -> JobTarget:
+    cat = cfg.catalog()
+    fleet = next((f for f in cfg.fleets if f.name == name), None)
+    if fleet is not None:
+        fp = fleet_plan(fleet, cat, cfg.eks.enabled)
+        selector = {FLEET_LABEL: name}
+        if fp.efa_devices:
+            selector[EFA_LABEL] = "true"
+        return JobTarget(name, fp.itype, fp.efa_devices, "eks" if fp.on_eks else "ec2", fleet.nodes.desired, selector)
+    cluster = next(c for c in cfg.clusters if c.name == name)
+    itype = cat.get(cluster.ec2_type)
+    # Unmanaged nodes carry none of our labels; EKS and HyperPod both label the instance type
+    # (HyperPod in its ml. form, as the cluster config names it).
+    return JobTarget(name, itype, itype.maximum_efa_interfaces, "eks", cluster.nodes,
+                     {"node.kubernetes.io/instance-type": cluster.instance_type})
+
+
 def build(cfg: StackConfig) -> StackPlan:
     """The plan of a config that `config.load` accepted."""
     cat = cfg.catalog()
     fleets = [fleet_plan(f, cat, cfg.eks.enabled) for f in cfg.fleets]
-    need = {az: 0 for az in cfg.network.availability_zones}
+    existing = cfg.network.existing
+    need = {az: 0 for az in (existing.private_subnet_ids if existing else cfg.network.availability_zones)}
     by_az: dict[str, list[str]] = {}
     for fp in fleets:
         az = fp.config.availability_zone
         need[az] = need.get(az, 0) + fp.addresses_per_node * fp.config.nodes.maximum
         by_az.setdefault(az, []).append(fp.name)
-    return StackPlan(cfg, cat, fleets, addressing.plan_subnets(cfg.network.vpc_cidr, need, by_az))
+    if existing:
+        subnets = [addressing.Subnet("private", az, None, need[az], by_az.get(az, []), existing_id=sid)
+                   for az, sid in sorted(existing.private_subnet_ids.items())]
+    elif fleets:
+        subnets = addressing.plan_subnets(cfg.network.vpc_cidr, need, by_az)
+    else:
+        subnets = []  # nothing to hold: a stack of jobs for clusters it does not manage
+    return StackPlan(cfg, cat, fleets, subnets)

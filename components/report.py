@@ -51,9 +51,22 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet) -> dict[str, Any]:
         "privateIpsPerNode": s.private_ips,
         "addressesPerNode": fp.addresses_per_node,
         "maxPodsPerNode": fp.max_pods,
-        "subnet": {"cidr": subnet.cidr, "capacity": subnet.capacity, "need": subnet.need},
+        "subnet": {"cidr": subnet.cidr, "existingId": subnet.existing_id, "capacity": subnet.capacity, "need": subnet.need},
         "target": "eks" if fp.on_eks else "ec2",
         "ami": _ami(fp),
+    }
+
+
+def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
+    """A job as the plan lists it (jp: launch.JobPlan; unmanaged: it targets a cluster the stack does not manage)."""
+    artifacts = (f"{jp.kind} manifests on EKS" if jp.target == "eks"
+                 else "a launch script in an SSM document, run on every node of the fleet")
+    return {
+        "name": jp.job, "fleet": jp.fleet, "unmanagedCluster": unmanaged, "launcher": jp.launcher, "target": jp.target,
+        "kind": jp.kind if jp.target == "eks" else None,
+        "nodes": jp.nodes, "procsPerNode": jp.procs_per_node, "efa": jp.efa_devices > 0,
+        "efaDevices": jp.efa_devices, "accelerators": jp.accelerator_count, "rdma": jp.rdma,
+        "env": jp.env, "artifacts": artifacts,
     }
 
 
@@ -64,7 +77,8 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
         "fleets": [fleet_facts(fp, plan.private_subnet(fp.config.availability_zone)) for fp in plan.fleets],
         "subnets": [
-            {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "capacity": s.capacity, "need": s.need, "fleets": s.fleets}
+            {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
+             "need": s.need, "fleets": s.fleets}
             for s in plan.subnets
         ],
         "resources": [
@@ -86,10 +100,16 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _subnet(s: dict) -> str:
+    if s["existingId"]:
+        return f"existing {s['existingId']} (AZ, public IPs and free addresses read and checked at deploy time)"
+    return f"{s['cidr']} room for {s['capacity']}"
+
+
 def render_text(doc: dict[str, Any]) -> str:
     out = [f"Offline plan of stack {doc['stack']} ({doc['region']}): no AWS call was made.",
            f"Values written <name.attr> are {AWS_ASSIGNED}.", ""]
-    out.append("Fleets")
+    out.append("Fleets" if doc["fleets"] else "Fleets: none")
     for f in doc["fleets"]:
         n = f["nodes"]
         out.append(f"  {f['name']}: {f['instanceType']}" + (f" ({f['accelerators']})" if f["accelerators"] else "")
@@ -103,16 +123,17 @@ def render_text(doc: dict[str, Any]) -> str:
         pods = f"; {f['addressesPerNode']} with up to {f['maxPodsPerNode']} pods" if f["maxPodsPerNode"] is not None else ""
         out.append(f"    addresses         {f['privateIpsPerNode']} private IP per node{pods}")
         s = f["subnet"]
-        out.append(f"    subnet            {s['cidr']}: room for {s['capacity']}, needs {s['need']} at max nodes")
+        out.append(f"    subnet            {_subnet(s)}, needs {s['need']} at max nodes")
         out.append(f"    AMI               {f['ami']}")
-    out += ["", "Subnets"]
+    out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
-        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {s['cidr']:<18} room {s['capacity']:>6}, need {s['need']:>6}{who}")
+        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
     if doc["jobs"]:
         out += ["", "Jobs"]
         for j in doc["jobs"]:
-            out.append(f"  {j['name']}: {j['launcher']} on fleet {j['fleet']}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
+            where = f"cluster {j['fleet']} (not managed by this stack)" if j["unmanagedCluster"] else f"fleet {j['fleet']}"
+            out.append(f"  {j['name']}: {j['launcher']} on {where}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
                        f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per node), {j['artifacts']}")
     out += ["", f"Resources ({len(doc['resources'])})"]
     children: dict[str | None, list[dict]] = {}

@@ -1,7 +1,8 @@
 """Wires the components from a validated stack config: what `pulumi up` runs.
 
-The config is read and validated in full before the first resource is
-registered, so an invalid stack creates nothing.
+The config is read and validated in full, and existing resources it names
+are read and checked, before the first resource is registered: an invalid
+stack creates nothing.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import pulumi
 import pulumi.runtime.config as runtime_config
 
 from . import config as config_mod
+from . import existing as existing_mod
 from . import plan as plan_mod
 from .fleet import EfaFleet
+from .job import Job
 from .network import EfaNetwork
 
 
@@ -29,37 +32,66 @@ def load_config() -> config_mod.StackConfig:
         raise pulumi.RunError(str(err)) from None
 
 
+def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None]:
+    """Read the VPC, subnets and cluster the config names (pulumi-aws data sources)
+    and check them against the plan; raises pulumi.RunError naming each problem."""
+    import pulumi_aws as aws
+
+    cfg = plan.config
+    problems: list = []
+    vpc_id = cluster = None
+    # A lookup that fails (no such subnet) ends the run with the provider's own error.
+    if cfg.network.existing:
+        ex = cfg.network.existing
+        vpc_id = (aws.ec2.get_vpc(id=ex.vpc_id) if ex.vpc_id else aws.ec2.get_vpc(tags={"Name": ex.vpc_name})).id
+        facts = {}
+        for subnet_id in ex.private_subnet_ids.values():
+            s = aws.ec2.get_subnet(id=subnet_id)
+            facts[subnet_id] = existing_mod.SubnetFacts(s.id, s.vpc_id, s.availability_zone, bool(s.map_public_ip_on_launch),
+                                                        int(s.available_ip_address_count))
+        problems.extend(existing_mod.check_subnets(plan, vpc_id, facts))
+    if cfg.eks.existing:
+        c = aws.eks.get_cluster(name=cfg.eks.existing.cluster_name)
+        cluster = existing_mod.ClusterFacts(c.name, c.version, c.endpoint, c.certificate_authorities[0].data,
+                                            c.vpc_config.cluster_security_group_id)
+    if problems:
+        raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
+    return vpc_id, cluster
+
+
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
+    existing_vpc_id, existing_cluster = read_existing(plan)
     tags = {"efa-infra:stack": stack}
-    net = EfaNetwork("efa", plan, tags)
-    outputs: dict = {
-        "vpcId": net.vpc_id,
-        "privateSubnetIds": net.private_subnet_ids,
-        "securityGroupId": net.security_group_id,
-    }
+    outputs: dict = {}
     cluster = None
-    security_groups = [net.security_group_id]
-    if cfg.eks.enabled:
-        from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
+    if plan.fleets:
+        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id)
+        outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
+        security_groups = [net.security_group_id]
+        if cfg.eks.enabled:
+            from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
 
-        cluster = EfaCluster("eks", plan, stack, net.private_subnet_ids, net.vpc_id, tags)
-        # A launch template's security groups replace EKS's own: add the one that reaches the control plane.
-        security_groups.append(cluster.node_security_group_id)
-        outputs["clusterName"] = cluster.name
-        outputs["kubeconfig"] = cluster.kubeconfig
-    fleets = {}
-    for fp in plan.fleets:
-        subnet_id = net.private_subnet_ids[fp.config.availability_zone]
-        fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags)
-        if cluster is not None:
-            cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags)
-    outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
-    outputs["launchTemplates"] = {
-        n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
-    }
-    outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
+            cluster = EfaCluster("eks", plan, stack, net.private_subnet_ids, net.vpc_id, tags, existing=existing_cluster)
+            # A launch template's security groups replace EKS's own: add the one that reaches the control plane.
+            security_groups.append(cluster.node_security_group_id)
+            outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        fleets = {}
+        for fp in plan.fleets:
+            subnet_id = net.private_subnet_ids[fp.config.availability_zone]
+            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags)
+            if cluster is not None:
+                cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags)
+        outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
+        outputs["launchTemplates"] = {
+            n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
+        }
+        outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
+    if cfg.jobs:
+        outputs["jobs"] = {
+            j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags).outputs for j in cfg.jobs
+        }
     return outputs
 
 

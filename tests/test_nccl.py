@@ -276,7 +276,7 @@ def test_line_rate_of_dev_stack(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--stack", "prod", "--fleet", "gpu"], "error: no stack 'prod'; stacks: "),
+    (["--stack", "nope", "--fleet", "gpu"], "error: no stack 'nope'; stacks: "),
     (["--stack", "dev", "--fleet", "cpu"], "error: stack dev has no fleet 'cpu'; fleets: gpu\n"),
     (["--stack", "dev"], "error: --stack and --fleet go together: the fleet's instance type sets the line rate\n"),
 ])

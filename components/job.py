@@ -1,0 +1,59 @@
+"""Job: a training job's launch artifacts as stack resources and outputs.
+
+On plain EC2 fleets the per-node launch script becomes an SSM Command
+document, which a pipeline runs on every node of the fleet with
+`aws ssm send-command`. On EKS the manifests are exported as a stack output,
+and applied when the job says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_aws as aws
+
+from . import launch
+from .config import JobConfig, StackConfig
+from .fleet import FLEET_TAG, STACK_TAG
+
+
+def send_command(document: str, fleet: str, stack: str) -> str:
+    """The command a pipeline runs to start the job on every node of the fleet."""
+    return (f"aws ssm send-command --document-name {document} "
+            f"--targets Key=tag:{FLEET_TAG},Values={fleet} Key=tag:{STACK_TAG},Values={stack}")
+
+
+class Job(pulumi.ComponentResource):
+    outputs: dict
+
+    def __init__(self, job: JobConfig, cfg: StackConfig, stack: str, k8s_provider=None,
+                 tags: dict[str, str] | None = None, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("efa-infra:index:Job", job.name, None, opts)
+        plan = launch.job_plan(cfg, job)
+        if plan.target == "ec2":
+            document = aws.ssm.Document(
+                f"{job.name}-launch",
+                aws.ssm.DocumentArgs(
+                    document_type="Command",
+                    document_format="JSON",
+                    content=json.dumps(launch.ssm_document(launch.render_node_script(cfg, job, stack=stack), job.name)),
+                    tags=tags,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.outputs = {
+                "ssmDocument": document.name,
+                "run": document.name.apply(lambda name: send_command(name, plan.fleet, stack)),
+            }
+        else:
+            manifests = launch.render_manifests(cfg, job)
+            if job.apply:
+                import pulumi_kubernetes as k8s
+
+                k8s.yaml.v2.ConfigGroup(
+                    f"{job.name}-manifests", k8s.yaml.v2.ConfigGroupArgs(objs=manifests),
+                    opts=pulumi.ResourceOptions(parent=self, provider=k8s_provider),
+                )
+            self.outputs = {"manifests": manifests}
+        self.register_outputs(self.outputs)

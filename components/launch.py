@@ -1,0 +1,451 @@
+"""How a job is launched: the derived plan, Kubernetes manifests, EC2 node scripts.
+
+`job_plan()` derives everything a launch needs from the stack config and the
+catalog (nodes, processes, EFA devices, accelerators, the EFA/NCCL
+environment). The two renderers turn one plan into what a target runs:
+`render_manifests()` for fleets in an EKS cluster (`manifests_yaml()` writes
+them out), `render_node_script()` for plain EC2 fleets (`ssm_document()` wraps
+it for SSM Run Command). Pure: no Pulumi import.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import yaml
+
+from .catalog import InstanceType
+from .config import JobConfig, StackConfig
+from .plan import EFA_LABEL, job_target
+
+# AWS's nccl-tests manifests ask for this much; EFA (libfabric) uses 2 MiB pages.
+HUGEPAGES_MIB = 5120
+# Share of the node's memory (after hugepages) a pod may use; the rest is left
+# to the kubelet, system daemons and device plugins, so the pod stays schedulable.
+POD_MEMORY_SHARE = 0.85
+EFA_RESOURCE = "vpc.amazonaws.com/efa"
+JOB_LABEL = "efa-infra/job"
+NCCL_TESTS_COMMAND = ("all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1")
+# Pods: every interface but these; gloo takes no exclusion list, but in a pod the
+# host name resolves to the pod IP, which is all gloo needs.
+K8S_SOCKET_IFNAME = "^lo,docker0"
+# MPI is only the bootstrap for nccl-tests: keep it on TCP, off the EFA devices.
+MPI_TRANSPORT = ("--bind-to", "none", "--mca", "pml", "^cm,ucx", "--mca", "btl", "tcp,self",
+                 "--mca", "btl_tcp_if_exclude", "lo,docker0")
+
+
+class LaunchError(ValueError):
+    """A job that cannot be launched as configured."""
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One job's launch, per node unless said otherwise."""
+
+    job: str
+    fleet: str
+    launcher: str  # torchrun, accelerate, nccl-tests
+    kind: str  # on EKS: indexed-job, pytorchjob, mpijob
+    target: str  # eks or ec2
+    instance_type: str
+    nodes: int
+    procs_per_node: int
+    efa_devices: int  # per node; 0 without EFA
+    accelerator_resource: str | None  # nvidia.com/gpu, aws.amazon.com/neuron
+    accelerator_count: int  # per node
+    hugepages: str | None  # hugepages-2Mi per pod, with EFA
+    memory: str | None  # pod memory, with EFA: Kubernetes wants memory or cpu beside hugepages
+    env: dict[str, str]  # EFA/NCCL settings, then job.env; on EC2 the script adds the socket interface
+    rdma: bool  # FI_EFA_USE_DEVICE_RDMA=1 is set
+    node_selector: dict[str, str]  # on Kubernetes: the labels of the target's nodes
+    command: tuple[str, ...]
+    port: int
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * self.procs_per_node
+
+
+def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
+    """Everything a launch of `job` needs, derived from the stack config and the catalog."""
+    # config.load has checked the rest: the job's EFA needs an EFA fleet, env names are shell names.
+    target = job_target(cfg, job.fleet)
+    itype = target.itype
+    devices = target.efa_devices if job.efa else 0
+    accel = itype.accelerator
+    rdma = job.efa and itype.efa_rdma_read
+    return JobPlan(
+        job=job.name,
+        fleet=target.name,
+        launcher=job.launcher,
+        kind=job.kind,
+        target=target.platform,
+        instance_type=itype.name,
+        nodes=job.nodes or target.default_nodes,
+        node_selector=target.node_selector if job.efa else {k: v for k, v in target.node_selector.items() if k != EFA_LABEL},
+        procs_per_node=job.procs_per_node or (accel.count if accel else 1),
+        efa_devices=devices,
+        accelerator_resource=accel.resource_name if accel else None,
+        accelerator_count=accel.count if accel else 0,
+        hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
+        memory=_pod_memory(itype) if job.efa else None,
+        env=_env(job, rdma, target.platform),
+        rdma=rdma,
+        command=tuple(job.command) or (NCCL_TESTS_COMMAND if job.launcher == "nccl-tests" else ()),
+        port=job.port,
+    )
+
+
+def _pod_memory(itype: InstanceType) -> str:
+    return f"{int((itype.memory_mib - HUGEPAGES_MIB) * POD_MEMORY_SHARE) // 1024}Gi"
+
+
+def _env(job: JobConfig, rdma: bool, target: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if job.efa:
+        env["FI_PROVIDER"] = "efa"
+        env["FI_EFA_FORK_SAFE"] = "1"
+        if rdma:
+            # Only where the device has RDMA read: libfabric >= 1.18 follows the
+            # device on its own, and forcing 1 on a device without it aborts.
+            env["FI_EFA_USE_DEVICE_RDMA"] = "1"
+        env["NCCL_BUFFSIZE"] = "8388608"
+        env["NCCL_P2P_NET_CHUNKSIZE"] = "524288"
+    else:
+        env["NCCL_NET"] = "Socket"  # the TCP baseline, said outright
+    env["NCCL_DEBUG"] = "INFO"  # logs name the transport: NET/OFI (EFA) or NET/Socket
+    if target == "eks":
+        env["NCCL_SOCKET_IFNAME"] = K8S_SOCKET_IFNAME
+    env.update(job.env)
+    return env
+
+
+def _launch_line(plan: JobPlan, rank: str, master: str, port: str) -> str:
+    """The torchrun or accelerate command as shell text; rank, master and port are shell words.
+    (nccl-tests starts through mpirun instead.)"""
+    script = " ".join(shlex.quote(a) for a in plan.command)
+    if plan.launcher == "torchrun":
+        return (f"torchrun --nnodes {plan.nodes} --node_rank {rank} --master_addr {master} "
+                f"--master_port {port} --nproc_per_node {plan.procs_per_node} {script}")
+    # accelerate: --multi_gpu is its torchrun path; --cpu with several machines runs undistributed.
+    # --same_network: master address and port as torchrun gets them (a fleet's nodes share one subnet).
+    return (f"accelerate launch --multi_gpu --same_network --num_machines {plan.nodes} --machine_rank {rank} "
+            f"--main_process_ip {master} --main_process_port {port} --num_processes {plan.processes} {script}")
+
+
+def _mpirun(plan: JobPlan, env_names: list[str]) -> list[str]:
+    args = ["mpirun", "--allow-run-as-root", "--tag-output", "-np", str(plan.processes), *MPI_TRANSPORT]
+    for name in env_names:
+        args += ["-x", name]
+    return args
+
+
+# --- Kubernetes ------------------------------------------------------------------
+
+
+def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
+    """The job's Kubernetes manifests for a fleet in the stack's EKS cluster."""
+    plan = job_plan(cfg, job)
+    if plan.target != "eks":
+        raise LaunchError(f"job {job.name!r}: the stack has no EKS cluster; use render_node_script for EC2 fleets")
+    if plan.kind == "pytorchjob":
+        return [_pytorchjob(plan, job)]
+    if plan.kind == "mpijob":
+        return [_mpijob(plan, job)]
+    return _indexed_job(plan, job)
+
+
+def manifests_yaml(docs: list[dict]) -> str:
+    """The manifests as one multi-document YAML file, for kubectl apply -f."""
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _labels(plan: JobPlan, component: str | None = None) -> dict[str, str]:
+    labels = {"app.kubernetes.io/name": plan.job, JOB_LABEL: plan.job}
+    if component:
+        labels["app.kubernetes.io/component"] = component
+    return labels
+
+
+def _placement(plan: JobPlan) -> dict:
+    """Pod spec fields that put a pod on the fleet's nodes."""
+    spec: dict = {"nodeSelector": dict(plan.node_selector)}
+    if plan.accelerator_resource:
+        spec["tolerations"] = [{"key": plan.accelerator_resource, "operator": "Exists", "effect": "NoSchedule"}]
+    return spec
+
+
+def _env_list(plan: JobPlan) -> list[dict]:
+    return [{"name": k, "value": v} for k, v in plan.env.items()]
+
+
+def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with_env: bool = True) -> dict:
+    """The template of a pod that holds one whole node: its devices, /dev/shm and locked memory."""
+    resources: dict = {}
+    if plan.efa_devices:
+        resources[EFA_RESOURCE] = plan.efa_devices
+    if plan.accelerator_resource:
+        resources[plan.accelerator_resource] = plan.accelerator_count
+    if plan.hugepages:
+        resources["hugepages-2Mi"] = plan.hugepages
+        resources["memory"] = plan.memory
+    container: dict = {"name": name, "image": job.image, "command": command}
+    if with_env:
+        container["env"] = _env_list(plan)
+    if resources:
+        container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
+    # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
+    container["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    spec = _placement(plan)
+    # The device requests keep one pod per node, except on a type without devices.
+    spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": _labels(plan, "node")},
+        "topologyKey": "kubernetes.io/hostname",
+    }]}}
+    spec["containers"] = [container]
+    spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}]
+    return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
+
+
+def _sh(line: str) -> list[str]:
+    return ["/bin/sh", "-c", "exec " + line]
+
+
+def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
+    service = plan.job  # pods are <job>-<index>.<service>
+    if plan.launcher == "nccl-tests":  # on one node: config.load refuses more for an indexed Job
+        command = _mpirun(plan, []) + list(plan.command)
+    else:
+        master = shlex.quote(f"{plan.job}-0.{service}")
+        command = _sh(_launch_line(plan, '"$JOB_COMPLETION_INDEX"', master, str(plan.port)))
+    template = _node_pod(plan, job, "node", command)
+    template["spec"]["subdomain"] = service
+    template["spec"]["restartPolicy"] = "Never"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": service, "labels": _labels(plan)},
+            "spec": {
+                "clusterIP": "None",
+                "selector": {JOB_LABEL: plan.job},
+                # Pod 0's name must resolve before any readiness: it is the rendezvous.
+                "publishNotReadyAddresses": True,
+                "ports": [{"name": "rendezvous", "port": plan.port, "targetPort": plan.port}],
+            },
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": plan.job, "labels": _labels(plan)},
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": plan.nodes,
+                "parallelism": plan.nodes,
+                "backoffLimit": 0,  # a restarted rank cannot rejoin a formed rendezvous: fail the job
+                "template": template,
+            },
+        },
+    ]
+
+
+def _pytorchjob(plan: JobPlan, job: JobConfig) -> dict:
+    # The training operator sets MASTER_ADDR, MASTER_PORT (from the port named
+    # pytorchjob-port of the container named pytorch) and RANK, the node rank.
+    template = _node_pod(plan, job, "pytorch", _sh(_launch_line(plan, '"$RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"')))
+    template["spec"]["containers"][0]["ports"] = [{"name": "pytorchjob-port", "containerPort": plan.port}]
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
+    if plan.nodes > 1:
+        replicas["Worker"] = {"replicas": plan.nodes - 1, "restartPolicy": "Never", "template": template}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": plan.job, "labels": _labels(plan)},
+        "spec": {"runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "Running"}, "pytorchReplicaSpecs": replicas},
+    }
+
+
+def _mpijob(plan: JobPlan, job: JobConfig) -> dict:
+    # Ranks start through sshd on the workers and so see none of their pod's
+    # env: the launcher passes every variable with -x.
+    mpirun = _mpirun(plan, ["PATH", "LD_LIBRARY_PATH", *plan.env]) + list(plan.command)
+    launcher = {"name": "launcher", "image": job.image, "command": mpirun, "env": _env_list(plan)}
+    launcher_pod = {"metadata": {"labels": _labels(plan, "launcher")}, "spec": {**_placement(plan), "containers": [launcher]}}
+    worker_pod = _node_pod(plan, job, "worker", ["/usr/sbin/sshd", "-De"], with_env=False)
+    return {
+        "apiVersion": "kubeflow.org/v2beta1",
+        "kind": "MPIJob",
+        "metadata": {"name": plan.job, "labels": _labels(plan)},
+        "spec": {
+            "slotsPerWorker": plan.procs_per_node,
+            "mpiImplementation": "OpenMPI",
+            # Start mpirun once the workers run, so it does not race their sshd.
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "Running"},
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure", "template": launcher_pod},
+                "Worker": {"replicas": plan.nodes, "restartPolicy": "Never", "template": worker_pod},
+            },
+        },
+    }
+
+
+# --- EC2 ------------------------------------------------------------------------
+
+_DISCOVER = r'''
+log() { printf 'efa-infra[%s]: %s\n' "$JOB" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The fleet's nodes: a hostfile ($1, else $HOSTFILE; one IP per line, '#'
+# comments), else the fleet's running instances, by tag, from the EC2 API.
+HOSTS_FROM=${1:-${HOSTFILE:-}}
+if [[ -n $HOSTS_FROM ]]; then
+  [[ -r $HOSTS_FROM ]] || die "hostfile $HOSTS_FROM is not readable"
+  raw_ips=$(sed -e 's/#.*//' -- "$HOSTS_FROM")
+else
+  HOSTS_FROM="EC2 instances tagged efa-infra:fleet=$FLEET, efa-infra:stack=$EFA_INFRA_STACK in $REGION"
+  command -v aws >/dev/null || die "no hostfile (\$1 or \$HOSTFILE) and no aws CLI to list $HOSTS_FROM"
+  raw_ips=$(aws ec2 describe-instances --region "$REGION" \
+    --filters "Name=tag:efa-infra:fleet,Values=$FLEET" "Name=tag:efa-infra:stack,Values=$EFA_INFRA_STACK" \
+              Name=instance-state-name,Values=running \
+    --query 'Reservations[].Instances[].PrivateIpAddress' --output text) || die "could not list $HOSTS_FROM"
+fi
+# Sorted numerically so that every node derives the same ranks.
+mapfile -t ALL_IPS < <(tr -s '[:space:]' '\n' <<<"$raw_ips" | sed '/^$/d' | sort -t . -k1,1n -k2,2n -k3,3n -k4,4n -u)
+for ip in "${ALL_IPS[@]}"; do
+  [[ $ip =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "'$ip' from $HOSTS_FROM is not an IPv4 address"
+done
+(( ${#ALL_IPS[@]} >= NODES_NUM )) ||
+  die "the job runs on $NODES_NUM nodes but $HOSTS_FROM lists ${#ALL_IPS[@]}: ${ALL_IPS[*]:-none}"
+
+# This node: its first IPv4 address that is in the list; the rank is the index there.
+NODE_IP=
+while read -r _ ifname _ cidr _; do
+  for i in "${!ALL_IPS[@]}"; do
+    if [[ ${ALL_IPS[i]} == "${cidr%/*}" ]]; then
+      NODE_IP=${ALL_IPS[i]} NODE_IF=${ifname%@*} NODE_RANK=$i
+      break 2
+    fi
+  done
+done < <(ip -o -4 addr show)
+[[ -n $NODE_IP ]] ||
+  die "none of this node's addresses ($(ip -o -4 addr show | awk '{printf "%s ", $4}')) is in the node list from $HOSTS_FROM: ${ALL_IPS[*]}"
+if (( NODE_RANK >= NODES_NUM )); then
+  log "node $NODE_IP is number $((NODE_RANK + 1)) of ${#ALL_IPS[@]}; the job runs on the first $NODES_NUM: nothing to do here"
+  exit 0
+fi
+NODES_IPS=$(printf '%s\n' "${ALL_IPS[@]:0:NODES_NUM}")
+MASTER_ADDR=${ALL_IPS[0]}
+export NODES_IPS NODES_NUM NODE_RANK MASTER_ADDR MASTER_PORT GPUS_PER_NODE
+log "node $NODE_RANK of $NODES_NUM: $NODE_IP on $NODE_IF; master $MASTER_ADDR:$MASTER_PORT; $GPUS_PER_NODE processes per node"
+'''
+
+_COUNT_EFA = r'''
+# EFA devices on this node: without them NCCL falls back to TCP, silently.
+shopt -s nullglob
+efa_devices=(/sys/class/infiniband/*)
+efa_found=${#efa_devices[@]}
+efa_seen="$efa_found in /sys/class/infiniband"
+fi_info=$(command -v fi_info || true)
+if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
+if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
+  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
+fi
+'''
+
+_EFA_SHORT = ('expected $EFA_EXPECTED EFA devices ($INSTANCE_TYPE), found $efa_found on $NODE_IP ($efa_seen)')
+_EFA_FAIL = ('if (( efa_found < EFA_EXPECTED )); then\n'
+             f'  die "EFA check failed: {_EFA_SHORT}; NCCL would fall back to TCP. '
+             'Fix the node, or set the job\'s efaCheck: false to run anyway"\nfi\n')
+_EFA_WARN = ('if (( efa_found < EFA_EXPECTED )); then\n'
+             f'  log "warning: {_EFA_SHORT}; efaCheck is false, so the launch goes on and NCCL may use TCP"\nfi\n')
+
+_NCCL_TESTS_HOSTS = r'''
+if (( NODE_RANK != 0 )); then
+  log "nccl-tests: node 0 ($MASTER_ADDR) starts every rank with mpirun; nothing more to do here"
+  exit 0
+fi
+hosts=("${ALL_IPS[@]:0:NODES_NUM}")
+MPI_HOSTS=$(IFS=,; echo "${hosts[*]/%/:$GPUS_PER_NODE}")
+MPI_ENV=(-x PATH)
+if [[ -n ${LD_LIBRARY_PATH:-} ]]; then MPI_ENV+=(-x LD_LIBRARY_PATH); fi
+'''
+
+
+def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
+    """A bash script that launches `job` when run on every node of its EC2 fleet.
+
+    `stack` is the Pulumi stack name, which tags the fleet's instances next to the fleet name.
+    """
+    plan = job_plan(cfg, job)
+    if plan.target != "ec2":
+        raise LaunchError(f"job {job.name!r}: the stack's fleets are in EKS; use render_manifests")
+    if not stack:
+        raise LaunchError("render_node_script needs the stack name: it finds the fleet's instances by tag")
+    q = shlex.quote
+    header = [
+        "#!/usr/bin/env bash",
+        f"# efa-infra: job {plan.job} ({plan.launcher}) on fleet {plan.fleet}, {plan.nodes} x {plan.instance_type}.",
+        "# Run it on every node of the fleet: bash launch.sh [HOSTFILE]",
+        "set -euo pipefail",
+        "",
+        f"JOB={q(plan.job)}",
+        f"FLEET={q(plan.fleet)}",
+        f"INSTANCE_TYPE={q(plan.instance_type)}",
+        f"REGION={q(cfg.region)}",
+        f"export EFA_INFRA_STACK={q(stack)}",
+        f"NODES_NUM={plan.nodes}",
+        f"GPUS_PER_NODE={plan.procs_per_node}",
+        f"MASTER_PORT={plan.port}",
+    ]
+    sections = ["\n".join(header), _DISCOVER]
+    if plan.efa_devices:
+        sections.append(f"EFA_EXPECTED={plan.efa_devices}" + _COUNT_EFA + (_EFA_FAIL if job.efa_check else _EFA_WARN))
+    # Socket traffic (rendezvous, gloo, NCCL's bootstrap) goes over the interface of
+    # the node's listed address; job.env, exported after, may still override it.
+    sections.append("\n".join(['export NCCL_SOCKET_IFNAME="$NODE_IF" GLOO_SOCKET_IFNAME="$NODE_IF"',
+                               *(f"export {k}={q(v)}" for k, v in plan.env.items())]))
+    if plan.launcher == "nccl-tests":
+        mpirun = _mpirun(plan, list(dict.fromkeys(["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", *plan.env])))
+        sections += [_NCCL_TESTS_HOSTS,
+                     " ".join(["exec", *map(q, mpirun), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', *map(q, plan.command)])]
+    else:
+        sections.append("exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'))
+    return "\n\n".join(s.strip("\n") for s in sections) + "\n"
+
+
+SSM_HEREDOC = "EFA_INFRA_LAUNCH_SCRIPT"
+SSM_TIMEOUT_SECONDS = 172800  # the longest aws:runShellScript allows (48 h): training runs long
+
+
+def ssm_document(script: str, job_name: str) -> dict:
+    """An SSM Command document (schema 2.2) that runs a node script on the nodes it is sent to.
+
+    SSM runs its commands with sh; the script needs bash, so it goes to a file
+    that bash runs. The node list then comes from the EC2 API (or $HOSTFILE).
+    """
+    if SSM_HEREDOC in script:
+        raise LaunchError(f"the script contains {SSM_HEREDOC}, which ends its here-document")
+    if "{{" in script:
+        raise LaunchError("the script contains '{{', which SSM reads as a document parameter")
+    commands = [
+        'script=$(mktemp "${TMPDIR:-/tmp}/efa-infra-launch.XXXXXX")',
+        f"cat > \"$script\" <<'{SSM_HEREDOC}'",
+        *script.splitlines(),
+        SSM_HEREDOC,
+        'status=0; bash "$script" || status=$?',
+        'rm -f "$script"',
+        'exit "$status"',
+    ]
+    return {
+        "schemaVersion": "2.2",
+        "description": f"efa-infra: launch job {job_name} on every node of its fleet",
+        "mainSteps": [{
+            "action": "aws:runShellScript",
+            "name": "launch",
+            "precondition": {"StringEquals": ["platformType", "Linux"]},
+            "inputs": {"runCommand": commands, "timeoutSeconds": str(SSM_TIMEOUT_SECONDS)},
+        }],
+    }

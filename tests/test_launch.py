@@ -1,0 +1,412 @@
+"""Launch rendering: derived values, Kubernetes manifests checked against real
+schemas, and the shell text the pods and nodes run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from components import config, launch
+
+CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
+CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
+CORE_KINDS = {"Service", "Job"}  # checked by kubernetes_validate's bundled schemas
+K8S_VERSION = "1.31.0"
+
+
+def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: bool = True,
+          fleet: dict | None = None) -> tuple[config.StackConfig, config.JobConfig]:
+    doc: dict = {
+        "region": "us-east-1",
+        "fleets": [{"name": "gpu", "instanceType": instance_type, "availabilityZone": "us-east-1a",
+                    "nodes": {"desired": 2}, **(fleet or {})}],
+    }
+    spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
+    if eks:
+        doc["eks"] = {"enabled": True}
+        doc["network"] = {"availabilityZones": ["us-east-1b"]}
+        spec.setdefault("image", "public.ecr.aws/example/train:1")
+    doc["jobs"] = [spec]
+    cfg = config.load(doc)
+    return cfg, cfg.jobs[0]
+
+
+def pod_templates(doc: dict) -> list[dict]:
+    if doc["kind"] == "Job":
+        return [doc["spec"]["template"]]
+    if doc["kind"] == "PyTorchJob":
+        return [r["template"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
+    if doc["kind"] == "MPIJob":
+        return [r["template"] for r in doc["spec"]["mpiReplicaSpecs"].values()]
+    return []
+
+
+def node_containers(docs: list[dict]) -> list[dict]:
+    """Containers of the pods that hold a node (not the MPI launcher)."""
+    return [c for d in docs for t in pod_templates(d) if t["metadata"]["labels"].get("app.kubernetes.io/component") == "node"
+            for c in t["spec"]["containers"]]
+
+
+# --- derived values ----------------------------------------------------------------
+
+TYPES = [
+    # type, EFA devices, accelerator, count, resource, RDMA read
+    ("p4d.24xlarge", 4, "A100", 8, "nvidia.com/gpu", True),
+    ("p5.48xlarge", 32, "H100", 8, "nvidia.com/gpu", True),
+    ("p5en.48xlarge", 16, "H200", 8, "nvidia.com/gpu", True),
+    ("p6-b300.48xlarge", 16, "B300", 8, "nvidia.com/gpu", True),
+    ("trn2.48xlarge", 16, "Trainium2", 16, "aws.amazon.com/neuron", True),
+    ("g6e.48xlarge", 4, "L40S", 8, "nvidia.com/gpu", False),
+]
+
+
+@pytest.mark.parametrize("itype,devices,accel,count,resource,rdma", TYPES)
+def test_plan_derives_devices_and_efa_env_per_type(itype, devices, accel, count, resource, rdma):
+    cfg, job = stack(instance_type=itype)
+    plan = launch.job_plan(cfg, job)
+    assert cfg.catalog().get(itype).accelerator.name == accel
+    assert (plan.target, plan.instance_type, plan.nodes) == ("eks", itype, 2)
+    assert (plan.efa_devices, plan.accelerator_resource, plan.accelerator_count) == (devices, resource, count)
+    assert plan.procs_per_node == count
+    assert plan.hugepages == "5120Mi"
+    assert plan.rdma is rdma
+    env = plan.env
+    assert {k: env[k] for k in ("FI_PROVIDER", "FI_EFA_FORK_SAFE", "NCCL_BUFFSIZE", "NCCL_P2P_NET_CHUNKSIZE", "NCCL_DEBUG")} == {
+        "FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1", "NCCL_BUFFSIZE": "8388608",
+        "NCCL_P2P_NET_CHUNKSIZE": "524288", "NCCL_DEBUG": "INFO",
+    }
+    # Forcing RDMA on a device without RDMA read aborts: absent, not "0", on g6e.
+    assert env.get("FI_EFA_USE_DEVICE_RDMA") == ("1" if rdma else None)
+    assert "NCCL_NET" not in env
+    assert env["NCCL_SOCKET_IFNAME"] == "^lo,docker0"
+
+    (container,) = node_containers(launch.render_manifests(cfg, job)[1:])
+    res = container["resources"]
+    assert res["requests"] == res["limits"]
+    assert res["limits"]["vpc.amazonaws.com/efa"] == devices
+    assert res["limits"][resource] == count
+    assert res["limits"]["hugepages-2Mi"] == "5120Mi"
+    assert "memory" in res["limits"]  # Kubernetes refuses hugepages without a memory or cpu limit
+    env_items = {e["name"]: e["value"] for e in container["env"]}
+    assert env_items == env
+
+
+def test_plan_without_efa_is_the_tcp_baseline():
+    cfg, job = stack({"efa": False}, instance_type="p5.48xlarge")
+    plan = launch.job_plan(cfg, job)
+    assert plan.env["NCCL_NET"] == "Socket"
+    assert not [k for k in plan.env if k.startswith("FI_")]
+    assert "NCCL_BUFFSIZE" not in plan.env
+    assert (plan.efa_devices, plan.hugepages, plan.memory, plan.rdma) == (0, None, None, False)
+    docs = launch.render_manifests(cfg, job)
+    (container,) = node_containers(docs)
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert docs[1]["spec"]["template"]["spec"]["nodeSelector"] == {"efa-infra/fleet": "gpu"}
+
+
+def test_job_env_overrides_the_derived_settings():
+    override = {"NCCL_DEBUG": "WARN", "FI_EFA_USE_DEVICE_RDMA": "0", "NCCL_SOCKET_IFNAME": "eth0", "EXTRA": "a b"}
+    cfg, job = stack({"env": override})
+    plan = launch.job_plan(cfg, job)
+    assert {k: plan.env[k] for k in override} == override
+    (container,) = node_containers(launch.render_manifests(cfg, job))
+    assert {e["name"]: e["value"] for e in container["env"]}["NCCL_DEBUG"] == "WARN"
+
+    cfg, job = stack({"env": override}, eks=False)
+    script = launch.render_node_script(cfg, job, stack="dev")
+    exports = [line for line in script.splitlines() if line.startswith("export ")]
+    # The script's own interface choice comes first, so job.env wins.
+    assert exports.index('export NCCL_SOCKET_IFNAME="$NODE_IF" GLOO_SOCKET_IFNAME="$NODE_IF"') < exports.index("export NCCL_SOCKET_IFNAME=eth0")
+    assert "export NCCL_DEBUG=WARN" in exports and "export NCCL_DEBUG=INFO" not in exports
+    assert "export EXTRA='a b'" in exports
+
+
+def test_plan_defaults_and_overrides_of_counts():
+    cfg, job = stack(fleet={"nodes": {"desired": 3, "max": 4}})
+    assert (launch.job_plan(cfg, job).nodes, launch.job_plan(cfg, job).procs_per_node) == (3, 8)
+    cfg, job = stack({"nodes": 4, "procsPerNode": 2}, fleet={"nodes": {"desired": 3, "max": 4}})
+    assert (launch.job_plan(cfg, job).nodes, launch.job_plan(cfg, job).procs_per_node) == (4, 2)
+    # A type without accelerators: one process, no accelerator resource or toleration.
+    cfg, job = stack(instance_type="c5n.18xlarge")
+    plan = launch.job_plan(cfg, job)
+    assert (plan.procs_per_node, plan.accelerator_resource, plan.efa_devices) == (1, None, 1)
+    pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
+    assert "tolerations" not in pod
+    assert pod["containers"][0]["resources"]["limits"]["vpc.amazonaws.com/efa"] == 1
+
+
+def test_plan_targets_ec2_without_eks():
+    cfg, job = stack(eks=False)
+    plan = launch.job_plan(cfg, job)
+    assert plan.target == "ec2"
+    assert "NCCL_SOCKET_IFNAME" not in plan.env  # the node script picks the interface at run time
+    with pytest.raises(launch.LaunchError, match="no EKS cluster"):
+        launch.render_manifests(cfg, job)
+    cfg, job = stack()
+    with pytest.raises(launch.LaunchError, match="render_manifests"):
+        launch.render_node_script(cfg, job, stack="dev")
+
+
+def test_a_tcp_job_runs_on_a_type_without_efa():
+    cfg, job = stack({"efa": False}, instance_type="m5.large", fleet={"efa": False})
+    plan = launch.job_plan(cfg, job)
+    assert (plan.efa_devices, plan.procs_per_node, plan.env["NCCL_NET"]) == (0, 1, "Socket")
+    pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
+    assert "resources" not in pod["containers"][0]
+
+
+def test_jobs_on_unmanaged_clusters_select_nodes_by_instance_type():
+    cfg = config.load({
+        "region": "us-east-1",
+        "clusters": [{"name": "hp", "kind": "hyperpod", "instanceType": "ml.p5.48xlarge", "nodes": 2}],
+        "jobs": [{"name": "train", "fleet": "hp", "launcher": "torchrun", "command": ["train.py"], "image": "x:1"}],
+    })
+    plan = launch.job_plan(cfg, cfg.jobs[0])
+    assert (plan.target, plan.instance_type, plan.nodes, plan.efa_devices, plan.accelerator_count) == ("eks", "p5.48xlarge", 2, 32, 8)
+    assert plan.node_selector == {"node.kubernetes.io/instance-type": "ml.p5.48xlarge"}
+
+
+# --- manifests ---------------------------------------------------------------------
+
+
+def run_pod_command(command: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
+    """Run a container command with stub launchers on PATH; returns the argv the launcher got."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name in ("torchrun", "accelerate", "mpirun"):
+        stub = stubs / name
+        stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {shlex.quote(str(tmp_path / "argv"))}\n')
+        stub.chmod(0o755)
+    subprocess.run(command, env={"PATH": f"{stubs}:/usr/bin:/bin", **env}, check=True, timeout=30)
+    return (tmp_path / "argv").read_text().splitlines()
+
+
+def test_indexed_job_ranks_pods_by_completion_index(tmp_path):
+    cfg, job = stack({"command": ["train.py", "--name", "it's $(x)"]}, instance_type="p4d.24xlarge")
+    service, batch = launch.render_manifests(cfg, job)
+    assert service["spec"]["clusterIP"] == "None"
+    assert (batch["spec"]["completionMode"], batch["spec"]["completions"], batch["spec"]["parallelism"]) == ("Indexed", 2, 2)
+    pod = batch["spec"]["template"]
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "train"
+    assert pod["metadata"]["labels"]["efa-infra/job"] == "train"
+    argv = run_pod_command(pod["spec"]["containers"][0]["command"], {"JOB_COMPLETION_INDEX": "1"}, tmp_path)
+    assert argv == ["--nnodes", "2", "--node_rank", "1", "--master_addr", f"train-0.{service['metadata']['name']}",
+                    "--master_port", "29500", "--nproc_per_node", "8", "train.py", "--name", "it's $(x)"]
+
+
+def test_pods_hold_a_whole_node_with_efa_shm_and_locked_memory():
+    cfg, job = stack({"shmSize": "128Gi"}, instance_type="trn2.48xlarge")
+    pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"efa-infra/fleet": "gpu", "vpc.amazonaws.com/efa.present": "true"}
+    assert pod["tolerations"] == [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "128Gi"}}]
+    (container,) = pod["containers"]
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert container["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
+    assert container["resources"]["limits"]["aws.amazon.com/neuron"] == 16
+    term = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+
+
+@pytest.mark.parametrize("kind", ["indexed-job", "pytorchjob", "mpijob"])
+def test_devices_come_from_the_plugin_not_a_host_mount(kind):
+    launcher = "nccl-tests" if kind == "mpijob" else "torchrun"
+    cfg, job = stack({"kind": kind, "launcher": launcher})
+    text = json.dumps(launch.render_manifests(cfg, job))
+    assert "/dev/infiniband" not in text and "hostPath" not in text
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_pytorchjob_master_and_workers(launcher, tmp_path):
+    cfg, job = stack({"kind": "pytorchjob", "launcher": launcher, "nodes": 3}, fleet={"nodes": {"desired": 3}})
+    (doc,) = launch.render_manifests(cfg, job)
+    replicas = doc["spec"]["pytorchReplicaSpecs"]
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 2)
+    container = replicas["Worker"]["template"]["spec"]["containers"][0]
+    # The operator finds the rendezvous port by these names.
+    assert container["name"] == "pytorch"
+    assert container["ports"] == [{"name": "pytorchjob-port", "containerPort": 29500}]
+    operator_env = {"RANK": "2", "MASTER_ADDR": "train-master-0", "MASTER_PORT": "29500"}
+    argv = run_pod_command(container["command"], operator_env, tmp_path)
+    if launcher == "torchrun":
+        assert argv[:10] == ["--nnodes", "3", "--node_rank", "2", "--master_addr", "train-master-0",
+                             "--master_port", "29500", "--nproc_per_node", "8"]
+    else:
+        assert argv[:13] == ["launch", "--multi_gpu", "--same_network", "--num_machines", "3", "--machine_rank", "2",
+                             "--main_process_ip", "train-master-0", "--main_process_port", "29500", "--num_processes", "24"]
+    assert argv[-3:] == ["train.py", "--epochs", "3"]
+
+    cfg, job = stack({"kind": "pytorchjob", "nodes": 1})
+    assert list(launch.render_manifests(cfg, job)[0]["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def test_mpijob_launcher_passes_the_env_to_every_rank():
+    cfg, job = stack({"kind": "mpijob", "launcher": "nccl-tests", "command": []}, instance_type="p5en.48xlarge")
+    (doc,) = launch.render_manifests(cfg, job)
+    spec = doc["spec"]
+    assert spec["slotsPerWorker"] == 8
+    assert spec["mpiReplicaSpecs"]["Launcher"]["replicas"] == 1
+    assert spec["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    cmd = launcher["command"]
+    assert cmd[0] == "mpirun" and cmd[cmd.index("-np") + 1] == "16"
+    assert cmd[-9:] == ["all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
+    exported = {cmd[i + 1] for i, a in enumerate(cmd) if a == "-x"}
+    assert {e["name"] for e in launcher["env"]} <= exported
+    assert "FI_EFA_USE_DEVICE_RDMA" in exported
+    worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["vpc.amazonaws.com/efa"] == 16
+    assert "resources" not in launcher
+
+
+def test_nccl_tests_across_nodes_need_an_mpijob():
+    with pytest.raises(config.ConfigError, match="use kind: mpijob"):
+        stack({"launcher": "nccl-tests", "command": []})
+    cfg, job = stack({"launcher": "nccl-tests", "command": [], "nodes": 1})
+    cmd = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("-np") + 1] == "8" and "-H" not in cmd
+
+
+# --- every manifest against a real schema --------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def crd(kind: str) -> tuple[str, dict]:
+    doc = yaml.safe_load((CRD_DIR / CRD_FILES[kind]).read_text())
+    (version,) = [v for v in doc["spec"]["versions"] if v.get("storage")]
+    assert doc["spec"]["names"]["kind"] == kind
+    return f"{doc['spec']['group']}/{version['name']}", version["schema"]["openAPIV3Schema"]
+
+
+def check_manifest(doc: dict, versions: list[str]) -> None:
+    """Validate against a schema, or fail: a kind without one never passes."""
+    kind = doc["kind"]
+    assert kind in CORE_KINDS | set(CRD_FILES), f"no schema to check kind {kind}"
+    for version in versions:
+        if kind in CRD_FILES:
+            api_version, schema = crd(kind)
+            assert doc["apiVersion"] == api_version
+            jsonschema.Draft7Validator(schema).validate(doc)
+            # The CRD schemas allow unknown fields: check the pods strictly as core PodTemplates.
+            for i, template in enumerate(pod_templates(doc)):
+                wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{doc['metadata']['name']}-{i}"},
+                           "template": template}
+                kubernetes_validate.validate(wrapped, version, strict=True)
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def schema_versions(cfg: config.StackConfig) -> list[str]:
+    """The version asked for and the cluster's own; both must be bundled."""
+    versions = sorted({K8S_VERSION, f"{cfg.eks.version}.0"})
+    assert set(versions) <= set(kubernetes_validate.utils.all_versions())
+    return versions
+
+
+KINDS = [("indexed-job", "torchrun"), ("indexed-job", "accelerate"), ("pytorchjob", "torchrun"),
+         ("pytorchjob", "accelerate"), ("mpijob", "nccl-tests")]
+
+
+@pytest.mark.parametrize("itype", ["p5.48xlarge", "trn2.48xlarge", "g6e.48xlarge"])
+@pytest.mark.parametrize("kind,launcher", KINDS)
+@pytest.mark.parametrize("efa_on", [True, False])
+def test_every_manifest_validates(itype, kind, launcher, efa_on):
+    cfg, job = stack({"kind": kind, "launcher": launcher, "efa": efa_on}, instance_type=itype)
+    docs = launch.render_manifests(cfg, job)
+    assert docs
+    for doc in docs:
+        check_manifest(doc, schema_versions(cfg))
+
+
+def test_the_schema_check_is_strict_and_complete():
+    cfg, job = stack()
+    service, batch = launch.render_manifests(cfg, job)
+    versions = schema_versions(cfg)
+    with pytest.raises(AssertionError, match="no schema"):
+        check_manifest({"apiVersion": "example.com/v1", "kind": "Frobnicator", "metadata": {"name": "x"}}, versions)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "x"}},
+                                     K8S_VERSION, strict=True)
+    typo = copy.deepcopy(batch)
+    typo["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        check_manifest(typo, versions)
+    cfg, job = stack({"kind": "pytorchjob"})
+    (doc,) = launch.render_manifests(cfg, job)
+    wrong = copy.deepcopy(doc)
+    wrong["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        check_manifest(wrong, versions)
+    typo = copy.deepcopy(doc)
+    typo["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["tolerate"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        check_manifest(typo, versions)
+
+
+# --- the EC2 node script, as text (tests/test_launch_netns.py runs it) -----------------------
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "nccl-tests"])
+@pytest.mark.parametrize("efa_on,efa_check", [(True, True), (True, False), (False, True)])
+def test_node_script_is_valid_bash(launcher, efa_on, efa_check, tmp_path):
+    cfg, job = stack({"launcher": launcher, "efa": efa_on, "efaCheck": efa_check}, eks=False)
+    script = launch.render_node_script(cfg, job, stack="dev")
+    path = tmp_path / "launch.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True, timeout=30)
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
+    assert "export EFA_INFRA_STACK=dev" in script
+    assert ("EFA check failed" in script) is (efa_on and efa_check)
+    assert ("efaCheck is false" in script) is (efa_on and not efa_check)
+
+
+def test_node_script_finds_the_fleet_by_tag():
+    cfg, job = stack(eks=False, fleet={"name": "big"}, job={"fleet": "big"})
+    script = launch.render_node_script(cfg, job, stack="prod-1")
+    assert "export EFA_INFRA_STACK=prod-1" in script
+    call = " ".join(script[script.index("aws ec2 describe-instances"):].split("\n", 4)[:4]).replace("\\", " ").split()
+    assert call[:5] == ["aws", "ec2", "describe-instances", "--region", '"$REGION"']
+    assert '"Name=tag:efa-infra:fleet,Values=$FLEET"' in call
+    assert '"Name=tag:efa-infra:stack,Values=$EFA_INFRA_STACK"' in call
+    assert "Name=instance-state-name,Values=running" in call
+    assert "'Reservations[].Instances[].PrivateIpAddress'" in call
+    assert "FLEET=big" in script and "REGION=us-east-1" in script
+    with pytest.raises(launch.LaunchError, match="stack name"):
+        launch.render_node_script(cfg, job, stack="")
+
+
+def test_manifests_yaml_round_trips():
+    cfg, job = stack()
+    docs = launch.render_manifests(cfg, job)
+    assert list(yaml.safe_load_all(launch.manifests_yaml(docs))) == docs
+
+
+def test_ssm_document_runs_the_script_with_bash(tmp_path):
+    out = tmp_path / "out"
+    # Bash-only syntax and a quote-laden line: sh could run neither, and both must arrive intact.
+    script = (f"#!/usr/bin/env bash\nset -euo pipefail\narr=(a \"it's \\$x\")\n[[ ${{#arr[@]}} == 2 ]]\n"
+              f"printf '%s|' \"${{arr[@]}}\" \"$HOSTFILE\" > {shlex.quote(str(out))}\nexit 3\n")
+    doc = launch.ssm_document(script, "train")
+    (step,) = doc["mainSteps"]
+    assert (doc["schemaVersion"], step["action"]) == ("2.2", "aws:runShellScript")
+    commands = "\n".join(step["inputs"]["runCommand"])
+    done = subprocess.run(["/bin/sh", "-c", commands], env={"PATH": "/usr/bin:/bin", "HOSTFILE": "/etc/hosts", "TMPDIR": str(tmp_path)},
+                          timeout=30)
+    assert done.returncode == 3  # the script's own status reaches SSM
+    assert out.read_text() == "a|it's $x|/etc/hosts|"
+    assert not list(tmp_path.glob("efa-infra-launch.*"))  # the copy is removed
+    with pytest.raises(launch.LaunchError, match="here-document"):
+        launch.ssm_document(f"echo {launch.SSM_HEREDOC}\n", "train")
+    with pytest.raises(launch.LaunchError, match="document parameter"):
+        launch.ssm_document("echo '{{ x }}'\n", "train")

@@ -1,0 +1,315 @@
+"""The EC2 node script, run for real: two network namespaces joined by a veth
+pair play two nodes of a fleet, and torchrun / accelerate form a gloo group
+across them. Needs root (network namespaces) and iproute2."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from components import config, launch
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+VENV_BIN = Path(sys.executable).parent  # torchrun and accelerate live beside the interpreter
+SUBNET = ("10.213.7.1", "10.213.7.2")  # a /30, only inside the namespaces made here
+RUN_TIMEOUT = 120
+_counter = itertools.count()
+
+TRAIN = '''
+import json, os, sys
+from datetime import timedelta
+import torch
+
+out, mode = sys.argv[1], sys.argv[2]
+if mode == "accelerate":
+    from accelerate import Accelerator
+    acc = Accelerator()
+    rank, world = acc.process_index, acc.num_processes
+    total = acc.reduce(torch.tensor([rank + 1.0]), reduction="sum").item()
+else:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    t = torch.tensor([rank + 1.0])
+    dist.all_reduce(t)
+    total = t.item()
+    dist.destroy_process_group()
+names = ["NODE_RANK", "NODES_NUM", "NODES_IPS", "MASTER_ADDR", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME",
+         "NCCL_NET", "NCCL_DEBUG", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA"]
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({"rank": rank, "world": world, "sum": total, "args": sys.argv[3:],
+               "env": {k: os.environ.get(k) for k in names}}, f)
+'''
+
+
+@dataclass(frozen=True)
+class Node:
+    ns: str
+    ip: str
+    ifname: str
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, timeout=30, capture_output=True)
+
+
+@pytest.fixture
+def nodes(request) -> list[Node]:
+    """Two namespaces, one veth pair; removed at the end, also on failure."""
+    tag = f"{os.getpid()}x{next(_counter)}"
+    made: list[str] = []
+
+    def teardown() -> None:
+        for ns in made:
+            # torchrun starts its workers in sessions of their own: end every process in the namespace.
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=30).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
+
+    request.addfinalizer(teardown)
+    out = [Node(f"efal{tag}{s}", ip, f"ve{tag}{s}") for s, ip in zip("ab", SUBNET)]
+    for n in out:
+        sh("ip", "netns", "add", n.ns)
+        made.append(n.ns)
+    a, b = out
+    sh("ip", "link", "add", a.ifname, "netns", a.ns, "type", "veth", "peer", "name", b.ifname, "netns", b.ns)
+    for n in out:
+        sh("ip", "-n", n.ns, "addr", "add", f"{n.ip}/30", "dev", n.ifname)
+        sh("ip", "-n", n.ns, "link", "set", n.ifname, "up")
+        sh("ip", "-n", n.ns, "link", "set", "lo", "up")
+    return out
+
+
+def stack(job: dict, *, nodes: int = 2) -> tuple[config.StackConfig, config.JobConfig]:
+    cfg = config.load({
+        "region": "us-east-1",
+        "fleets": [{"name": "gpu", "instanceType": "p4d.24xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": nodes}}],
+        "jobs": [{"name": "train", "fleet": "gpu", "procsPerNode": 1, **job}],
+    })
+    return cfg, cfg.jobs[0]
+
+
+@dataclass
+class Result:
+    rc: int
+    log: str
+
+
+def run_on(nodes: list[Node], tmp_path: Path, job: dict, *, args: tuple[str, ...] = (), env: dict | None = None,
+           wrap: Callable[[list[str]], list[str]] | None = None, stack_name: str = "dev") -> list[Result]:
+    """Render the job's script and run it on the given nodes at once, bounded by RUN_TIMEOUT."""
+    cfg, job_cfg = stack(job)
+    script = tmp_path / "launch.sh"
+    script.write_text(launch.render_node_script(cfg, job_cfg, stack=stack_name))
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    base_env = {"PATH": f"{stubs}:{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": str(tmp_path), **(env or {})}
+    procs, logs = [], []
+    for n in nodes:
+        cmd = ["bash", str(script), *args]
+        log = tmp_path / f"{n.ns}.log"
+        logs.append(log)
+        with log.open("w") as f:
+            procs.append(subprocess.Popen(["ip", "netns", "exec", n.ns, *(wrap(cmd) if wrap else cmd)], env=base_env,
+                                          stdout=f, stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"launch did not finish in {RUN_TIMEOUT}s:\n" + "\n".join(log.read_text() for log in logs))
+    return [Result(p.returncode, log.read_text()) for p, log in zip(procs, logs)]
+
+
+def hostfile(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "hosts"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train_job(tmp_path: Path, mode: str, *extra: str) -> tuple[Path, list[str]]:
+    out = tmp_path / "out"
+    out.mkdir()
+    train = tmp_path / "train.py"
+    train.write_text(TRAIN)
+    return out, [str(train), str(out), mode, *extra]
+
+
+def results(out: Path) -> dict[int, dict]:
+    return {int(p.stem[4:]): json.loads(p.read_text()) for p in out.glob("rank*.json")}
+
+
+def assert_ok(res: list[Result]) -> None:
+    assert [r.rc for r in res] == [0] * len(res), "\n----\n".join(r.log for r in res)
+
+
+def stub(tmp_path: Path, name: str, body: str) -> None:
+    path = tmp_path / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+
+
+# --- real launches ------------------------------------------------------------------
+
+
+def test_torchrun_across_two_nodes(nodes, tmp_path):
+    trap = tmp_path / "pwned"
+    odd = f"it's $(touch {trap}) \"quoted\""  # reaches the script untouched, runs nothing
+    out, command = train_job(tmp_path, "torch", odd)
+    # Listed out of order and with comments: every node must still agree on the ranks.
+    hosts = hostfile(tmp_path, ["# the fleet", f"{SUBNET[1]}  # node b", "", SUBNET[0]])
+    res = run_on(nodes, tmp_path, {"launcher": "torchrun", "command": command, "efa": False}, args=(str(hosts),))
+    assert_ok(res)
+    ranks = results(out)
+    assert sorted(ranks) == [0, 1]
+    for rank, r in ranks.items():
+        assert (r["world"], r["sum"]) == (2, 3.0)  # 1 + 2: both ranks took part
+        node = nodes[rank]  # the lower address is node 0
+        assert r["env"]["NODE_RANK"] == str(rank)
+        assert r["env"]["MASTER_ADDR"] == SUBNET[0]
+        assert r["env"]["NODES_IPS"] == f"{SUBNET[0]}\n{SUBNET[1]}"
+        assert r["env"]["GLOO_SOCKET_IFNAME"] == r["env"]["NCCL_SOCKET_IFNAME"] == node.ifname
+        assert r["env"]["NCCL_NET"] == "Socket" and r["env"]["FI_PROVIDER"] is None
+        assert r["args"] == [odd]
+    assert not trap.exists()
+    assert f"node 0 of 2: {SUBNET[0]} on {nodes[0].ifname}" in res[0].log
+
+
+def test_accelerate_across_two_nodes(nodes, tmp_path):
+    out, command = train_job(tmp_path, "accelerate")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    job = {"launcher": "accelerate", "command": command, "efa": False, "env": {"ACCELERATE_USE_CPU": "true"}}
+    res = run_on(nodes, tmp_path, job, env={"HOSTFILE": str(hosts)})  # the hostfile from the environment
+    assert_ok(res)
+    ranks = results(out)
+    assert sorted(ranks) == [0, 1]
+    for r in ranks.values():
+        assert (r["world"], r["sum"]) == (2, 3.0)
+
+
+# --- the EFA check ------------------------------------------------------------------
+
+
+def test_missing_efa_devices_stop_the_launch(nodes, tmp_path):
+    out, command = train_job(tmp_path, "torch")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "torchrun", "command": command}, args=(str(hosts),))
+    assert res[0].rc != 0
+    assert "EFA check failed: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
+    assert "efaCheck: false" in res[0].log
+    assert not results(out)  # nothing was launched
+
+
+def test_efa_check_off_warns_and_runs(nodes, tmp_path):
+    out, command = train_job(tmp_path, "torch")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    # One node of the two: node b has nothing to do; job.env beats the derived NCCL_DEBUG.
+    job = {"launcher": "torchrun", "command": command, "efaCheck": False, "nodes": 1, "env": {"NCCL_DEBUG": "WARN"}}
+    res = run_on(nodes, tmp_path, job, args=(str(hosts),))
+    assert_ok(res)
+    assert "warning: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
+    assert "the job runs on the first 1: nothing to do here" in res[1].log
+    ranks = results(out)
+    assert list(ranks) == [0]
+    assert (ranks[0]["world"], ranks[0]["sum"]) == (1, 1.0)
+    assert ranks[0]["env"]["FI_PROVIDER"] == "efa" and ranks[0]["env"]["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    assert ranks[0]["env"]["NCCL_DEBUG"] == "WARN"
+
+
+def fake_infiniband(count: int):
+    """Run a command with `count` EFA-like devices in /sys/class/infiniband, in a private mount namespace."""
+    devices = " ".join(f"/sys/class/infiniband/rdmap{i}s0" for i in range(count))
+
+    def wrap(cmd: list[str]) -> list[str]:
+        setup = f"mount -t tmpfs none /sys/class && mkdir -p /sys/class/infiniband {devices} && exec \"$@\""
+        return ["unshare", "--mount", "sh", "-c", setup, "sh", *cmd]
+    return wrap
+
+
+@pytest.mark.parametrize("devices,fi_info,message", [
+    (2, None, "expected 4 EFA devices (p4d.24xlarge), found 2 on"),
+    (4, "exit 1\n", "found 0 on 10.213.7.1 (4 in /sys/class/infiniband, but libfabric lists no efa provider"),
+])
+def test_efa_check_counts_devices(nodes, tmp_path, devices, fi_info, message):
+    if fi_info:
+        stub(tmp_path, "fi_info", fi_info)
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests"}, args=(str(hosts),), wrap=fake_infiniband(devices))
+    assert res[0].rc != 0
+    assert message in res[0].log
+
+
+def record(tmp_path: Path, name: str, then: str = "") -> None:
+    """A stub that writes its arguments and environment next to the test's files, then runs `then`."""
+    base = shlex.quote(str(tmp_path / name))
+    stub(tmp_path, name, f'printf "%s\\n" "$@" > {base}.args\nenv > {base}.env\n{then}')
+
+
+def test_nccl_tests_start_from_node_0_with_mpirun(nodes, tmp_path):
+    record(tmp_path, "mpirun")
+    stub(tmp_path, "fi_info", "exit 0\n")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    job = {"launcher": "nccl-tests", "procsPerNode": 2}
+    res = run_on(nodes, tmp_path, job, args=(str(hosts),), wrap=fake_infiniband(4))
+    assert_ok(res)
+    assert "node 0 (10.213.7.1) starts every rank with mpirun" in res[1].log
+    args = (tmp_path / "mpirun.args").read_text().splitlines()
+    assert args[args.index("-np") + 1] == "4"
+    assert args[args.index("-H") + 1] == f"{SUBNET[0]}:2,{SUBNET[1]}:2"
+    exported = {args[i + 1] for i, a in enumerate(args) if a == "-x"}
+    assert {"PATH", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA", "NCCL_SOCKET_IFNAME", "NCCL_DEBUG"} <= exported
+    assert args[-9:] == ["all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
+    env = dict(line.split("=", 1) for line in (tmp_path / "mpirun.env").read_text().splitlines() if "=" in line)
+    assert (env["FI_PROVIDER"], env["FI_EFA_USE_DEVICE_RDMA"], env["NCCL_SOCKET_IFNAME"]) == ("efa", "1", nodes[0].ifname)
+
+
+# --- finding the nodes -------------------------------------------------------------
+
+
+def test_without_a_hostfile_the_fleet_comes_from_ec2(nodes, tmp_path):
+    # Answers like `--output text`: tab-separated, in no order.
+    record(tmp_path, "aws", then=f"printf '%s\\t%s\\n' {SUBNET[1]} {SUBNET[0]}\n")
+    record(tmp_path, "mpirun")
+    res = run_on(nodes, tmp_path, {"launcher": "nccl-tests", "efa": False}, stack_name="research")
+    assert_ok(res)
+    assert (tmp_path / "aws.args").read_text().splitlines() == [
+        "ec2", "describe-instances", "--region", "us-east-1", "--filters",
+        "Name=tag:efa-infra:fleet,Values=gpu", "Name=tag:efa-infra:stack,Values=research",
+        "Name=instance-state-name,Values=running",
+        "--query", "Reservations[].Instances[].PrivateIpAddress", "--output", "text",
+    ]
+    args = (tmp_path / "mpirun.args").read_text().splitlines()
+    assert args[args.index("-H") + 1] == f"{SUBNET[0]}:1,{SUBNET[1]}:1"
+
+
+@pytest.mark.parametrize("lines,message", [
+    (["10.213.7.5", "10.213.7.6"], "none of this node's addresses"),
+    ([SUBNET[0]], "the job runs on 2 nodes but"),
+    ([SUBNET[0], "node-b"], "'node-b' from"),
+])
+def test_a_bad_node_list_fails_clearly(nodes, tmp_path, lines, message):
+    hosts = hostfile(tmp_path, lines)
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False}, args=(str(hosts),))
+    assert res[0].rc != 0
+    assert message in res[0].log
