@@ -703,3 +703,26 @@ def read_stack_file(path: str | Path) -> dict[str, Any]:
 def load_file(path: str | Path) -> StackConfig:
     """Load and validate a stack file such as stacks/Pulumi.dev.yaml."""
     return load(document_from_settings(read_stack_file(path)), str(path))
+
+
+def stack_file_schema() -> dict:
+    """JSON Schema of a stack file (stacks/Pulumi.<env>.yaml), from the same models that validate it."""
+    model = StackConfig.model_json_schema(by_alias=True)
+    ours = {f"{NAMESPACE}:{key}": schema for key, schema in model["properties"].items() if key != "region"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "efa-infra stack file",
+        "description": "Pulumi stack config for efa-infra. Generated from components/config.py by tools/gen_schema.py.",
+        "type": "object",
+        "properties": {
+            "config": {
+                "type": "object",
+                "properties": {"aws:region": {"type": "string", "enum": list(regions()), "description": "AWS region."}, **ours},
+                "required": ["aws:region"],
+                # Other namespaces (aws:profile, ...) are Pulumi's business; ours must be known keys.
+                "propertyNames": {"anyOf": [{"not": {"pattern": f"^{NAMESPACE}:"}}, {"enum": sorted(ours)}]},
+            },
+        },
+        "required": ["config"],
+        "$defs": model.get("$defs", {}),
+    }
