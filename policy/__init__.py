@@ -1,0 +1,1 @@
+"""The efa-infra policy pack: `pulumi preview --policy-pack policy`. Policies in `policies.py`."""

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The pipeline of .github/workflows/infra.yml, for CI systems other than GitHub Actions.
+#
+#   scripts/pipeline.sh check          validate every stack, plan each offline (out/plan-<stack>.json, the
+#                                      artifacts), run the tests; no credentials, no Pulumi CLI
+#   scripts/pipeline.sh preview STACK  pulumi preview of STACK with the policy pack (policy/)
+#   scripts/pipeline.sh up STACK       pulumi up of STACK with the policy pack
+#
+# preview and up need the Pulumi CLI, a backend login (PULUMI_ACCESS_TOKEN, or PULUMI_BACKEND_URL
+# and PULUMI_CONFIG_PASSPHRASE) and AWS credentials in the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+  cat >&2 <<'EOF'
+usage: scripts/pipeline.sh check            validate, plan every stack offline, run the tests
+       scripts/pipeline.sh preview STACK    pulumi preview with the policy pack
+       scripts/pipeline.sh up STACK         pulumi up with the policy pack
+EOF
+  exit 2
+}
+
+stacks() {
+  local f names=()
+  for f in stacks/Pulumi.*.yaml; do
+    f=${f#stacks/Pulumi.}
+    names+=("${f%.yaml}")
+  done
+  echo "${names[*]}"
+}
+
+check() {
+  python3 -m venv venv && venv/bin/pip install -r requirements-test.txt
+  venv/bin/python -m components validate
+  local stack
+  mkdir -p out  # git ignores it
+  for stack in $(stacks); do
+    venv/bin/python -m components plan --config "stacks/Pulumi.$stack.yaml" --json > "out/plan-$stack.json"
+    echo "offline plan: out/plan-$stack.json"
+  done
+  venv/bin/python -m pytest -q
+}
+
+deploy() {  # deploy preview|up STACK
+  local command=$1 stack=$2
+  if [[ ! -f "stacks/Pulumi.$stack.yaml" ]]; then
+    echo "error: no stack file stacks/Pulumi.$stack.yaml; stacks: $(stacks)" >&2
+    exit 2
+  fi
+  if ! command -v pulumi >/dev/null; then
+    echo "error: the pulumi CLI is not on PATH; install it (https://www.pulumi.com/docs/install/) or use 'check'" >&2
+    exit 127
+  fi
+  python3 -m venv venv && venv/bin/pip install -r requirements.txt -r policy/requirements.txt
+  # eks-endpoint-not-public-in-prod reads the stack's environment from the policy config: the stack name.
+  policy_config=$(mktemp)
+  trap 'rm -f "$policy_config"' EXIT
+  printf '{"eks-endpoint-not-public-in-prod": {"environment": "%s"}}\n' "$stack" > "$policy_config"
+  pulumi stack select --create "$stack" --non-interactive
+  if [[ $command == preview ]]; then
+    pulumi preview --stack "$stack" --policy-pack policy --policy-pack-config "$policy_config" --non-interactive
+  else
+    pulumi up --stack "$stack" --policy-pack policy --policy-pack-config "$policy_config" --yes --non-interactive
+  fi
+}
+
+case "${1:-} $#" in
+  "check 1") check ;;
+  "preview 2" | "up 2") deploy "$1" "$2" ;;
+  *) usage ;;
+esac
