@@ -18,6 +18,7 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from .existing import ClusterFacts, kubeconfig
+from .fleet import node_role
 from .plan import EFA_LABEL, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
@@ -45,6 +46,17 @@ def _tolerations(plan: StackPlan) -> list[dict]:
     return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]} for t in map(json.loads, sorted(taints))]
 
 
+def _release(name: str, chart: tuple[str, str, str], opts: pulumi.ResourceOptions, values: dict) -> k8s.helm.v3.Release:
+    """A pinned chart (name, repository, version) in kube-system."""
+    chart_name, repo, version = chart
+    return k8s.helm.v3.Release(
+        name,
+        k8s.helm.v3.ReleaseArgs(chart=chart_name, version=version, namespace="kube-system",
+                                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), values=values),
+        opts=opts,
+    )
+
+
 class EfaCluster(pulumi.ComponentResource):
     name: str
     node_security_group_id: pulumi.Output[str]
@@ -59,17 +71,7 @@ class EfaCluster(pulumi.ComponentResource):
         super().__init__("efa-infra:index:EfaCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg = plan.config.eks
-        role = aws.iam.Role(
-            f"{name}-node",
-            aws.iam.RoleArgs(
-                assume_role_policy=json.dumps({
-                    "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-                }),
-                tags=tags,
-            ),
-            opts=child,
-        )
+        role = node_role(f"{name}-node", tags, child)
         attachments = [
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-{policy}",
@@ -164,32 +166,15 @@ class EfaCluster(pulumi.ComponentResource):
 
     def _device_plugins(self, name: str, plan: StackPlan, on_k8s: pulumi.ResourceOptions) -> None:
         tolerations = _tolerations(plan)
-        chart, repo, version = EFA_PLUGIN
-        k8s.helm.v3.Release(
-            f"{name}-efa-device-plugin",
-            k8s.helm.v3.ReleaseArgs(
-                chart=chart, version=version, namespace="kube-system",
-                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
-                values={
-                    "tolerations": tolerations,
-                    "nodeSelector": {EFA_LABEL: "true"},
-                    # The chart's affinity lists instance types, which lag new ones: match our label instead.
-                    "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
-                },
-            ),
-            opts=on_k8s,
-        )
+        _release(f"{name}-efa-device-plugin", EFA_PLUGIN, on_k8s, {
+            "tolerations": tolerations,
+            "nodeSelector": {EFA_LABEL: "true"},
+            # The chart's affinity lists instance types, which lag new ones: match our label instead.
+            "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
+        })
         if any(fp.itype.accelerator and fp.itype.accelerator.kind == "gpu" for fp in plan.fleets):
-            chart, repo, version = NVIDIA_PLUGIN
-            k8s.helm.v3.Release(
-                f"{name}-nvidia-device-plugin",
-                k8s.helm.v3.ReleaseArgs(
-                    chart=chart, version=version, namespace="kube-system",
-                    repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
-                    values={"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "gpu"}, "affinity": {}},
-                ),
-                opts=on_k8s,
-            )
+            _release(f"{name}-nvidia-device-plugin", NVIDIA_PLUGIN, on_k8s,
+                     {"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "gpu"}, "affinity": {}})
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
                    tags: dict[str, str]) -> aws.eks.NodeGroup:

@@ -25,6 +25,21 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def node_role(name: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.iam.Role:
+    """An IAM role that EC2 instances (plain or EKS nodes) assume; policies are attached by the caller."""
+    return aws.iam.Role(
+        name,
+        aws.iam.RoleArgs(
+            assume_role_policy=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+            }),
+            tags=tags,
+        ),
+        opts=opts,
+    )
+
+
 class EfaFleet(pulumi.ComponentResource):
     launch_template: aws.ec2.LaunchTemplate
     placement_group_name: pulumi.Output[str] | None
@@ -63,17 +78,7 @@ class EfaFleet(pulumi.ComponentResource):
         if not plan.on_eks:
             # EKS node groups bring their own role; plain EC2 nodes get SSM access
             # and just enough EC2 read access for the launch script to find peers.
-            role = aws.iam.Role(
-                f"{name}-node",
-                aws.iam.RoleArgs(
-                    assume_role_policy=json.dumps({
-                        "Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-                    }),
-                    tags=fleet_tags,
-                ),
-                opts=child,
-            )
+            role = node_role(f"{name}-node", fleet_tags, child)
             aws.iam.RolePolicyAttachment(
                 f"{name}-ssm",
                 aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
