@@ -9,7 +9,6 @@ back as `<name.id>`-style placeholders.
 
 from __future__ import annotations
 
-import gc
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -164,9 +163,6 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         program()
     except pulumi.RunError as err:
         error = str(err)
-    # The mock monitor's worker threads leave event loops behind; finalize them now,
-    # not during interpreter shutdown, where closing one prints a spurious error.
-    gc.collect()
     names = {urn: name for urn, _, _, name in monitor.order}
     resources = []
     for urn, parent, typ, name in monitor.order:

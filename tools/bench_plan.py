@@ -33,12 +33,18 @@ def floor_program(resource_types: set[str]) -> str:
     """A program that only loads what the plan's resources need: each resource
     class and its Args (pulumi_aws loads service packages and their input
     types lazily, on first use), e.g. aws:ec2/vpc:Vpc -> pulumi_aws.ec2.Vpc."""
+    sdks = {"aws": "pulumi_aws", "eks": "pulumi_eks", "kubernetes": "pulumi_kubernetes"}
     lines = ["import pulumi"]
     for typ in sorted(resource_types):
-        pkg, module, cls = typ.split(":")[0], typ.split(":")[1].split("/")[0], typ.split(":")[2]
-        sdk = {"aws": "pulumi_aws", "eks": "pulumi_eks", "kubernetes": "pulumi_kubernetes"}[pkg]
-        path = sdk if module == "index" else f"{sdk}.{module.replace('/', '.')}"
+        pkg, module, cls = typ.split(":")
+        if pkg == "pulumi":  # pulumi:providers:kubernetes -> pulumi_kubernetes.Provider
+            path, cls = sdks[cls], "Provider"
+        else:
+            # kubernetes:helm.sh/v3:Release -> pulumi_kubernetes.helm.v3; aws:ec2/vpc:Vpc -> pulumi_aws.ec2
+            parts = [p.split(".")[0] for p in module.split("/")] if pkg == "kubernetes" else [module.split("/")[0]]
+            path = sdks[pkg] if parts == ["index"] else ".".join([sdks[pkg], *parts])
         lines.append(f"import {path}; {path}.{cls}; {path}.{cls}Args")
+    lines.append("import os; os._exit(0)  # the CLI skips interpreter teardown too")
     return "\n".join(lines)
 
 
