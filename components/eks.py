@@ -25,6 +25,7 @@ SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) sta
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
 EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "v0.5.30")
 NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
+NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
 TRAINING_OPERATOR = "https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.8.1"
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}  # Kubernetes -> EKS API
@@ -52,7 +53,7 @@ def _release(name: str, chart: tuple[str, str, str], opts: pulumi.ResourceOption
     return k8s.helm.v3.Release(
         name,
         k8s.helm.v3.ReleaseArgs(chart=chart_name, version=version, namespace="kube-system",
-                                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), values=values),
+                                repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo) if repo else None, values=values),
         opts=opts,
     )
 
@@ -172,9 +173,16 @@ class EfaCluster(pulumi.ComponentResource):
             # The chart's affinity lists instance types, which lag new ones: match our label instead.
             "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
         })
-        if any(fp.itype.accelerator and fp.itype.accelerator.kind == "gpu" for fp in plan.fleets):
+        kinds = {fp.itype.accelerator.kind for fp in plan.fleets if fp.itype.accelerator}
+        if "gpu" in kinds:
             _release(f"{name}-nvidia-device-plugin", NVIDIA_PLUGIN, on_k8s,
                      {"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "gpu"}, "affinity": {}})
+        if "neuron" in kinds:
+            # The chart's node problem detector needs IAM roles of its own: off, as AWS's guide installs it.
+            _release(f"{name}-neuron-device-plugin", NEURON_PLUGIN, on_k8s, {
+                "npd": {"enabled": False},
+                "devicePlugin": {"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "neuron"}},
+            })
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
                    tags: dict[str, str]) -> aws.eks.NodeGroup:

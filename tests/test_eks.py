@@ -84,8 +84,12 @@ def test_trainium_fleet_gets_the_neuron_ami_and_taint():
     ng = run.one(NODEGROUP, "trn-nodes").inputs
     assert ng["amiType"] == "AL2023_x86_64_NEURON"
     assert ng["taints"] == [{"key": "aws.amazon.com/neuron", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert run.of_type(RELEASE)[0].inputs["values"]["tolerations"] == [
-        {"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+    neuron_toleration = [{"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"}]
+    assert run.one(RELEASE, "eks-efa-device-plugin").inputs["values"]["tolerations"] == neuron_toleration
+    neuron = run.one(RELEASE, "eks-neuron-device-plugin").inputs
+    assert neuron["chart"] == "oci://public.ecr.aws/neuron/neuron-helm-chart" and "repositoryOpts" not in neuron
+    assert neuron["values"]["devicePlugin"] == {"tolerations": neuron_toleration, "nodeSelector": {"efa-infra/accelerator": "neuron"}}
+    assert not [r for r in run.of_type(RELEASE) if r.name == "eks-nvidia-device-plugin"]
 
 
 def test_plain_ec2_stacks_create_no_cluster():
