@@ -12,6 +12,21 @@ HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepag
 MIME_BOUNDARY = "==EFAINFRA=="
 
 
+# How a node counts its EFA devices (sets efa_found and efa_seen): the device files,
+# and zero when libfabric lists no efa provider, since NCCL could not use them then.
+COUNT_EFA_DEVICES = r'''
+shopt -s nullglob
+efa_devices=(/sys/class/infiniband/*)
+efa_found=${#efa_devices[@]}
+efa_seen="$efa_found in /sys/class/infiniband"
+fi_info=$(command -v fi_info || true)
+if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
+if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
+  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
+fi
+'''
+
+
 def boot_script(fleet: str, efa_devices: int) -> str:
     pages = HUGEPAGES_MIB // 2 if efa_devices else 0
     return f"""#!/bin/bash
@@ -31,11 +46,11 @@ echo "vm.nr_hugepages = {pages}" > /etc/sysctl.d/90-efa-infra.conf
 sysctl -q -p /etc/sysctl.d/90-efa-infra.conf || log "could not reserve {pages} hugepages"
 
 expected={efa_devices}
-found=$(find /sys/class/infiniband -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
-if [ "$found" -ge "$expected" ]; then
-  log "EFA check passed: $found of $expected EFA devices present"
+{COUNT_EFA_DEVICES.strip()}
+if (( efa_found >= expected )); then
+  log "EFA check passed: $efa_seen, $expected expected"
 else
-  log "EFA check FAILED: $found of $expected EFA devices present; NCCL would fall back to TCP"
+  log "EFA check FAILED: $efa_seen, $expected expected; NCCL would fall back to TCP"
 fi
 """
 

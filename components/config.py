@@ -151,6 +151,11 @@ class CapacityConfig(Model):
     )
 
 
+def in_region(az: str, region: str) -> bool:
+    """An AZ name of the region: us-east-1a for us-east-1."""
+    return re.fullmatch(re.escape(region) + r"[a-z]", az) is not None
+
+
 def _known_type(name: str, value: str, info: ValidationInfo) -> str:
     """A type the catalog in the validation context knows (the shipped data plus the stack's declarations)."""
     cat = (info.context or {}).get("catalog")
@@ -198,7 +203,7 @@ class FleetConfig(Model):
     @classmethod
     def _in_region(cls, v: str, info: ValidationInfo) -> str:
         region = (info.context or {}).get("region")
-        if isinstance(region, str) and not re.fullmatch(re.escape(region) + r"[a-z]", v):
+        if isinstance(region, str) and not in_region(v, region):
             raise ValueError(f"not an AZ of region {region}; expected {region}a, {region}b, ...")
         return v
 
@@ -535,7 +540,7 @@ def _sizing_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], cat:
 
 def fleet_addresses_per_node(f: FleetConfig, cat: Catalog, on_eks: bool) -> int:
     itype = cat.get(f.instance_type)
-    interfaces = efa.interfaces(itype, f.efa_layout) if f.efa else [efa.Interface(0, 0, "interface")]
+    interfaces = efa.node_interfaces(itype, f.efa_layout, f.efa)
     return addressing.node_addresses(itype, efa.summarize(itype, interfaces), on_eks)
 
 
@@ -551,12 +556,12 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             out.append(Problem(key_path(("fleets", i, "name")), f"{f.name!r} is already the name of fleets[{seen[f.name]}]"))
         seen.setdefault(f.name, i)
     for k, az in enumerate(cfg.network.availability_zones):
-        if not re.fullmatch(re.escape(cfg.region) + r"[a-z]", az):
+        if not in_region(az, cfg.region):
             out.append(Problem(key_path(("network", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
     existing = cfg.network.existing
     if existing is not None:
         for az in existing.private_subnet_ids:
-            if not re.fullmatch(re.escape(cfg.region) + r"[a-z]", az):
+            if not in_region(az, cfg.region):
                 out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{az!r} is not an AZ of region {cfg.region}"))
         for i, f in fleets:
             if f.availability_zone not in existing.private_subnet_ids:

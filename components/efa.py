@@ -121,6 +121,11 @@ def interfaces(instance_type: str | InstanceType, layout: str = "ena-primary", c
     return out
 
 
+def node_interfaces(itype: InstanceType, layout: str, efa_enabled: bool) -> list[Interface]:
+    """A fleet node's interfaces: every EFA device in the layout, or the primary alone with EFA off."""
+    return interfaces(itype, layout) if efa_enabled else [Interface(0, 0, "interface")]
+
+
 def network_interfaces(instance_type: str | InstanceType, layout: str = "ena-primary", catalog: Catalog | None = None) -> list[dict]:
     """The EFA layout in EC2 API terms: a list of
     ``{"NetworkCardIndex", "DeviceIndex", "InterfaceType"}`` dicts, primary first.

@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 
 from .existing import ClusterFacts, kubeconfig
 from .fleet import node_role
-from .plan import EFA_LABEL, FleetPlan, StackPlan
+from .plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
@@ -176,21 +176,18 @@ class EfaCluster(pulumi.ComponentResource):
         kinds = {fp.itype.accelerator.kind for fp in plan.fleets if fp.itype.accelerator}
         if "gpu" in kinds:
             _release(f"{name}-nvidia-device-plugin", NVIDIA_PLUGIN, on_k8s,
-                     {"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "gpu"}, "affinity": {}})
+                     {"tolerations": tolerations, "nodeSelector": {ACCELERATOR_LABEL: "gpu"}, "affinity": {}})
         if "neuron" in kinds:
             # The chart's node problem detector needs IAM roles of its own: off, as AWS's guide installs it.
             _release(f"{name}-neuron-device-plugin", NEURON_PLUGIN, on_k8s, {
                 "npd": {"enabled": False},
-                "devicePlugin": {"tolerations": tolerations, "nodeSelector": {"efa-infra/accelerator": "neuron"}},
+                "devicePlugin": {"tolerations": tolerations, "nodeSelector": {ACCELERATOR_LABEL: "neuron"}},
             })
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
                    tags: dict[str, str]) -> aws.eks.NodeGroup:
         """A managed node group that launches from the fleet's EFA launch template."""
         f = fp.config
-        labels = dict(fp.node_labels)
-        if fp.itype.accelerator:
-            labels["efa-infra/accelerator"] = fp.itype.accelerator.kind
         return aws.eks.NodeGroup(
             f"{f.name}-nodes",
             aws.eks.NodeGroupArgs(
@@ -204,10 +201,10 @@ class EfaCluster(pulumi.ComponentResource):
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                     min_size=f.nodes.min, desired_size=f.nodes.desired, max_size=f.nodes.maximum,
                 ),
-                labels=labels,
+                labels=fp.node_labels,
                 taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]])
                         for t in fp.node_taints],
-                tags={**tags, "efa-infra:fleet": f.name},
+                tags={**tags, FLEET_TAG: f.name},
             ),
             opts=self._node_deps,
         )

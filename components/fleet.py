@@ -16,9 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from . import bootstrap
-from .plan import FleetPlan, default_ami
-
-FLEET_TAG, STACK_TAG = "efa-infra:fleet", "efa-infra:stack"
+from .plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
 
 def _b64(text: str) -> str:

@@ -15,7 +15,7 @@ import pulumi_aws as aws
 
 from . import launch
 from .config import JobConfig, StackConfig
-from .fleet import FLEET_TAG, STACK_TAG
+from .plan import FLEET_TAG, STACK_TAG
 
 
 def send_command(document: str, fleet: str, stack: str) -> str:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import yaml
 
 from .catalog import InstanceType
+from .bootstrap import COUNT_EFA_DEVICES, HUGEPAGES_MIB
 from .config import JobConfig, StackConfig
-from .plan import EFA_LABEL, job_target
+from .plan import EFA_LABEL, FLEET_TAG, STACK_TAG, job_target
 
 # AWS's nccl-tests manifests ask for this much; EFA (libfabric) uses 2 MiB pages.
-HUGEPAGES_MIB = 5120
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
 POD_MEMORY_SHARE = 0.85
@@ -305,10 +305,10 @@ if [[ -n $HOSTS_FROM ]]; then
   [[ -r $HOSTS_FROM ]] || die "hostfile $HOSTS_FROM is not readable"
   raw_ips=$(sed -e 's/#.*//' -- "$HOSTS_FROM")
 else
-  HOSTS_FROM="EC2 instances tagged efa-infra:fleet=$FLEET, efa-infra:stack=$EFA_INFRA_STACK in $REGION"
+  HOSTS_FROM="EC2 instances tagged $FLEET_TAG=$FLEET, $STACK_TAG=$EFA_INFRA_STACK in $REGION"
   command -v aws >/dev/null || die "no hostfile (\$1 or \$HOSTFILE) and no aws CLI to list $HOSTS_FROM"
   raw_ips=$(aws ec2 describe-instances --region "$REGION" \
-    --filters "Name=tag:efa-infra:fleet,Values=$FLEET" "Name=tag:efa-infra:stack,Values=$EFA_INFRA_STACK" \
+    --filters "Name=tag:$FLEET_TAG,Values=$FLEET" "Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK" \
               Name=instance-state-name,Values=running \
     --query 'Reservations[].Instances[].PrivateIpAddress' --output text) || die "could not list $HOSTS_FROM"
 fi
@@ -340,19 +340,6 @@ NODES_IPS=$(printf '%s\n' "${ALL_IPS[@]:0:NODES_NUM}")
 MASTER_ADDR=${ALL_IPS[0]}
 export NODES_IPS NODES_NUM NODE_RANK MASTER_ADDR MASTER_PORT GPUS_PER_NODE
 log "node $NODE_RANK of $NODES_NUM: $NODE_IP on $NODE_IF; master $MASTER_ADDR:$MASTER_PORT; $GPUS_PER_NODE processes per node"
-'''
-
-_COUNT_EFA = r'''
-# EFA devices on this node: without them NCCL falls back to TCP, silently.
-shopt -s nullglob
-efa_devices=(/sys/class/infiniband/*)
-efa_found=${#efa_devices[@]}
-efa_seen="$efa_found in /sys/class/infiniband"
-fi_info=$(command -v fi_info || true)
-if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
-if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
-  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
-fi
 '''
 
 _EFA_SHORT = ('expected $EFA_EXPECTED EFA devices ($INSTANCE_TYPE), found $efa_found on $NODE_IP ($efa_seen)')
@@ -393,6 +380,7 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
         "",
         f"JOB={q(plan.job)}",
         f"FLEET={q(plan.fleet)}",
+        f"FLEET_TAG={q(FLEET_TAG)} STACK_TAG={q(STACK_TAG)}",
         f"INSTANCE_TYPE={q(plan.instance_type)}",
         f"REGION={q(cfg.region)}",
         f"export EFA_INFRA_STACK={q(stack)}",
@@ -402,7 +390,7 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
     ]
     sections = ["\n".join(header), _DISCOVER]
     if plan.efa_devices:
-        sections.append(f"EFA_EXPECTED={plan.efa_devices}" + _COUNT_EFA + (_EFA_FAIL if job.efa_check else _EFA_WARN))
+        sections.append(f"EFA_EXPECTED={plan.efa_devices}" + COUNT_EFA_DEVICES + (_EFA_FAIL if job.efa_check else _EFA_WARN))
     # Socket traffic (rendezvous, gloo, NCCL's bootstrap) goes over the interface of
     # the node's listed address; job.env, exported after, may still override it.
     sections.append("\n".join(['export NCCL_SOCKET_IFNAME="$NODE_IF" GLOO_SOCKET_IFNAME="$NODE_IF"',

@@ -25,7 +25,9 @@ def default_ami(itype: InstanceType) -> str:
     return f"resolve:ssm:/aws/service/deeplearning/ami/{itype.architecture}/{DLAMI_TYPES[kind]}/latest/ami-id"
 
 
+FLEET_TAG, STACK_TAG = "efa-infra:fleet", "efa-infra:stack"  # on instances: the launch script finds peers by them
 FLEET_LABEL = "efa-infra/fleet"
+ACCELERATOR_LABEL = "efa-infra/accelerator"  # the GPU and Neuron device plugins select nodes by it
 EFA_LABEL = "vpc.amazonaws.com/efa.present"  # the EFA device plugin selects nodes by it
 
 
@@ -59,6 +61,8 @@ class FleetPlan:
         labels = {FLEET_LABEL: self.name, "node.kubernetes.io/instance-type": self.itype.name}
         if self.efa_devices:
             labels[EFA_LABEL] = "true"
+        if self.itype.accelerator:
+            labels[ACCELERATOR_LABEL] = self.itype.accelerator.kind
         return labels
 
     @property
@@ -85,7 +89,7 @@ class StackPlan:
 
 def fleet_plan(f: FleetConfig, cat: Catalog, on_eks: bool) -> FleetPlan:
     itype = cat.get(f.instance_type)
-    interfaces = efa.interfaces(itype, f.efa_layout) if f.efa else [efa.Interface(0, 0, "interface")]
+    interfaces = efa.node_interfaces(itype, f.efa_layout, f.efa)
     summary = efa.summarize(itype, interfaces)
     return FleetPlan(
         config=f,

@@ -63,7 +63,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
     existing_vpc_id, existing_cluster = read_existing(plan)
-    tags = {"efa-infra:stack": stack}
+    tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
     if plan.fleets:

@@ -377,8 +377,10 @@ def test_node_script_finds_the_fleet_by_tag():
     assert "export EFA_INFRA_STACK=prod-1" in script
     call = " ".join(script[script.index("aws ec2 describe-instances"):].split("\n", 4)[:4]).replace("\\", " ").split()
     assert call[:5] == ["aws", "ec2", "describe-instances", "--region", '"$REGION"']
-    assert '"Name=tag:efa-infra:fleet,Values=$FLEET"' in call
-    assert '"Name=tag:efa-infra:stack,Values=$EFA_INFRA_STACK"' in call
+    assert '"Name=tag:$FLEET_TAG,Values=$FLEET"' in call
+    assert '"Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK"' in call
+    # The tags EfaFleet puts on every instance of the fleet.
+    assert "FLEET_TAG=efa-infra:fleet STACK_TAG=efa-infra:stack" in script
     assert "Name=instance-state-name,Values=running" in call
     assert "'Reservations[].Instances[].PrivateIpAddress'" in call
     assert "FLEET=big" in script and "REGION=us-east-1" in script

@@ -220,3 +220,16 @@ def test_a_fleet_that_cannot_fit_names_the_fleet_and_the_numbers():
     assert problem.path == "efa-infra:fleets[0].nodes.max"
     assert re.search(r"fleet 'p5' cannot fit: 70000 nodes x 1 private addresses each = 70000 in us-east-1a", problem.message)
     assert "65531" in problem.message
+
+
+def test_boot_script_is_valid_bash_and_counts_efa_devices_as_the_launch_does(tmp_path):
+    import base64
+    import subprocess
+
+    from components.bootstrap import COUNT_EFA_DEVICES
+
+    run = run_stack("p5-ec2")
+    script = base64.b64decode(run.one(LT, "p5-lt").inputs["userData"]).decode()
+    assert COUNT_EFA_DEVICES.strip() in script and "expected=32" in script
+    (tmp_path / "boot.sh").write_text(script)
+    subprocess.run(["bash", "-n", str(tmp_path / "boot.sh")], check=True, timeout=30)
