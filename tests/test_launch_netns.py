@@ -34,10 +34,11 @@ import torch
 
 out, mode = sys.argv[1], sys.argv[2]
 if mode == "accelerate":
-    from accelerate import Accelerator
-    acc = Accelerator()
+    from accelerate import Accelerator, InitProcessGroupKwargs
+    acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=60))])
     rank, world = acc.process_index, acc.num_processes
     total = acc.reduce(torch.tensor([rank + 1.0]), reduction="sum").item()
+    acc.end_training()  # a live gloo group at interpreter exit can abort the process
 else:
     import torch.distributed as dist
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
