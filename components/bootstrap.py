@@ -3,12 +3,16 @@
 It raises the locked-memory limit (EFA registers memory with the device;
 without it: "Cannot allocate memory"), reserves 2 MiB hugepages (libfabric
 uses them for its buffers) and checks that every EFA device the type has is
-present, logging the result. Pure: no Pulumi import.
+present, logging the result. It also holds the node's memory budget that
+follows: what a pod may use beside the hugepages. Pure: no Pulumi import.
 """
 
 from __future__ import annotations
 
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
+# Share of the node's memory (after hugepages) a pod may use; the rest is left
+# to the kubelet, system daemons and device plugins, so the pod stays schedulable.
+POD_MEMORY_SHARE = 0.85
 MIME_BOUNDARY = "==EFAINFRA=="
 
 
@@ -25,6 +29,12 @@ if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
   efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
 fi
 '''
+
+
+def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
+    """The memory a pod holding a whole node may use, in whole GiB; nodes with EFA
+    devices have set the hugepages aside at boot."""
+    return int((node_memory_mib - (HUGEPAGES_MIB if efa else 0)) * POD_MEMORY_SHARE) // 1024
 
 
 def boot_script(fleet: str, efa_devices: int) -> str:

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from . import addressing, efa
-from .catalog import Catalog, UnknownInstanceType, from_data, regions
+from .bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
+from .catalog import Catalog, InstanceType, UnknownInstanceType, from_data, regions
 
 NAMESPACE = "efa-infra"
 SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs")
@@ -339,7 +340,11 @@ class JobConfig(Model):
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
     efa_check: bool = Field(True, description="Stop the launch when a node shows fewer EFA devices than its type has (no silent TCP fallback).")
-    shm_size: str = Field("64Gi", pattern=r"^[1-9][0-9]*(Mi|Gi)$", description="Size of /dev/shm for NCCL, e.g. 64Gi.")
+    shm_size: str | None = Field(
+        None, pattern=r"^[1-9][0-9]*(Mi|Gi)$",
+        description="Size of /dev/shm in the job's pods (Kubernetes), e.g. 64Gi; at most what a pod may use on the node type. "
+        "Default: 64Gi, or all a pod may use on smaller types.",
+    )
     port: int = Field(29500, ge=1024, le=65535, description="Rendezvous (master) port.")
     kind: Literal["indexed-job", "pytorchjob", "mpijob"] = Field(
         "indexed-job",
@@ -595,6 +600,11 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             out.append(Problem(key_path(("jobs", j, "kind")),
                                f"nccl-tests across {nodes} nodes needs mpirun to start ranks on the other pods, "
                                "which an indexed Job has no means for: use kind: mpijob"))
+        if on_k8s and job.shm_size:
+            # Unmanaged clusters' nodes are EFA types: count their hugepages as set aside.
+            node_type, efa_node = (clusters[job.fleet].ec2_type, True) if job.fleet in clusters else (known[job.fleet].instance_type, known[job.fleet].efa)
+            if node_type in cat:
+                out.extend(_shm_checks(j, job.shm_size, cat.get(node_type), efa_node))
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
@@ -606,6 +616,19 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))
     return out
+
+
+def _shm_checks(j: int, shm_size: str, itype: InstanceType, efa_node: bool) -> list[Problem]:
+    # A memory-backed /dev/shm counts against the pod's memory: larger than that, the pod is killed once it fills.
+    size, unit = int(shm_size[:-2]), shm_size[-2:]
+    room = pod_memory_gib(itype.memory_mib, efa_node)
+    if size * (1024 if unit == "Gi" else 1) <= room * 1024:
+        return []
+    hugepages = f", less {HUGEPAGES_MIB // 1024} GiB of hugepages" if efa_node else ""
+    return [Problem(key_path(("jobs", j, "shmSize")),
+                    f"{shm_size!r} is more than the {room}Gi a pod may use on {itype.name} "
+                    f"({itype.memory_mib // 1024} GiB{hugepages}, {POD_MEMORY_SHARE:.0%} of the rest); "
+                    f"/dev/shm is memory and counts against it: at most {room}Gi")]
 
 
 # --- loading ------------------------------------------------------------------------

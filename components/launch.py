@@ -15,16 +15,12 @@ from dataclasses import dataclass
 
 import yaml
 
-from .catalog import InstanceType
-from .bootstrap import COUNT_EFA_DEVICES, HUGEPAGES_MIB
+from .bootstrap import COUNT_EFA_DEVICES, HUGEPAGES_MIB, pod_memory_gib
 from .config import JobConfig, StackConfig
 from .plan import EFA_LABEL, FLEET_TAG, STACK_TAG, job_target
 
-# AWS's nccl-tests manifests ask for this much; EFA (libfabric) uses 2 MiB pages.
-# Share of the node's memory (after hugepages) a pod may use; the rest is left
-# to the kubelet, system daemons and device plugins, so the pod stays schedulable.
-POD_MEMORY_SHARE = 0.85
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
+DEFAULT_SHM_GIB = 64  # NCCL and data loaders share tensors through /dev/shm
 JOB_LABEL = "efa-infra/job"
 NCCL_TESTS_COMMAND = ("all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1")
 # Pods: every interface but these; gloo takes no exclusion list, but in a pod the
@@ -56,6 +52,7 @@ class JobPlan:
     accelerator_count: int  # per node
     hugepages: str | None  # hugepages-2Mi per pod, with EFA
     memory: str | None  # pod memory, with EFA: Kubernetes wants memory or cpu beside hugepages
+    shm_size: str  # /dev/shm in the pods
     env: dict[str, str]  # EFA/NCCL settings, then job.env; on EC2 the script adds the socket interface
     rdma: bool  # FI_EFA_USE_DEVICE_RDMA=1 is set
     node_selector: dict[str, str]  # on Kubernetes: the labels of the target's nodes
@@ -75,6 +72,7 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
     devices = target.efa_devices if job.efa else 0
     accel = itype.accelerator
     rdma = job.efa and itype.efa_rdma_read
+    room = pod_memory_gib(itype.memory_mib, target.efa_devices > 0)
     return JobPlan(
         job=job.name,
         fleet=target.name,
@@ -89,16 +87,13 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         accelerator_resource=accel.resource_name if accel else None,
         accelerator_count=accel.count if accel else 0,
         hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
-        memory=_pod_memory(itype) if job.efa else None,
+        memory=f"{room}Gi" if job.efa else None,
+        shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room)}Gi",
         env=_env(job, rdma, target.platform),
         rdma=rdma,
         command=tuple(job.command) or (NCCL_TESTS_COMMAND if job.launcher == "nccl-tests" else ()),
         port=job.port,
     )
-
-
-def _pod_memory(itype: InstanceType) -> str:
-    return f"{int((itype.memory_mib - HUGEPAGES_MIB) * POD_MEMORY_SHARE) // 1024}Gi"
 
 
 def _env(job: JobConfig, rdma: bool, target: str) -> dict[str, str]:
@@ -205,7 +200,7 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         "topologyKey": "kubernetes.io/hostname",
     }]}}
     spec["containers"] = [container]
-    spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}]
+    spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
 
 

@@ -55,6 +55,9 @@ INVALID = [
     ("NAT mode unknown", base_doc(network={"natGateways": "two"}), "efa-infra:network.natGateways"),
     ("public endpoint CIDR malformed", base_doc(eks={"publicAccessCidrs": ["everyone"]}), "efa-infra:eks.publicAccessCidrs"),
     ("EFA job on a fleet without EFA", base_doc(fleets=[fleet(efa=False)], jobs=[JOB]), "efa-infra:jobs[0].efa"),
+    ("/dev/shm larger than a pod may use",
+     base_doc(eks={"enabled": True}, network=EKS_NET, jobs=[{**JOB, "image": "train:1", "shmSize": "128Gi"}]),
+     "efa-infra:jobs[0].shmSize"),
     ("env name with a dash", base_doc(jobs=[{**JOB, "env": {"NCCL-DEBUG": "INFO"}}]), "efa-infra:jobs[0].env"),
     ("MPIJob for torchrun", base_doc(jobs=[{**JOB, "kind": "mpijob"}]), "efa-infra:jobs[0]"),
     ("declared type without card 0",
@@ -92,6 +95,24 @@ def test_cli_prints_the_error_without_traceback(tmp_path, case, doc, key):
     assert result.returncode == 1
     assert key in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("shm,ok", [("104Gi", True), ("106496Mi", True), ("105Gi", False), ("106497Mi", False)])
+def test_shm_fits_in_what_a_pod_may_use(shm, ok):
+    # g6.8xlarge: 128 GiB, less 5 GiB of hugepages, 85% of the rest = 104 GiB for the pod.
+    doc = base_doc(eks={"enabled": True}, network=EKS_NET, jobs=[{**JOB, "image": "train:1", "shmSize": shm}])
+    if ok:
+        assert config.load(doc).jobs[0].shm_size == shm
+        return
+    with pytest.raises(config.ConfigError) as err:
+        config.load(doc)
+    assert [p.path for p in err.value.problems] == ["efa-infra:jobs[0].shmSize"]
+    assert f"{shm!r} is more than the 104Gi a pod may use on g6.8xlarge" in str(err.value)
+
+
+def test_shm_is_not_checked_where_no_pod_runs():
+    # On plain EC2 the node script runs on the host: shmSize does not apply.
+    assert config.load(base_doc(jobs=[{**JOB, "shmSize": "512Gi"}])).jobs[0].shm_size == "512Gi"
 
 
 def test_every_problem_is_reported_at_once():

@@ -164,6 +164,19 @@ def test_a_tcp_job_runs_on_a_type_without_efa():
     assert "resources" not in pod["containers"][0]
 
 
+@pytest.mark.parametrize("instance_type,efa,shm,memory", [
+    ("p5.48xlarge", True, "64Gi", "1736Gi"),  # (2,048 GiB - 5 GiB of hugepages) x 85%
+    ("g6.8xlarge", True, "64Gi", "104Gi"),
+    ("m5.large", False, "6Gi", None),  # 8 GiB x 85%: no hugepages without EFA, and less than 64Gi
+])
+def test_default_shm_fits_the_pod(instance_type, efa, shm, memory):
+    cfg, job = stack({"efa": efa}, instance_type=instance_type, fleet={"efa": efa})
+    plan = launch.job_plan(cfg, job)
+    assert (plan.shm_size, plan.memory) == (shm, memory)
+    pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == shm
+
+
 def test_jobs_on_unmanaged_clusters_select_nodes_by_instance_type():
     cfg = config.load({
         "region": "us-east-1",
