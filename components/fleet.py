@@ -74,8 +74,9 @@ class EfaFleet(pulumi.ComponentResource):
 
         profile = None
         if not plan.on_eks:
-            # EKS node groups bring their own role; plain EC2 nodes get SSM access
-            # and just enough EC2 read access for the launch script to find peers.
+            # EKS node groups bring their own role; plain EC2 nodes get SSM access,
+            # EC2 read access for the launch script to find peers, and for mpirun
+            # (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only.
             role = node_role(f"{name}-node", fleet_tags, child)
             aws.iam.RolePolicyAttachment(
                 f"{name}-ssm",
@@ -88,7 +89,13 @@ class EfaFleet(pulumi.ComponentResource):
                     role=role.id,
                     policy=json.dumps({
                         "Version": "2012-10-17",
-                        "Statement": [{"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}],
+                        "Statement": [
+                            {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                            {"Effect": "Allow", "Action": "ec2-instance-connect:SendSSHPublicKey",
+                             "Resource": "arn:aws:ec2:*:*:instance/*",
+                             "Condition": {"StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": f.name,
+                                                            f"aws:ResourceTag/{STACK_TAG}": stack}}},
+                        ],
                     }),
                 ),
                 opts=child,

@@ -353,6 +353,51 @@ hosts=("${ALL_IPS[@]:0:NODES_NUM}")
 MPI_HOSTS=$(IFS=,; echo "${hosts[*]/%/:$GPUS_PER_NODE}")
 MPI_ENV=(-x PATH)
 if [[ -n ${LD_LIBRARY_PATH:-} ]]; then MPI_ENV+=(-x LD_LIBRARY_PATH); fi
+# By its absolute path, mpirun also finds its daemons on the other nodes (as --prefix would);
+# SSM's shell lacks the login PATH that holds the EFA installer's Open MPI.
+MPIRUN=$(command -v mpirun || true)
+if [[ -z $MPIRUN && -x /opt/amazon/openmpi/bin/mpirun ]]; then MPIRUN=/opt/amazon/openmpi/bin/mpirun; fi
+[[ -n $MPIRUN ]] || die "nccl-tests needs mpirun (Open MPI, from the EFA installer) on node 0"
+'''
+
+# mpirun starts the other nodes' ranks over SSH. Node 0 makes a key for this launch only
+# and pushes it to each peer through EC2 Instance Connect, where it is accepted for 60 s
+# (enough to log in): no key is stored on the nodes or in AWS.
+_NCCL_TESTS_SSH = r'''
+peers=("${hosts[@]:1}")
+if (( ${#peers[@]} )); then
+  command -v aws >/dev/null || die "mpirun reaches the other nodes over SSH, and node 0 needs the aws CLI to give them a key"
+  # The AMI's default user (ec2-user, ubuntu): Instance Connect keys are for a login user.
+  SSH_USER=$(getent passwd 1000 | cut -d: -f1)
+  [[ -n $SSH_USER ]] || die "no login user (uid 1000) on this node to reach the other nodes as"
+  key_dir=$(mktemp -d)
+  trap 'rm -rf "$key_dir"' EXIT
+  ssh-keygen -q -t ed25519 -N '' -C "efa-infra $JOB $NODE_IP" -f "$key_dir/key"
+  ids=$(aws ec2 describe-instances --region "$REGION" \
+    --filters "Name=private-ip-address,Values=$(IFS=,; echo "${peers[*]}")" \
+              "Name=tag:$FLEET_TAG,Values=$FLEET" "Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK" \
+    --query 'Reservations[].Instances[].[PrivateIpAddress,InstanceId]' --output text) ||
+    die "could not look up the instances of ${peers[*]}"
+  declare -A ID_OF=()
+  while read -r ip id; do
+    if [[ -n $ip ]]; then ID_OF[$ip]=$id; fi
+  done <<<"$ids"
+  for ip in "${peers[@]}"; do
+    [[ -n ${ID_OF[$ip]:-} ]] || die "no instance of fleet $FLEET in $REGION has the address $ip (from $HOSTS_FROM)"
+  done
+  # In parallel, since each key is accepted for 60 s from its push; every failure is named.
+  export REGION SSH_USER JOB KEY_PUB="$key_dir/key.pub"
+  for ip in "${peers[@]}"; do printf '%s %s\n' "${ID_OF[$ip]}" "$ip"; done |
+    xargs -P 16 -L 1 bash -c 'aws ec2-instance-connect send-ssh-public-key --region "$REGION" --instance-id "$1" \
+      --instance-os-user "$SSH_USER" --ssh-public-key "file://$KEY_PUB" >/dev/null ||
+      { echo "efa-infra[$JOB]: error: EC2 Instance Connect took no key for $2 ($1)" >&2; exit 1; }' push ||
+    die "could not give every node a key: node 0's role needs ec2-instance-connect:SendSSHPublicKey on the fleet, the AMI the ec2-instance-connect package"
+  # Node 0 starts every daemon itself (no tree spawn): the other nodes do not have the key.
+  # Open MPI 4 reads OMPI_MCA_plm_rsh_*, Open MPI 5 (PRRTE) PRTE_MCA_plm_ssh_*.
+  ssh_agent="ssh -i $key_dir/key -l $SSH_USER -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+  export OMPI_MCA_plm_rsh_agent="$ssh_agent" OMPI_MCA_plm_rsh_no_tree_spawn=1
+  export PRTE_MCA_plm_ssh_agent="$ssh_agent" PRTE_MCA_plm_ssh_no_tree_spawn=1
+fi
 '''
 
 
@@ -392,8 +437,9 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
                                *(f"export {k}={q(v)}" for k, v in plan.env.items())]))
     if plan.launcher == "nccl-tests":
         mpirun = _mpirun(plan, list(dict.fromkeys(["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", *plan.env])))
-        sections += [_NCCL_TESTS_HOSTS,
-                     " ".join(["exec", *map(q, mpirun), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', *map(q, plan.command)])]
+        # No exec: the launch's key is removed when mpirun ends.
+        sections += [_NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH,
+                     " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', *map(q, plan.command)])]
     else:
         sections.append("exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'))
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"

@@ -267,38 +267,152 @@ def record(tmp_path: Path, name: str, then: str = "") -> None:
     stub(tmp_path, name, f'printf "%s\\n" "$@" > {base}.args\nenv > {base}.env\n{then}')
 
 
-def test_nccl_tests_start_from_node_0_with_mpirun(nodes, tmp_path):
-    record(tmp_path, "mpirun")
+# --- nccl-tests: real Open MPI across the two namespaces ---------------------------------
+# What cannot run here is AWS and the peers' sshd. The aws stub answers EC2 from a
+# table and keeps the keys Instance Connect is given; the ssh stand-in lets a login
+# through only with the key pushed for that instance and user (as the
+# ec2-instance-connect package does), then runs the command on that host (its
+# namespace) in a fresh login environment. mpirun, its daemons and the ranks are real.
+
+INSTANCE_IDS = {SUBNET[0]: "i-0a0a0a0a0a0a0a0a0", SUBNET[1]: "i-0b0b0b0b0b0b0b0b1"}
+
+# Both stubs: note the call, read the world (bin/ lies in the test's directory).
+STUB_HEAD = r"""
+import json, os, pathlib, shutil, subprocess, sys
+here = pathlib.Path(__file__).resolve().parent.parent
+args = sys.argv[1:]
+with open(here / f"{pathlib.Path(__file__).name}.calls", "a") as f:
+    f.write(json.dumps(args) + "\n")
+world = json.loads((here / "world.json").read_text())
+"""
+
+AWS = r"""
+def arg(name):
+    return args[args.index(name) + 1]
+if args[:2] == ["ec2", "describe-instances"]:
+    filters = args[args.index("--filters") + 1:args.index("--query")]
+    wanted = [f.split("=", 2)[2].split(",") for f in filters if f.startswith("Name=private-ip-address,")]
+    if "InstanceId" in arg("--query"):  # answers like --output text: tab-separated, in no order
+        print("\n".join(f"{ip}\t{world['ids'][ip]}" for ip in reversed(wanted[0]) if ip in world["ids"]))
+    else:
+        print("\t".join(reversed(world["ips"])))
+elif args[:2] == ["ec2-instance-connect", "send-ssh-public-key"]:
+    if arg("--instance-id") in world.get("refuse", []):
+        sys.exit("An error occurred (AccessDeniedException) when calling the SendSSHPublicKey operation")
+    (here / "pushed").mkdir(exist_ok=True)
+    shutil.copy(arg("--ssh-public-key").removeprefix("file://"),
+                here / "pushed" / f"{arg('--instance-id')}.{arg('--instance-os-user')}.pub")
+    print(json.dumps({"RequestId": "r-1", "Success": True}))
+else:
+    sys.exit(f"aws stub: no answer for {args}")
+"""
+
+SSH = r"""
+key = user = None
+while args[0].startswith("-"):  # of ssh's options, mpirun passes -x (no X11) and those of the agent
+    if args[0] in ("-i", "-l", "-o", "-p"):
+        opt, value, args = args[0], args[1], args[2:]
+        key, user = (value, user) if opt == "-i" else (key, value) if opt == "-l" else (key, user)
+    else:
+        args = args[1:]
+host, command = args[0], " ".join(args[1:])
+pushed = here / "pushed" / f"{world['ids'].get(host)}.{user}.pub"
+public = subprocess.run(["ssh-keygen", "-y", "-f", key], capture_output=True, text=True).stdout.split()[:2]
+if not pushed.exists() or pushed.read_text().split()[:2] != public:
+    sys.exit(f"{user}@{host}: Permission denied (publickey).")
+login = ["PATH=/usr/bin:/bin", f"HOME={here}", f"USER={user}", f"LOGNAME={user}", "SHELL=/bin/sh"]  # what sshd sets
+os.execvp("ip", ["ip", "netns", "exec", world["ns"][host], "env", "-i", *login, "sh", "-c", command])
+"""
+
+RANK = """
+import json, os, subprocess, sys
+rank = os.environ["OMPI_COMM_WORLD_RANK"]
+names = ["OMPI_COMM_WORLD_SIZE", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA", "NCCL_SOCKET_IFNAME", "NCCL_DEBUG"]
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+    json.dump({"addrs": subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True).stdout,
+               "args": sys.argv[2:], "env": {k: os.environ.get(k) for k in names}}, f)
+"""
+
+
+def aws_world(tmp_path: Path, nodes: list[Node], *, ids: dict | None = None, refuse: tuple[str, ...] = ()) -> None:
+    """The stubs for aws, ssh and the node's login user, and the world they answer from."""
+    world = {"ips": list(SUBNET), "ids": INSTANCE_IDS if ids is None else ids, "refuse": list(refuse),
+             "ns": {n.ip: n.ns for n in nodes}}
+    (tmp_path / "world.json").write_text(json.dumps(world))
+    for name, body in (("aws", AWS), ("ssh", SSH)):
+        path = tmp_path / "bin" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"#!{sys.executable}\n{STUB_HEAD}{body}")
+        path.chmod(0o755)
+    stub(tmp_path, "getent", 'echo "ec2-user:x:1000:1000::/home/ec2-user:/bin/bash"\n')
+
+
+def calls(tmp_path: Path, name: str) -> list[list[str]]:
+    path = tmp_path / f"{name}.calls"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_nccl_tests_start_every_rank_from_node_0_with_real_mpirun(nodes, tmp_path):
+    aws_world(tmp_path, nodes)
     stub(tmp_path, "fi_info", "exit 0\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "rank.py").write_text(RANK)
     hosts = hostfile(tmp_path, list(SUBNET))
-    job = {"launcher": "nccl-tests", "procsPerNode": 2}
+    job = {"launcher": "nccl-tests", "procsPerNode": 2, "command": [sys.executable, str(tmp_path / "rank.py"), str(out), "-b", "8"]}
     res = run_on(nodes, tmp_path, job, args=(str(hosts),), wrap=fake_infiniband(4))
     assert_ok(res)
     assert "node 0 (10.213.7.1) starts every rank with mpirun" in res[1].log
-    args = (tmp_path / "mpirun.args").read_text().splitlines()
-    assert args[args.index("-np") + 1] == "4"
-    assert args[args.index("-H") + 1] == f"{SUBNET[0]}:2,{SUBNET[1]}:2"
-    exported = {args[i + 1] for i, a in enumerate(args) if a == "-x"}
-    assert {"PATH", "FI_PROVIDER", "FI_EFA_USE_DEVICE_RDMA", "NCCL_SOCKET_IFNAME", "NCCL_DEBUG"} <= exported
-    assert args[-9:] == ["all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
-    env = dict(line.split("=", 1) for line in (tmp_path / "mpirun.env").read_text().splitlines() if "=" in line)
-    assert (env["FI_PROVIDER"], env["FI_EFA_USE_DEVICE_RDMA"], env["NCCL_SOCKET_IFNAME"]) == ("efa", "1", nodes[0].ifname)
+    ranks = results(out)
+    assert sorted(ranks) == [0, 1, 2, 3]
+    for rank, r in ranks.items():
+        # -H a:2,b:2: ranks 0-1 on node a, 2-3 on node b
+        assert f"inet {SUBNET[rank // 2]}/" in r["addrs"]
+        assert r["args"] == ["-b", "8"]
+        # The EFA settings reach the ranks on node b through mpirun, not through ssh's fresh environment.
+        assert r["env"] == {"OMPI_COMM_WORLD_SIZE": "4", "FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1",
+                            "NCCL_SOCKET_IFNAME": nodes[0].ifname, "NCCL_DEBUG": "INFO"}
+    # One key, pushed to node b only, for the login user; node 0 logged in with it.
+    assert [c[:2] for c in calls(tmp_path, "aws")] == [["ec2", "describe-instances"], ["ec2-instance-connect", "send-ssh-public-key"]]
+    assert sorted(p.name for p in (tmp_path / "pushed").iterdir()) == [f"{INSTANCE_IDS[SUBNET[1]]}.ec2-user.pub"]
+    (login,) = calls(tmp_path, "ssh")
+    assert login[login.index("-l") + 1] == "ec2-user" and SUBNET[1] in login
+    assert not any("--tree-spawn" in a for a in login)  # node b has no key to reach further nodes
+    assert not Path(login[login.index("-i") + 1]).exists()  # the launch's key is gone when it ends
+
+
+@pytest.mark.parametrize("ids,refuse,message", [
+    ({SUBNET[0]: INSTANCE_IDS[SUBNET[0]]}, (), "no instance of fleet gpu in us-east-1 has the address 10.213.7.2 (from"),
+    (None, (INSTANCE_IDS[SUBNET[1]],), f"EC2 Instance Connect took no key for 10.213.7.2 ({INSTANCE_IDS[SUBNET[1]]})"),
+])
+def test_a_peer_without_a_key_stops_the_launch(nodes, tmp_path, ids, refuse, message):
+    aws_world(tmp_path, nodes, ids=ids, refuse=refuse)
+    record(tmp_path, "mpirun")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False}, args=(str(hosts),))
+    assert res[0].rc != 0
+    assert message in res[0].log
+    assert not (tmp_path / "mpirun.args").exists()
 
 
 # --- finding the nodes -------------------------------------------------------------
 
 
 def test_without_a_hostfile_the_fleet_comes_from_ec2(nodes, tmp_path):
-    # Answers like `--output text`: tab-separated, in no order.
-    record(tmp_path, "aws", then=f"printf '%s\\t%s\\n' {SUBNET[1]} {SUBNET[0]}\n")
+    aws_world(tmp_path, nodes)
     record(tmp_path, "mpirun")
     res = run_on(nodes, tmp_path, {"launcher": "nccl-tests", "efa": False}, stack_name="research")
     assert_ok(res)
-    assert (tmp_path / "aws.args").read_text().splitlines() == [
+    listing, lookup, _push = calls(tmp_path, "aws")[-3:]  # node b lists too, before it leaves
+    assert listing == [
         "ec2", "describe-instances", "--region", "us-east-1", "--filters",
         "Name=tag:efa-infra:fleet,Values=gpu", "Name=tag:efa-infra:stack,Values=research",
         "Name=instance-state-name,Values=running",
         "--query", "Reservations[].Instances[].PrivateIpAddress", "--output", "text",
+    ]
+    # The peers' instances are looked up in the same fleet: private addresses repeat across VPCs.
+    assert lookup[lookup.index("--filters") + 1:lookup.index("--query")] == [
+        f"Name=private-ip-address,Values={SUBNET[1]}", "Name=tag:efa-infra:fleet,Values=gpu", "Name=tag:efa-infra:stack,Values=research",
     ]
     args = (tmp_path / "mpirun.args").read_text().splitlines()
     assert args[args.index("-H") + 1] == f"{SUBNET[0]}:1,{SUBNET[1]}:1"

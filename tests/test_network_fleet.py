@@ -4,6 +4,7 @@ checked against botocore's EC2 model and moto."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 
 import boto3
@@ -233,3 +234,22 @@ def test_boot_script_is_valid_bash_and_counts_efa_devices_as_the_launch_does(tmp
     assert COUNT_EFA_DEVICES.strip() in script and "expected=32" in script
     (tmp_path / "boot.sh").write_text(script)
     subprocess.run(["bash", "-n", str(tmp_path / "boot.sh")], check=True, timeout=30)
+
+
+def test_ec2_nodes_may_push_ssh_keys_only_into_their_own_fleet():
+    run = run_doc(base_doc(), stack="research")
+    (peers,) = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-peers"]
+    document = json.loads(peers.inputs["policy"])
+    describe, push = document["Statement"]
+    assert (describe["Action"], describe["Resource"]) == ("ec2:DescribeInstances", "*")
+    assert push["Action"] == "ec2-instance-connect:SendSSHPublicKey"
+    assert push["Condition"] == {"StringEquals": {"aws:ResourceTag/efa-infra:fleet": "gpu", "aws:ResourceTag/efa-infra:stack": "research"}}
+    # The tags the condition names are the ones the fleet's instances are launched with.
+    tags = run.one(LT).inputs["tagSpecifications"][0]["tags"]
+    assert (tags["efa-infra:fleet"], tags["efa-infra:stack"]) == ("gpu", "research")
+    with moto.mock_aws():  # moto checks policy documents as IAM does
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_role(RoleName="node", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}))
+        iam.put_role_policy(RoleName="node", PolicyName="peers", PolicyDocument=peers.inputs["policy"])
