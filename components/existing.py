@@ -1,5 +1,6 @@
-"""Checks on resources a stack uses but does not create: the facts AWS gives
-about existing subnets, held against what the plan needs of them.
+"""Checks on resources a stack uses but does not create: whether AWS has them
+at all, and the facts it gives about existing subnets, held against what the
+plan needs of them.
 
 The lookups themselves run in the Pulumi layer (stack.py) before any resource
 is registered; this module only judges their answers. Pure: no Pulumi import.
@@ -7,9 +8,10 @@ is registered; this module only judges their answers. Pure: no Pulumi import.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
-from .config import Problem, key_path
+from .config import ExistingNetwork, Problem, key_path
 from .plan import StackPlan
 
 
@@ -22,14 +24,49 @@ class SubnetFacts:
     available_ips: int
 
 
-def check_subnets(plan: StackPlan, vpc_id: str, facts: dict[str, SubnetFacts]) -> list[Problem]:
-    """Every way an existing subnet fails its fleets, naming the subnet and the fleets."""
+# Lookups by list (found ids or names) never fail for a missing resource, so a
+# typo becomes a clean problem here instead of the provider's error.
+
+
+def find_vpc(ex: ExistingNetwork, found: list[str], region: str) -> tuple[str | None, list[Problem]]:
+    """The VPC the config names, given the ids a lookup by its id or Name tag found."""
+    if ex.vpc_id:
+        if found:
+            return found[0], []
+        return None, [Problem(key_path(("network", "existing", "vpcId")), f"{ex.vpc_id} does not exist in {region}")]
+    at = key_path(("network", "existing", "vpcName"))
+    if len(found) == 1:
+        return found[0], []
+    if not found:
+        return None, [Problem(at, f"no VPC in {region} has the Name tag {ex.vpc_name!r}")]
+    return None, [Problem(at, f"{len(found)} VPCs in {region} have the Name tag {ex.vpc_name!r} "
+                              f"({', '.join(sorted(found))}): name one by vpcId")]
+
+
+def missing_subnets(ex: ExistingNetwork, found: set[str], region: str) -> list[Problem]:
+    return [Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{sid} does not exist in {region}")
+            for az, sid in sorted(ex.private_subnet_ids.items()) if sid not in found]
+
+
+def missing_cluster(name: str, found: list[str], region: str) -> list[Problem]:
+    if name in found:
+        return []
+    near = difflib.get_close_matches(name, found, n=2)
+    hint = f"did you mean {', '.join(near)}?" if near else f"clusters there: {', '.join(sorted(found)) or 'none'}"
+    return [Problem(key_path(("eks", "existing", "clusterName")), f"no EKS cluster {name!r} in {region}; {hint}")]
+
+
+def check_subnets(plan: StackPlan, vpc_id: str | None, facts: dict[str, SubnetFacts]) -> list[Problem]:
+    """Every way an existing subnet fails its fleets, naming the subnet and the fleets.
+    Subnets without facts (not found) and the VPC check without a VPC are left to the finders above."""
     problems = []
     for subnet in plan.subnets:
-        f = facts[subnet.existing_id]
+        f = facts.get(subnet.existing_id)
+        if f is None:
+            continue
         at = key_path(("network", "existing", "privateSubnetIds", subnet.az))
         who = ", ".join(repr(n) for n in subnet.fleets) or "no fleet"
-        if f.vpc_id != vpc_id:
+        if vpc_id is not None and f.vpc_id != vpc_id:
             problems.append(Problem(at, f"{f.id} is in {f.vpc_id}, not in the stack's VPC {vpc_id}"))
         if f.map_public_ip_on_launch:
             problems.append(Problem(at, f"{f.id} assigns public IPs on launch; fleet {who} needs a private subnet "

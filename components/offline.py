@@ -43,19 +43,28 @@ class Registered:
 
 
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
-GET_VPC, GET_SUBNET, GET_CLUSTER = "aws:ec2/getVpc:getVpc", "aws:ec2/getSubnet:getSubnet", "aws:eks/getCluster:getCluster"
+GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
+GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
+
+
+def filter_values(args: dict, name: str) -> list[str]:
+    """The values a list lookup's filter `name` asks for."""
+    return [v for f in args.get("filters") or [] if f["name"] == name for v in f["values"]]
 
 
 def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
     """Answers for the existing resources a stack names, standing in for AWS's:
-    each subnet private, in the AZ it is listed under, with room to spare. The
+    each one exists, each subnet private, in the AZ it is listed under, with room to spare. The
     plan marks them; the real checks happen when `pulumi up` reads the real ones."""
     doc = config.document_from_settings(engine_settings(settings))
     existing = (doc.get("network") or {}).get("existing") or {}
     az_of = {sid: az for az, sid in (existing.get("privateSubnetIds") or {}).items()}
     vpc = existing.get("vpcId") or placeholder(f"vpc Name={existing.get('vpcName')}", "id")
+    cluster = ((doc.get("eks") or {}).get("existing") or {}).get("clusterName")
     return {
-        GET_VPC: lambda args: {"id": vpc},
+        GET_VPCS: lambda args: {"ids": [vpc]},
+        GET_SUBNETS: lambda args: {"ids": filter_values(args, "subnet-id")},
+        GET_CLUSTERS: lambda args: {"names": [cluster] if cluster else []},
         GET_SUBNET: lambda args: {"id": args["id"], "vpcId": vpc, "availabilityZone": az_of.get(args["id"], "?"),
                                   "mapPublicIpOnLaunch": False, "availableIpAddressCount": 65531},
         GET_CLUSTER: lambda args: {

@@ -40,20 +40,29 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
     cfg = plan.config
     problems: list = []
     vpc_id = cluster = None
-    # A lookup that fails (no such subnet) ends the run with the provider's own error.
     if cfg.network.existing:
         ex = cfg.network.existing
-        vpc_id = (aws.ec2.get_vpc(id=ex.vpc_id) if ex.vpc_id else aws.ec2.get_vpc(tags={"Name": ex.vpc_name})).id
+        vpcs = (aws.ec2.get_vpcs(filters=[aws.ec2.GetVpcsFilterArgs(name="vpc-id", values=[ex.vpc_id])]) if ex.vpc_id
+                else aws.ec2.get_vpcs(tags={"Name": ex.vpc_name}))
+        vpc_id, found = existing_mod.find_vpc(ex, list(vpcs.ids or []), cfg.region)
+        problems.extend(found)
+        wanted = sorted(set(ex.private_subnet_ids.values()))
+        listed = set(aws.ec2.get_subnets(filters=[aws.ec2.GetSubnetsFilterArgs(name="subnet-id", values=wanted)]).ids or [])
+        problems.extend(existing_mod.missing_subnets(ex, listed, cfg.region))
         facts = {}
-        for subnet_id in ex.private_subnet_ids.values():
+        for subnet_id in sorted(listed & set(wanted)):
             s = aws.ec2.get_subnet(id=subnet_id)
             facts[subnet_id] = existing_mod.SubnetFacts(s.id, s.vpc_id, s.availability_zone, bool(s.map_public_ip_on_launch),
                                                         int(s.available_ip_address_count))
         problems.extend(existing_mod.check_subnets(plan, vpc_id, facts))
     if cfg.eks.existing:
-        c = aws.eks.get_cluster(name=cfg.eks.existing.cluster_name)
-        cluster = existing_mod.ClusterFacts(c.name, c.version, c.endpoint, c.certificate_authorities[0].data,
-                                            c.vpc_config.cluster_security_group_id)
+        name = cfg.eks.existing.cluster_name
+        missing = existing_mod.missing_cluster(name, list(aws.eks.get_clusters().names or []), cfg.region)
+        problems.extend(missing)
+        if not missing:
+            c = aws.eks.get_cluster(name=name)
+            cluster = existing_mod.ClusterFacts(c.name, c.version, c.endpoint, c.certificate_authorities[0].data,
+                                                c.vpc_config.cluster_security_group_id)
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
     return vpc_id, cluster

@@ -21,17 +21,31 @@ def doc(nodes_max: int = 4, eks: dict | None = None) -> dict:
     return d
 
 
-def lookups(**subnet_a) -> offline.Lookups:
-    """AWS's answers: both subnets private and roomy, subnet A changed as given."""
+def lookups(vpcs: dict | None = None, clusters: tuple[str, ...] = ("ml-shared",), subnets_missing: tuple[str, ...] = (),
+            **subnet_a) -> offline.Lookups:
+    """AWS's answers: the VPC (by id, or by Name tag in `vpcs`) and both subnets exist,
+    private and roomy, subnet A changed as given; `subnets_missing` do not exist."""
     subnets = {
         SUBNET_A: {"id": SUBNET_A, "vpcId": VPC, "availabilityZone": "us-east-1a", "mapPublicIpOnLaunch": False,
                    "availableIpAddressCount": 250, **subnet_a},
         SUBNET_B: {"id": SUBNET_B, "vpcId": VPC, "availabilityZone": "us-east-1b", "mapPublicIpOnLaunch": False,
                    "availableIpAddressCount": 250},
     }
+    for sid in subnets_missing:
+        del subnets[sid]
+    named = vpcs or {}
+
+    def get_vpcs(args: dict) -> dict:
+        if "tags" in args:
+            return {"ids": named.get(args["tags"]["Name"], [])}
+        return {"ids": [v for v in offline.filter_values(args, "vpc-id") if v == VPC]}
+
     return {
-        offline.GET_VPC: lambda args: {"id": args["id"]},
+        offline.GET_VPCS: get_vpcs,
+        # A list lookup leaves out what does not exist; the single lookup would fail on it.
+        offline.GET_SUBNETS: lambda args: {"ids": [s for s in offline.filter_values(args, "subnet-id") if s in subnets]},
         offline.GET_SUBNET: lambda args: subnets[args["id"]],
+        offline.GET_CLUSTERS: lambda args: {"names": list(clusters)},
         offline.GET_CLUSTER: lambda args: {
             "name": args["name"], "version": "1.32", "endpoint": "https://ABC.gr7.us-east-1.eks.amazonaws.com",
             "certificateAuthorities": [{"data": "LS0tLS1CRUdJTg=="}],
@@ -64,6 +78,40 @@ def test_a_bad_subnet_is_a_clean_error_naming_subnet_and_fleet_and_nothing_is_re
     assert run.error is not None and message in run.error
     assert "efa-infra:network.existing.privateSubnetIds.us-east-1a" in run.error
     assert "Traceback" not in run.error
+    assert run.resources == []
+
+
+def named_vpc() -> dict:
+    d = doc()
+    d["network"]["existing"] = {"vpcName": "ml-shared", "privateSubnetIds": d["network"]["existing"]["privateSubnetIds"]}
+    return d
+
+
+@pytest.mark.parametrize("settings,answers,key,message", [
+    (doc(), dict(subnets_missing=(SUBNET_A,)), "network.existing.privateSubnetIds.us-east-1a", f"{SUBNET_A} does not exist in us-east-1"),
+    (named_vpc(), dict(), "network.existing.vpcName", "no VPC in us-east-1 has the Name tag 'ml-shared'"),
+    (named_vpc(), dict(vpcs={"ml-shared": [VPC, "vpc-0ffffffffffffffff"]}), "network.existing.vpcName",
+     f"2 VPCs in us-east-1 have the Name tag 'ml-shared' ({VPC}, vpc-0ffffffffffffffff): name one by vpcId"),
+    ({**doc(), "network": {"existing": {**doc()["network"]["existing"], "vpcId": "vpc-0eeeeeeeeeeeeeeee"}}}, dict(),
+     "network.existing.vpcId", "vpc-0eeeeeeeeeeeeeeee does not exist in us-east-1"),
+    (doc(eks={"enabled": True, "existing": {"clusterName": "ml-shard"}}), dict(availableIpAddressCount=1000),
+     "eks.existing.clusterName", "no EKS cluster 'ml-shard' in us-east-1; did you mean ml-shared?"),
+], ids=["no-subnet", "no-vpc-by-name", "two-vpcs-by-name", "no-vpc-by-id", "no-cluster"])
+def test_what_does_not_exist_is_a_clean_error_and_nothing_is_registered(settings, answers, key, message):
+    run = offline.run(settings_of(settings), "byo", lookups(**answers))
+    assert run.error is not None and f"efa-infra:{key}: {message}" in run.error
+    assert "Traceback" not in run.error
+    assert run.resources == []
+
+
+def test_every_missing_resource_is_named_at_once():
+    settings = named_vpc()
+    settings["eks"] = {"enabled": True, "existing": {"clusterName": "other"}}
+    run = offline.run(settings_of(settings), "byo", lookups(subnets_missing=(SUBNET_A, SUBNET_B), clusters=()))
+    assert run.error is not None
+    for key in ("vpcName", "privateSubnetIds.us-east-1a", "privateSubnetIds.us-east-1b"):
+        assert f"efa-infra:network.existing.{key}:" in run.error
+    assert "efa-infra:eks.existing.clusterName: no EKS cluster 'other' in us-east-1; clusters there: none" in run.error
     assert run.resources == []
 
 
