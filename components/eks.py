@@ -11,6 +11,7 @@ the fleets' EFA launch templates, the VPC CNI add-on version that handles
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -26,7 +27,8 @@ NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnl
 EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "v0.5.30")
 NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
 NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
-TRAINING_OPERATOR = "https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.8.1"
+# Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
+TRAINING_OPERATOR = Path(__file__).resolve().parent / "manifests" / "training-operator"
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}  # Kubernetes -> EKS API
 AMI_TYPES = {("gpu", "x86_64"): "AL2023_x86_64_NVIDIA", ("gpu", "arm64"): "AL2023_ARM_64_NVIDIA",
@@ -118,7 +120,7 @@ class EfaCluster(pulumi.ComponentResource):
         kinds = {j.kind for j in plan.config.jobs}
         if "pytorchjob" in kinds:
             k8s.kustomize.v2.Directory(
-                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
+                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=str(TRAINING_OPERATOR)), opts=on_k8s,
             )
         if "mpijob" in kinds:
             k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)

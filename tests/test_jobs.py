@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from components import config, launch, offline
 from conftest import ROOT
@@ -65,7 +66,22 @@ def test_eks_jobs_export_manifests_and_apply_only_when_asked():
     (group,) = applied.of_type("kubernetes:yaml/v2:ConfigGroup")
     assert group.name == "pretrain-manifests" and group.inputs["objs"][0]["kind"] == "PyTorchJob"
     # The operators the job kinds need are installed with the cluster.
-    assert applied.of_type("kubernetes:kustomize/v2:Directory") and applied.of_type("kubernetes:yaml/v2:ConfigFile")
+    (training,) = applied.of_type("kubernetes:kustomize/v2:Directory")
+    (mpi,) = applied.of_type("kubernetes:yaml/v2:ConfigFile")
+    assert mpi.inputs["file"].endswith("/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml")
+    assert training.inputs["directory"] == str(ROOT / "components" / "manifests" / "training-operator")
+
+
+def test_the_training_operator_leaves_mpijobs_to_the_mpi_operator():
+    # Both define the CRD mpijobs.kubeflow.org (v1 and v2beta1), so prod, which runs a
+    # PyTorchJob and an MPIJob, needs the training operator without its own.
+    overlay = yaml.safe_load((ROOT / "components" / "manifests" / "training-operator" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.8.1"]
+    patches = [(p.get("target"), yaml.safe_load(p["patch"])) for p in overlay["patches"]]
+    assert (None, {"$patch": "delete", "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "metadata": {"name": "mpijobs.kubeflow.org"}}) in patches
+    assert ({"kind": "Deployment", "name": "training-operator"},
+            [{"op": "add", "path": "/spec/template/spec/containers/0/args", "value": ["--enable-scheme=pytorchjob"]}]) in patches
 
 
 def test_render_writes_every_jobs_artifacts(tmp_path):
