@@ -293,6 +293,18 @@ _DISCOVER = r'''
 log() { printf 'efa-infra[%s]: %s\n' "$JOB" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# SSM runs this without a login shell, so without what the EFA installer, CUDA and
+# Open MPI put in /etc/profile.d (PATH, and LD_LIBRARY_PATH, which holds the
+# aws-ofi-nccl plugin: without it NCCL quietly uses sockets). Take the login
+# environment, the caller's PATH still first.
+if [[ -r /etc/profile ]]; then
+  caller_path=$PATH
+  set +u
+  . /etc/profile >/dev/null 2>&1 || true
+  set -u
+  PATH=$caller_path:$PATH
+fi
+
 # The fleet's nodes: a hostfile ($1, else $HOSTFILE; one IP per line, '#'
 # comments), else the fleet's running instances, by tag, from the EC2 API.
 HOSTS_FROM=${1:-${HOSTFILE:-}}
@@ -358,6 +370,15 @@ if [[ -n ${LD_LIBRARY_PATH:-} ]]; then MPI_ENV+=(-x LD_LIBRARY_PATH); fi
 MPIRUN=$(command -v mpirun || true)
 if [[ -z $MPIRUN && -x /opt/amazon/openmpi/bin/mpirun ]]; then MPIRUN=/opt/amazon/openmpi/bin/mpirun; fi
 [[ -n $MPIRUN ]] || die "nccl-tests needs mpirun (Open MPI, from the EFA installer) on node 0"
+# The DLAMI keeps its prebuilt nccl-tests beside each CUDA (/usr/local/cuda-X.Y/efa/test-cuda-X.Y/),
+# off every PATH: take the default CUDA's, else any.
+if [[ $NCCL_TEST != */* ]] && ! command -v "$NCCL_TEST" >/dev/null; then
+  shopt -s nullglob
+  found=(/usr/local/cuda/efa/test-cuda*/"$NCCL_TEST" /usr/local/cuda-*/efa/test-cuda-*/"$NCCL_TEST")
+  (( ${#found[@]} )) ||
+    die "$NCCL_TEST is neither on PATH nor among the DLAMI's nccl-tests (/usr/local/cuda-*/efa/test-cuda-*/): give the job's command its path"
+  NCCL_TEST=${found[0]}
+fi
 '''
 
 # mpirun starts the other nodes' ranks over SSH. Node 0 makes a key for this launch only
@@ -438,8 +459,9 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
     if plan.launcher == "nccl-tests":
         mpirun = _mpirun(plan, list(dict.fromkeys(["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", *plan.env])))
         # No exec: the launch's key is removed when mpirun ends.
-        sections += [_NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH,
-                     " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', *map(q, plan.command)])]
+        sections += [f"NCCL_TEST={q(plan.command[0])}" + _NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH,
+                     " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', '"$NCCL_TEST"',
+                               *map(q, plan.command[1:])])]
     else:
         sections.append("exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'))
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"

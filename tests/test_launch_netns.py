@@ -238,14 +238,17 @@ def test_efa_check_off_warns_and_runs(nodes, tmp_path):
     assert ranks[0]["env"]["NCCL_DEBUG"] == "WARN"
 
 
-def fake_infiniband(count: int):
-    """Run a command with `count` EFA-like devices in /sys/class/infiniband, in a private mount namespace."""
-    devices = " ".join(f"/sys/class/infiniband/rdmap{i}s0" for i in range(count))
-
+def private_mounts(setup: str):
+    """Run a command after `setup` (shell) in a private mount namespace: what it mounts, only the command sees."""
     def wrap(cmd: list[str]) -> list[str]:
-        setup = f"mount -t tmpfs none /sys/class && mkdir -p /sys/class/infiniband {devices} && exec \"$@\""
-        return ["unshare", "--mount", "sh", "-c", setup, "sh", *cmd]
+        return ["unshare", "--mount", "sh", "-c", f"{setup} && exec \"$@\"", "sh", *cmd]
     return wrap
+
+
+def fake_infiniband(count: int):
+    """`count` EFA-like devices in /sys/class/infiniband."""
+    devices = " ".join(f"/sys/class/infiniband/rdmap{i}s0" for i in range(count))
+    return private_mounts(f"mount -t tmpfs none /sys/class && mkdir -p /sys/class/infiniband {devices}")
 
 
 @pytest.mark.parametrize("devices,fi_info,message", [
@@ -335,7 +338,7 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
 
 
 def aws_world(tmp_path: Path, nodes: list[Node], *, ids: dict | None = None, refuse: tuple[str, ...] = ()) -> None:
-    """The stubs for aws, ssh and the node's login user, and the world they answer from."""
+    """The stubs for aws, ssh, the node's login user and nccl-tests, and the world they answer from."""
     world = {"ips": list(SUBNET), "ids": INSTANCE_IDS if ids is None else ids, "refuse": list(refuse),
              "ns": {n.ip: n.ns for n in nodes}}
     (tmp_path / "world.json").write_text(json.dumps(world))
@@ -345,6 +348,7 @@ def aws_world(tmp_path: Path, nodes: list[Node], *, ids: dict | None = None, ref
         path.write_text(f"#!{sys.executable}\n{STUB_HEAD}{body}")
         path.chmod(0o755)
     stub(tmp_path, "getent", 'echo "ec2-user:x:1000:1000::/home/ec2-user:/bin/bash"\n')
+    stub(tmp_path, "all_reduce_perf", "exit 0\n")
 
 
 def calls(tmp_path: Path, name: str) -> list[list[str]]:
@@ -393,6 +397,51 @@ def test_a_peer_without_a_key_stops_the_launch(nodes, tmp_path, ids, refuse, mes
     assert res[0].rc != 0
     assert message in res[0].log
     assert not (tmp_path / "mpirun.args").exists()
+
+
+# --- what SSM's bare shell lacks ----------------------------------------------------
+
+
+def test_nccl_tests_binary_is_found_where_the_dlami_keeps_it(nodes, tmp_path):
+    record(tmp_path, "mpirun")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    # Two CUDAs, the default one by its symlink, as the DLAMI lays them out.
+    dlami = private_mounts(
+        "mount -t tmpfs none /usr/local && for v in 12.9 13.0; do d=/usr/local/cuda-$v/efa/test-cuda-$v; "
+        "mkdir -p $d && printf '#!/bin/sh\\n' > $d/all_reduce_perf && chmod +x $d/all_reduce_perf; done "
+        "&& ln -s cuda-13.0 /usr/local/cuda")
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False, "nodes": 1}, args=(str(hosts),), wrap=dlami)
+    assert_ok(res)
+    args = (tmp_path / "mpirun.args").read_text().splitlines()
+    assert args[-9:] == ["/usr/local/cuda/efa/test-cuda-13.0/all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
+
+
+def test_a_missing_nccl_tests_binary_is_named(nodes, tmp_path):
+    record(tmp_path, "mpirun")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False, "nodes": 1}, args=(str(hosts),),
+                 wrap=private_mounts("mount -t tmpfs none /usr/local"))
+    assert res[0].rc != 0
+    assert "all_reduce_perf is neither on PATH nor among the DLAMI's nccl-tests" in res[0].log
+    assert not (tmp_path / "mpirun.args").exists()
+
+
+def test_the_login_environment_reaches_the_launch(nodes, tmp_path):
+    # What the EFA installer's /etc/profile.d gives a login shell, and SSM's shell lacks.
+    profile = tmp_path / "profile"
+    profile.write_text("PATH=/opt/amazon/openmpi/bin:/usr/bin:/bin\n"
+                       "LD_LIBRARY_PATH=/opt/amazon/ofi-nccl/lib64:/opt/amazon/efa/lib64; export PATH LD_LIBRARY_PATH\n")
+    record(tmp_path, "mpirun")
+    stub(tmp_path, "all_reduce_perf", "exit 0\n")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False, "nodes": 1}, args=(str(hosts),),
+                 wrap=private_mounts(f"mount --bind {profile} /etc/profile"))
+    assert_ok(res)
+    env = dict(line.split("=", 1) for line in (tmp_path / "mpirun.env").read_text().splitlines() if "=" in line)
+    assert env["LD_LIBRARY_PATH"] == "/opt/amazon/ofi-nccl/lib64:/opt/amazon/efa/lib64"
+    assert env["PATH"].startswith(f"{tmp_path / 'bin'}:") and env["PATH"].endswith(":/opt/amazon/openmpi/bin:/usr/bin:/bin")
+    args = (tmp_path / "mpirun.args").read_text().splitlines()
+    assert {args[i + 1] for i, a in enumerate(args) if a == "-x"} >= {"PATH", "LD_LIBRARY_PATH"}  # to the ranks too
 
 
 # --- finding the nodes -------------------------------------------------------------
