@@ -463,7 +463,11 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
                      " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', '"$NCCL_TEST"',
                                *map(q, plan.command[1:])])]
     else:
-        sections.append("exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'))
+        sections.append("\n".join([
+            f"command -v {plan.launcher} >/dev/null ||",
+            f'  die "{plan.launcher} is not on PATH ($PATH): install it in the AMI, or put its environment on the login PATH"',
+            "exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'),
+        ]))
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
 
 

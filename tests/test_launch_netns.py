@@ -426,6 +426,18 @@ def test_a_missing_nccl_tests_binary_is_named(nodes, tmp_path):
     assert not (tmp_path / "mpirun.args").exists()
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_a_launcher_missing_from_path_is_named(nodes, tmp_path, launcher):
+    out, command = train_job(tmp_path, "torch")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    # A PATH without the venv: as on an AMI where nothing installed the launcher.
+    res = run_on(nodes[:1], tmp_path, {"launcher": launcher, "command": command, "efa": False}, args=(str(hosts),),
+                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert res[0].rc != 0
+    assert f"error: {launcher} is not on PATH (" in res[0].log
+    assert not results(out)
+
+
 def test_the_login_environment_reaches_the_launch(nodes, tmp_path):
     # What the EFA installer's /etc/profile.d gives a login shell, and SSM's shell lacks.
     profile = tmp_path / "profile"
