@@ -343,7 +343,7 @@ class JobConfig(Model):
     shm_size: str | None = Field(
         None, pattern=r"^[1-9][0-9]*(Mi|Gi)$",
         description="Size of /dev/shm in the job's pods (Kubernetes), e.g. 64Gi; at most what a pod may use on the node type. "
-        "Default: 64Gi, or all a pod may use on smaller types.",
+        "Default: 64Gi, or half of what a pod may use on smaller types.",
     )
     port: int = Field(29500, ge=1024, le=65535, description="Rendezvous (master) port.")
     kind: Literal["indexed-job", "pytorchjob", "mpijob"] = Field(

@@ -20,7 +20,9 @@ from .config import JobConfig, StackConfig
 from .plan import EFA_LABEL, FLEET_TAG, STACK_TAG, job_target
 
 EFA_RESOURCE = "vpc.amazonaws.com/efa"
-DEFAULT_SHM_GIB = 64  # NCCL and data loaders share tensors through /dev/shm
+# NCCL and data loaders share tensors through /dev/shm; by default it takes at most
+# half of what the pod may use, leaving the rest to the processes.
+DEFAULT_SHM_GIB = 64
 JOB_LABEL = "efa-infra/job"
 NCCL_TESTS_COMMAND = ("all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1")
 # Pods: every interface but these; gloo takes no exclusion list, but in a pod the
@@ -88,7 +90,7 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         accelerator_count=accel.count if accel else 0,
         hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
         memory=f"{room}Gi" if job.efa else None,
-        shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room)}Gi",
+        shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room // 2)}Gi",
         env=_env(job, rdma, target.platform),
         rdma=rdma,
         command=tuple(job.command) or (NCCL_TESTS_COMMAND if job.launcher == "nccl-tests" else ()),
@@ -386,39 +388,52 @@ fi
 # (enough to log in): no key is stored on the nodes or in AWS.
 _NCCL_TESTS_SSH = r'''
 peers=("${hosts[@]:1}")
-if (( ${#peers[@]} )); then
+if (( ${#peers[@]} )) && [[ -n ${OMPI_MCA_plm_rsh_agent:-}${PRTE_MCA_plm_ssh_agent:-} ]]; then
+  log "nccl-tests: the job's env sets mpirun's SSH agent; no key is pushed"
+elif (( ${#peers[@]} )); then
   command -v aws >/dev/null || die "mpirun reaches the other nodes over SSH, and node 0 needs the aws CLI to give them a key"
   # The AMI's default user (ec2-user, ubuntu): Instance Connect keys are for a login user.
-  SSH_USER=$(getent passwd 1000 | cut -d: -f1)
+  SSH_USER=$(getent passwd 1000 | cut -d: -f1 || true)
   [[ -n $SSH_USER ]] || die "no login user (uid 1000) on this node to reach the other nodes as"
   key_dir=$(mktemp -d)
   trap 'rm -rf "$key_dir"' EXIT
   ssh-keygen -q -t ed25519 -N '' -C "efa-infra $JOB $NODE_IP" -f "$key_dir/key"
+  # The fleet's instances by tag (addresses repeat across VPCs; a filter on many addresses hits EC2's limit).
   ids=$(aws ec2 describe-instances --region "$REGION" \
-    --filters "Name=private-ip-address,Values=$(IFS=,; echo "${peers[*]}")" \
-              "Name=tag:$FLEET_TAG,Values=$FLEET" "Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK" \
+    --filters "Name=tag:$FLEET_TAG,Values=$FLEET" "Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK" \
+              Name=instance-state-name,Values=running \
     --query 'Reservations[].Instances[].[PrivateIpAddress,InstanceId]' --output text) ||
-    die "could not look up the instances of ${peers[*]}"
+    die "could not list the instances of fleet $FLEET"
   declare -A ID_OF=()
   while read -r ip id; do
     if [[ -n $ip ]]; then ID_OF[$ip]=$id; fi
   done <<<"$ids"
   for ip in "${peers[@]}"; do
-    [[ -n ${ID_OF[$ip]:-} ]] || die "no instance of fleet $FLEET in $REGION has the address $ip (from $HOSTS_FROM)"
+    [[ -n ${ID_OF[$ip]:-} ]] || die "no running instance of fleet $FLEET in $REGION has the address $ip (from $HOSTS_FROM)"
   done
   # In parallel, since each key is accepted for 60 s from its push; every failure is named.
   export REGION SSH_USER JOB KEY_PUB="$key_dir/key.pub"
   for ip in "${peers[@]}"; do printf '%s %s\n' "${ID_OF[$ip]}" "$ip"; done |
-    xargs -P 16 -L 1 bash -c 'aws ec2-instance-connect send-ssh-public-key --region "$REGION" --instance-id "$1" \
+    xargs -P 32 -L 1 bash -c 'aws ec2-instance-connect send-ssh-public-key --region "$REGION" --instance-id "$1" \
       --instance-os-user "$SSH_USER" --ssh-public-key "file://$KEY_PUB" >/dev/null ||
       { echo "efa-infra[$JOB]: error: EC2 Instance Connect took no key for $2 ($1)" >&2; exit 1; }' push ||
-    die "could not give every node a key: node 0's role needs ec2-instance-connect:SendSSHPublicKey on the fleet, the AMI the ec2-instance-connect package"
+    die "could not give every node a key: node 0's role needs ec2-instance-connect:SendSSHPublicKey on the fleet"
   # Node 0 starts every daemon itself (no tree spawn): the other nodes do not have the key.
   # Open MPI 4 reads OMPI_MCA_plm_rsh_*, Open MPI 5 (PRRTE) PRTE_MCA_plm_ssh_*.
   ssh_agent="ssh -i $key_dir/key -l $SSH_USER -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
   export OMPI_MCA_plm_rsh_agent="$ssh_agent" OMPI_MCA_plm_rsh_no_tree_spawn=1
   export PRTE_MCA_plm_ssh_agent="$ssh_agent" PRTE_MCA_plm_ssh_no_tree_spawn=1
+  PUSHED_KEYS=1
 fi
+'''
+
+# A pushed key that sshd refused shows as "Permission denied (publickey)" in mpirun's output.
+_MPIRUN_FAILED = r'''
+  rc=$?
+  if [[ -n ${PUSHED_KEYS:-} ]]; then
+    log "mpirun failed (exit $rc); if it says 'Permission denied (publickey)', the AMI lacks the ec2-instance-connect package"
+  fi
+  exit $rc
 '''
 
 
@@ -461,7 +476,7 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
         # No exec: the launch's key is removed when mpirun ends.
         sections += [f"NCCL_TEST={q(plan.command[0])}" + _NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH,
                      " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', '"$NCCL_TEST"',
-                               *map(q, plan.command[1:])])]
+                               *map(q, plan.command[1:]), "|| {"]) + _MPIRUN_FAILED + "}"]
     else:
         sections.append("\n".join([
             f"command -v {plan.launcher} >/dev/null ||",

@@ -166,8 +166,8 @@ def test_a_tcp_job_runs_on_a_type_without_efa():
 
 @pytest.mark.parametrize("instance_type,efa,shm,memory", [
     ("p5.48xlarge", True, "64Gi", "1736Gi"),  # (2,048 GiB - 5 GiB of hugepages) x 85%
-    ("g6.8xlarge", True, "64Gi", "104Gi"),
-    ("m5.large", False, "6Gi", None),  # 8 GiB x 85%: no hugepages without EFA, and less than 64Gi
+    ("g6.8xlarge", True, "52Gi", "104Gi"),  # half the pod's memory: less than 64Gi
+    ("m5.large", False, "3Gi", None),  # 8 GiB x 85% = 6Gi: no hugepages without EFA
 ])
 def test_default_shm_fits_the_pod(instance_type, efa, shm, memory):
     cfg, job = stack({"efa": efa}, instance_type=instance_type, fleet={"efa": efa})

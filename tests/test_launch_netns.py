@@ -292,11 +292,9 @@ world = json.loads((here / "world.json").read_text())
 AWS = r"""
 def arg(name):
     return args[args.index(name) + 1]
-if args[:2] == ["ec2", "describe-instances"]:
-    filters = args[args.index("--filters") + 1:args.index("--query")]
-    wanted = [f.split("=", 2)[2].split(",") for f in filters if f.startswith("Name=private-ip-address,")]
-    if "InstanceId" in arg("--query"):  # answers like --output text: tab-separated, in no order
-        print("\n".join(f"{ip}\t{world['ids'][ip]}" for ip in reversed(wanted[0]) if ip in world["ids"]))
+if args[:2] == ["ec2", "describe-instances"]:  # the fleet's instances; answers like --output text, in no order
+    if "InstanceId" in arg("--query"):
+        print("\n".join(f"{ip}\t{world['ids'][ip]}" for ip in reversed(world["ips"]) if ip in world["ids"]))
     else:
         print("\t".join(reversed(world["ips"])))
 elif args[:2] == ["ec2-instance-connect", "send-ssh-public-key"]:
@@ -386,7 +384,7 @@ def test_nccl_tests_start_every_rank_from_node_0_with_real_mpirun(nodes, tmp_pat
 
 
 @pytest.mark.parametrize("ids,refuse,message", [
-    ({SUBNET[0]: INSTANCE_IDS[SUBNET[0]]}, (), "no instance of fleet gpu in us-east-1 has the address 10.213.7.2 (from"),
+    ({SUBNET[0]: INSTANCE_IDS[SUBNET[0]]}, (), "no running instance of fleet gpu in us-east-1 has the address 10.213.7.2 (from"),
     (None, (INSTANCE_IDS[SUBNET[1]],), f"EC2 Instance Connect took no key for 10.213.7.2 ({INSTANCE_IDS[SUBNET[1]]})"),
 ])
 def test_a_peer_without_a_key_stops_the_launch(nodes, tmp_path, ids, refuse, message):
@@ -397,6 +395,37 @@ def test_a_peer_without_a_key_stops_the_launch(nodes, tmp_path, ids, refuse, mes
     assert res[0].rc != 0
     assert message in res[0].log
     assert not (tmp_path / "mpirun.args").exists()
+
+
+def test_no_login_user_to_reach_the_peers_as_is_named(nodes, tmp_path):
+    aws_world(tmp_path, nodes)
+    stub(tmp_path, "getent", "exit 2\n")  # getent's answer when uid 1000 does not exist
+    record(tmp_path, "mpirun")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False}, args=(str(hosts),))
+    assert res[0].rc != 0
+    assert "no login user (uid 1000) on this node to reach the other nodes as" in res[0].log
+
+
+def test_a_refused_key_shows_a_hint_when_mpirun_fails(nodes, tmp_path):
+    aws_world(tmp_path, nodes)
+    record(tmp_path, "mpirun", then="echo 'ec2-user@10.213.7.2: Permission denied (publickey).' >&2; exit 3\n")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False}, args=(str(hosts),))
+    assert res[0].rc == 3
+    assert "mpirun failed (exit 3); if it says 'Permission denied (publickey)', the AMI lacks the ec2-instance-connect package" in res[0].log
+
+
+def test_a_job_with_its_own_ssh_agent_pushes_no_key(nodes, tmp_path):
+    record(tmp_path, "mpirun")
+    stub(tmp_path, "all_reduce_perf", "exit 0\n")
+    hosts = hostfile(tmp_path, list(SUBNET))
+    job = {"launcher": "nccl-tests", "efa": False, "env": {"OMPI_MCA_plm_rsh_agent": "ssh -i /etc/fleet-key"}}
+    res = run_on(nodes[:1], tmp_path, job, args=(str(hosts),))  # no aws stub: the aws CLI is not needed
+    assert_ok(res)
+    assert "the job's env sets mpirun's SSH agent; no key is pushed" in res[0].log
+    env = dict(line.split("=", 1) for line in (tmp_path / "mpirun.env").read_text().splitlines() if "=" in line)
+    assert env["OMPI_MCA_plm_rsh_agent"] == "ssh -i /etc/fleet-key" and "PRTE_MCA_plm_ssh_agent" not in env
 
 
 # --- what SSM's bare shell lacks ----------------------------------------------------
@@ -464,17 +493,13 @@ def test_without_a_hostfile_the_fleet_comes_from_ec2(nodes, tmp_path):
     record(tmp_path, "mpirun")
     res = run_on(nodes, tmp_path, {"launcher": "nccl-tests", "efa": False}, stack_name="research")
     assert_ok(res)
-    listing, lookup, _push = calls(tmp_path, "aws")[-3:]  # node b lists too, before it leaves
-    assert listing == [
-        "ec2", "describe-instances", "--region", "us-east-1", "--filters",
-        "Name=tag:efa-infra:fleet,Values=gpu", "Name=tag:efa-infra:stack,Values=research",
-        "Name=instance-state-name,Values=running",
-        "--query", "Reservations[].Instances[].PrivateIpAddress", "--output", "text",
-    ]
-    # The peers' instances are looked up in the same fleet: private addresses repeat across VPCs.
-    assert lookup[lookup.index("--filters") + 1:lookup.index("--query")] == [
-        f"Name=private-ip-address,Values={SUBNET[1]}", "Name=tag:efa-infra:fleet,Values=gpu", "Name=tag:efa-infra:stack,Values=research",
-    ]
+    fleet_filters = ["--region", "us-east-1", "--filters", "Name=tag:efa-infra:fleet,Values=gpu",
+                     "Name=tag:efa-infra:stack,Values=research", "Name=instance-state-name,Values=running"]
+    made = calls(tmp_path, "aws")  # both nodes list the fleet; node 0 then finds its peers' instances
+    assert made.count(["ec2", "describe-instances", *fleet_filters,
+                       "--query", "Reservations[].Instances[].PrivateIpAddress", "--output", "text"]) == 2
+    assert ["ec2", "describe-instances", *fleet_filters,
+            "--query", "Reservations[].Instances[].[PrivateIpAddress,InstanceId]", "--output", "text"] in made
     args = (tmp_path / "mpirun.args").read_text().splitlines()
     assert args[args.index("-H") + 1] == f"{SUBNET[0]}:1,{SUBNET[1]}:1"
 
