@@ -423,14 +423,13 @@ elif (( ${#peers[@]} )); then
   ssh_agent="ssh -i $key_dir/key -l $SSH_USER -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
   export OMPI_MCA_plm_rsh_agent="$ssh_agent" OMPI_MCA_plm_rsh_no_tree_spawn=1
   export PRTE_MCA_plm_ssh_agent="$ssh_agent" PRTE_MCA_plm_ssh_no_tree_spawn=1
-  PUSHED_KEYS=1
 fi
 '''
 
 # A pushed key that sshd refused shows as "Permission denied (publickey)" in mpirun's output.
 _MPIRUN_FAILED = r'''
   rc=$?
-  if [[ -n ${PUSHED_KEYS:-} ]]; then
+  if [[ -n ${key_dir:-} ]]; then  # keys were pushed
     log "mpirun failed (exit $rc); if it says 'Permission denied (publickey)', the AMI lacks the ec2-instance-connect package"
   fi
   exit $rc
