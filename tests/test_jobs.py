@@ -12,7 +12,7 @@ import yaml
 
 from components import config, launch, offline
 from conftest import ROOT
-from test_launch import check_manifest, schema_versions
+from test_launch import CRD_DIR, CRD_FILES, check_manifest, schema_versions
 
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 
@@ -73,15 +73,24 @@ def test_eks_jobs_export_manifests_and_apply_only_when_asked():
 
 
 def test_the_training_operator_leaves_mpijobs_to_the_mpi_operator():
-    # Both define the CRD mpijobs.kubeflow.org (v1 and v2beta1), so prod, which runs a
-    # PyTorchJob and an MPIJob, needs the training operator without its own.
+    # Both define the MPIJob CRD (v1 and v2beta1), so prod, which runs a PyTorchJob and an
+    # MPIJob, needs the training operator without its own. The names come from the real
+    # MPI operator CRD and from the manifests prod's jobs render, not from the overlay.
+    mpijob_crd = yaml.safe_load((CRD_DIR / CRD_FILES["MPIJob"]).read_text())["metadata"]["name"]
+    cfg = config.load_file(ROOT / "stacks" / "Pulumi.prod.yaml")
+    kinds = {d["kind"] for j in cfg.jobs for d in launch.render_manifests(cfg, j) if d["apiVersion"].startswith("kubeflow.org/")}
+    assert kinds == {"PyTorchJob", "MPIJob"}
     overlay = yaml.safe_load((ROOT / "components" / "manifests" / "training-operator" / "kustomization.yaml").read_text())
-    assert overlay["resources"] == ["https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.8.1"]
+    (base,) = overlay["resources"]
+    assert base.startswith("https://github.com/kubeflow/training-operator.git//manifests/overlays/standalone?ref=v1.")
     patches = [(p.get("target"), yaml.safe_load(p["patch"])) for p in overlay["patches"]]
-    assert (None, {"$patch": "delete", "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                   "metadata": {"name": "mpijobs.kubeflow.org"}}) in patches
-    assert ({"kind": "Deployment", "name": "training-operator"},
-            [{"op": "add", "path": "/spec/template/spec/containers/0/args", "value": ["--enable-scheme=pytorchjob"]}]) in patches
+    deleted = [body["metadata"]["name"] for target, body in patches
+               if target is None and body.get("$patch") == "delete" and body.get("kind") == "CustomResourceDefinition"]
+    assert deleted == [mpijob_crd]
+    (args,) = [op["value"] for target, body in patches if target == {"kind": "Deployment", "name": "training-operator"}
+               for op in body if op["path"] == "/spec/template/spec/containers/0/args"]
+    # The operator runs only the kinds it is installed for; MPIJob is the MPI operator's.
+    assert args == [f"--enable-scheme={kind.lower()}" for kind in sorted(kinds - {"MPIJob"})]
 
 
 def test_render_writes_every_jobs_artifacts(tmp_path):
