@@ -1,8 +1,8 @@
 """The boot script of a fleet's nodes (launch template user data).
 
 It raises the locked-memory limit (EFA registers memory with the device;
-without it: "Cannot allocate memory"), reserves 2 MiB hugepages (libfabric
-uses them for its buffers) and checks that every EFA device the type has is
+without it: "Cannot allocate memory"), raises the 2 MiB hugepages to what the
+jobs need (libfabric uses them for its buffers; never lowered) and checks that every EFA device the type has is
 present, logging the result. It also holds the node's memory budget that
 follows: what a pod may use beside the hugepages. Pure: no Pulumi import.
 """
@@ -52,8 +52,15 @@ mkdir -p /etc/systemd/system.conf.d
 printf '[Manager]\\nDefaultLimitMEMLOCK=infinity\\n' > /etc/systemd/system.conf.d/90-efa-infra.conf
 systemctl daemon-reexec || true
 
-echo "vm.nr_hugepages = {pages}" > /etc/sysctl.d/90-efa-infra.conf
-sysctl -q -p /etc/sysctl.d/90-efa-infra.conf || log "could not reserve {pages} hugepages"
+# The AMI and the EFA installer may reserve more already: only ever raise the count.
+want={pages}
+have=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
+if (( have < want )); then
+  echo "vm.nr_hugepages = $want" > /etc/sysctl.d/90-efa-infra.conf
+  sysctl -q -p /etc/sysctl.d/90-efa-infra.conf || log "could not reserve $want hugepages"
+else
+  log "hugepages: $have reserved, $want needed: left as they are"
+fi
 
 expected={efa_devices}
 {COUNT_EFA_DEVICES.strip()}
