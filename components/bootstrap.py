@@ -9,6 +9,8 @@ follows: what a pod may use beside the hugepages. Pure: no Pulumi import.
 
 from __future__ import annotations
 
+import yaml
+
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
@@ -72,17 +74,28 @@ fi
 """
 
 
-def user_data(fleet: str, efa_devices: int, max_pods: int | None = None) -> str:
+def user_data(fleet: str, efa_devices: int, max_pods: int | None = None, cluster: dict[str, str] | None = None,
+              labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None) -> str:
     """The boot script; for EKS nodes (`max_pods` given) in MIME multipart form,
     the only form EKS merges with its own bootstrap, with a nodeadm NodeConfig
-    so the kubelet never advertises more pods than the VPC CNI can address."""
+    so the kubelet never advertises more pods than the VPC CNI can address.
+
+    `cluster` (name, apiServerEndpoint, certificateAuthority, cidr) is for a pinned
+    AMI: EKS then adds no bootstrap, and nodeadm needs it to join the cluster. The
+    node then registers with its labels and taints itself, since EKS applies the
+    node group's only after the node has joined (and may have taken other pods)."""
     script = boot_script(fleet, efa_devices)
     if max_pods is None:
         return script
-    node_config = (
-        "apiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\nspec:\n"
-        f"  kubelet:\n    config:\n      maxPods: {max_pods}\n"
-    )
+    spec: dict = {"kubelet": {"config": {"maxPods": max_pods}}}
+    if cluster is not None:
+        flags = []
+        if labels:
+            flags.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
+        if taints:
+            flags.append("--register-with-taints=" + ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints))
+        spec = {"cluster": dict(cluster), "kubelet": {"config": {"maxPods": max_pods}, **({"flags": flags} if flags else {})}}
+    node_config = yaml.safe_dump({"apiVersion": "node.eks.aws/v1alpha1", "kind": "NodeConfig", "spec": spec}, sort_keys=False)
     return (
         f'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n\n'
         f"--{MIME_BOUNDARY}\nContent-Type: application/node.eks.aws\n\n{node_config}\n"

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from . import addressing, efa
+from . import addressing, efa, eks_rules
 from .bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from .catalog import Catalog, InstanceType, UnknownInstanceType, from_data, regions
 
@@ -30,6 +30,7 @@ NAMESPACE = "efa-infra"
 SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
+JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
 
 
 class Model(BaseModel):
@@ -273,6 +274,12 @@ class EksConfig(Model):
     public_access_cidrs: list[str] = Field(
         default_factory=list,
         description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
+    )
+    operators: list[Literal["training-operator", "mpi-operator"]] = Field(
+        default_factory=list,
+        description="Job operators to install in the cluster: training-operator (Kubeflow, for kind pytorchjob) and "
+        "mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
+        "operator deletes its CRDs and with them every job of that kind in the cluster.",
     )
 
     @field_validator("vpc_cni_version")
@@ -580,6 +587,8 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
         out.append(Problem(key_path(("network", "availabilityZones")),
                            f"EKS needs subnets in two AZs; the stack has {sorted(azs) or 'none'}: add a second AZ here"))
     cat = cfg.catalog()
+    if cfg.eks.enabled:
+        out.extend(_eks_fleet_checks(fleets, cat))
     clusters = {c.name: c for c in cfg.clusters}
     for k, c in enumerate(cfg.clusters):
         if c.name in seen:
@@ -605,6 +614,11 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             node_type, efa_node = (clusters[job.fleet].ec2_type, True) if job.fleet in clusters else (known[job.fleet].instance_type, known[job.fleet].efa)
             if node_type in cat:
                 out.extend(_shm_checks(j, job.shm_size, cat.get(node_type), efa_node))
+        operator = JOB_OPERATORS.get(job.kind)
+        if operator and cfg.eks.enabled and cfg.eks.existing is None and job.fleet in known and operator not in cfg.eks.operators:
+            out.append(Problem(key_path(("jobs", j, "kind")),
+                               f"kind {job.kind} needs the {operator} in the cluster: add {operator} to "
+                               f"{key_path(('eks', 'operators'))} (it lists {', '.join(cfg.eks.operators) or 'none'})"))
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
@@ -615,6 +629,25 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
         if job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))
+    return out
+
+
+def _eks_fleet_checks(fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
+    """What EKS would refuse in a fleet's node group (eks_rules), named by the key that causes it."""
+    out: list[Problem] = []
+    for i, f in fleets:
+        at = lambda *key: key_path(("fleets", i, *key))  # noqa: E731
+        taints = f.taints or []
+        if len(taints) > eks_rules.MAX_TAINTS:
+            out.append(Problem(at("taints"), f"{len(taints)} taints; EKS takes at most {eks_rules.MAX_TAINTS} per node group"))
+        for k, t in enumerate(taints):
+            for field, rule, message in eks_rules.taint_problems(t.key, t.value):
+                out.append(Problem(at("taints", k, field), f"{message}; EKS refuses it ({eks_rules.RULES[rule].source})"))
+        itype = cat.get(f.instance_type)
+        kind = itype.accelerator.kind if itype.accelerator else None
+        if f.ami is None and eks_rules.ami_type(kind, itype.architecture) is None:
+            out.append(Problem(at("instanceType"), f"EKS has no AL2023 AMI type for {kind or 'plain'} {itype.architecture} "
+                                                   f"nodes ({f.instance_type}): pin an AMI with ami, or pick another type"))
     return out
 
 

@@ -11,13 +11,13 @@ the fleets' EFA launch templates, the VPC CNI add-on version that handles
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
+from . import eks_rules
 from .existing import ClusterFacts, kubeconfig
 from .fleet import node_role
 from .plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
@@ -28,25 +28,28 @@ EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "
 NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
 NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
 # Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
-TRAINING_OPERATOR = Path(__file__).resolve().parent / "manifests" / "training-operator"
+# Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
+# the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
+TRAINING_OPERATOR = "components/manifests/training-operator"
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
-TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}  # Kubernetes -> EKS API
-AMI_TYPES = {("gpu", "x86_64"): "AL2023_x86_64_NVIDIA", ("gpu", "arm64"): "AL2023_ARM_64_NVIDIA",
-             ("neuron", "x86_64"): "AL2023_x86_64_NEURON", (None, "x86_64"): "AL2023_x86_64_STANDARD",
-             (None, "arm64"): "AL2023_ARM_64_STANDARD"}
 
 
-def ami_type(fp: FleetPlan) -> str:
-    """EKS picks the accelerated AMI from this; a pinned AMI id makes it CUSTOM."""
+def ami_type(fp: FleetPlan) -> str | None:
+    """EKS picks the accelerated AMI from this; with a pinned AMI in the launch template EKS takes none."""
     if fp.config.ami:
-        return "CUSTOM"
-    kind = fp.itype.accelerator.kind if fp.itype.accelerator else None
-    return AMI_TYPES[(kind, fp.itype.architecture)]
+        return None
+    return eks_rules.ami_type(fp.itype.accelerator.kind if fp.itype.accelerator else None, fp.itype.architecture)
 
 
 def _tolerations(plan: StackPlan) -> list[dict]:
     taints = {json.dumps(t, sort_keys=True) for fp in plan.fleets for t in fp.node_taints}
     return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]} for t in map(json.loads, sorted(taints))]
+
+
+def _affinity(label: str, value: str) -> dict:
+    """A required node affinity to nodes with label=value, as the one term of its list."""
+    term = {"matchExpressions": [{"key": label, "operator": "In", "values": [value]}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
 def _release(name: str, chart: tuple[str, str, str], opts: pulumi.ResourceOptions, values: dict) -> k8s.helm.v3.Release:
@@ -65,6 +68,7 @@ class EfaCluster(pulumi.ComponentResource):
     node_security_group_id: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
+    node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
                  vpc_id: pulumi.Input[str], tags: dict[str, str], existing: ClusterFacts | None = None,
@@ -87,8 +91,9 @@ class EfaCluster(pulumi.ComponentResource):
 
         if existing is not None:
             self.name = existing.name
-            self.node_security_group_id = pulumi.Output.from_input(existing.security_group_id)
+            self.node_security_group_id = pulumi.Output.from_input(existing.security_group_id)  # EKS's cluster group
             self.kubeconfig = pulumi.Output.secret(json.dumps(kubeconfig(existing, plan.config.region)))
+            self.node_join = existing.node_join()
             # Managed node groups of a cluster we did not create need their role let in.
             access = aws.eks.AccessEntry(
                 f"{name}-node-access",
@@ -117,12 +122,12 @@ class EfaCluster(pulumi.ComponentResource):
         on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
         if device_plugins:
             self._device_plugins(name, plan, on_k8s)
-        kinds = {j.kind for j in plan.config.jobs}
-        if "pytorchjob" in kinds:
+        # Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind.
+        if "training-operator" in cfg.operators:
             k8s.kustomize.v2.Directory(
-                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=str(TRAINING_OPERATOR)), opts=on_k8s,
+                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
             )
-        if "mpijob" in kinds:
+        if "mpi-operator" in cfg.operators:
             k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
         self.register_outputs({"clusterName": self.name, "kubeconfig": self.kubeconfig})
 
@@ -148,6 +153,10 @@ class EfaCluster(pulumi.ComponentResource):
                 public_access_cidrs=cfg.public_access_cidrs or None,
                 encryption_config_key_arn=key.arn,
                 skip_default_node_group=True,
+                # No groups of pulumi-eks's own: the control plane, the system nodes (no launch template) and, through
+                # their launch templates, the fleets' nodes all carry EKS's cluster group, which admits itself.
+                # pulumi-eks then returns that group as node_security_group_id.
+                skip_default_security_groups=True,
                 # The VPC CNI is managed below as an add-on pinned to a version that handles efa-only.
                 use_default_vpc_cni=True,
                 node_associate_public_ip_address=False,
@@ -157,6 +166,13 @@ class EfaCluster(pulumi.ComponentResource):
         )
         self.node_security_group_id = cluster.node_security_group_id
         self.kubeconfig = pulumi.Output.secret(cluster.kubeconfig_json)
+        # Read back from EKS once the cluster exists (the service CIDR is EKS's choice), for pinned-AMI fleets only.
+        self.node_join = None
+        if any(fp.config.ami for fp in plan.fleets):
+            info = aws.eks.get_cluster_output(name=self.name, opts=pulumi.InvokeOutputOptions(depends_on=[cluster]))
+            self.node_join = info.apply(lambda c: ClusterFacts(
+                c.name, c.version, c.endpoint, c.certificate_authorities[0].data, c.vpc_config.cluster_security_group_id,
+                c.kubernetes_network_configs[0].service_ipv4_cidr).node_join())
         aws.eks.Addon(
             f"{name}-vpc-cni",
             aws.eks.AddonArgs(
@@ -168,22 +184,27 @@ class EfaCluster(pulumi.ComponentResource):
         return cluster
 
     def _device_plugins(self, name: str, plan: StackPlan, on_k8s: pulumi.ResourceOptions) -> None:
+        """Each plugin goes to the nodes our labels name, and tolerates their taints. Helm merges maps into the
+        chart's defaults (an empty map clears nothing) but replaces lists: so each chart's default node
+        affinity is replaced by a term list of ours, not emptied (tests/scheduling.py checks the merge)."""
         tolerations = _tolerations(plan)
         _release(f"{name}-efa-device-plugin", EFA_PLUGIN, on_k8s, {
             "tolerations": tolerations,
             "nodeSelector": {EFA_LABEL: "true"},
-            # The chart's affinity lists instance types, which lag new ones: match our label instead.
+            # The chart builds its affinity from these; its own list of instance types lags new ones.
             "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
         })
         kinds = {fp.itype.accelerator.kind for fp in plan.fleets if fp.itype.accelerator}
         if "gpu" in kinds:
+            # The chart's default affinity wants node-feature-discovery or nvidia.com/gpu.present labels, which our nodes lack.
             _release(f"{name}-nvidia-device-plugin", NVIDIA_PLUGIN, on_k8s,
-                     {"tolerations": tolerations, "nodeSelector": {ACCELERATOR_LABEL: "gpu"}, "affinity": {}})
+                     {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "gpu")})
         if "neuron" in kinds:
             # The chart's node problem detector needs IAM roles of its own: off, as AWS's guide installs it.
+            # Its default affinity lists instance types (trn2.3xlarge and others missing): our label instead.
             _release(f"{name}-neuron-device-plugin", NEURON_PLUGIN, on_k8s, {
                 "npd": {"enabled": False},
-                "devicePlugin": {"tolerations": tolerations, "nodeSelector": {ACCELERATOR_LABEL: "neuron"}},
+                "devicePlugin": {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
             })
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
@@ -200,11 +221,12 @@ class EfaCluster(pulumi.ComponentResource):
                     id=launch_template.id, version=launch_template.latest_version.apply(str),
                 ),
                 ami_type=ami_type(fp),
+                capacity_type="CAPACITY_BLOCK" if f.capacity.type == "capacity-block" else None,
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                     min_size=f.nodes.min, desired_size=f.nodes.desired, max_size=f.nodes.maximum,
                 ),
                 labels=fp.node_labels,
-                taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=TAINT_EFFECTS[t["effect"]])
+                taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=eks_rules.TAINT_EFFECTS[t["effect"]])
                         for t in fp.node_taints],
                 tags={**tags, FLEET_TAG: f.name},
             ),

@@ -89,6 +89,12 @@ class ClusterFacts:
     endpoint: str
     certificate_authority: str
     security_group_id: str  # the cluster security group: nodes need it to reach the control plane
+    service_cidr: str  # the cluster's service CIDR: a pinned AMI's nodeadm config needs it
+
+    def node_join(self) -> dict[str, str]:
+        """The nodeadm NodeConfig `spec.cluster` that lets a node of a pinned AMI join."""
+        return {"name": self.name, "apiServerEndpoint": self.endpoint, "certificateAuthority": self.certificate_authority,
+                "cidr": self.service_cidr}
 
 
 def kubeconfig(cluster: ClusterFacts, region: str) -> dict:

@@ -51,8 +51,10 @@ class EfaFleet(pulumi.ComponentResource):
         subnet_id: pulumi.Input[str],
         security_group_ids: list[pulumi.Input[str]],
         tags: dict[str, str],
+        cluster_join: pulumi.Input[dict] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`cluster_join` (a pinned AMI on EKS): the nodeadm cluster section its nodes need to join."""
         super().__init__("efa-infra:index:EfaFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         f = plan.config
@@ -150,7 +152,9 @@ class EfaFleet(pulumi.ComponentResource):
                 placement=placement,
                 capacity_reservation_specification=capacity_spec,
                 instance_market_options=market,
-                user_data=_b64(bootstrap.user_data(f.name, plan.efa_devices, plan.max_pods)),
+                user_data=pulumi.Output.from_input(cluster_join).apply(
+                    lambda join: _b64(bootstrap.user_data(f.name, plan.efa_devices, plan.max_pods, join,
+                                                          plan.node_labels, plan.node_taints))),
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
                     for kind in ("instance", "volume")

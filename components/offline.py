@@ -71,6 +71,7 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
             "name": args["name"], "version": placeholder(args["name"], "version"), "endpoint": placeholder(args["name"], "endpoint"),
             "certificateAuthorities": [{"data": placeholder(args["name"], "certificate")}],
             "vpcConfig": {"clusterSecurityGroupId": placeholder(args["name"], "clusterSecurityGroupId")},
+            "kubernetesNetworkConfigs": [{"serviceIpv4Cidr": placeholder(args["name"], "serviceIpv4Cidr")}],
         },
     }
 
@@ -92,7 +93,9 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["latestVersion"] = 1
         if args.typ == "eks:index:Cluster":
             # Plain values only: resource-typed outputs do not survive the mock monitor.
-            state["nodeSecurityGroupId"] = placeholder(args.name, "nodeSecurityGroupId")
+            # pulumi-eks returns EKS's own cluster group when it makes none (nodejs/eks/cluster/cluster.ts).
+            own = not args.inputs.get("skipDefaultSecurityGroups")
+            state["nodeSecurityGroupId"] = placeholder(args.name, "nodeSecurityGroupId" if own else "vpcConfig.clusterSecurityGroupId")
             state["kubeconfigJson"] = placeholder(args.name, "kubeconfig")
         return placeholder(args.name, "id"), state
 

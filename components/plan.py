@@ -58,7 +58,8 @@ class FleetPlan:
 
     @property
     def node_labels(self) -> dict[str, str]:
-        labels = {FLEET_LABEL: self.name, "node.kubernetes.io/instance-type": self.itype.name}
+        # No instance-type label: the kubelet sets node.kubernetes.io/instance-type, and EKS refuses its prefix.
+        labels = {FLEET_LABEL: self.name}
         if self.efa_devices:
             labels[EFA_LABEL] = "true"
         if self.itype.accelerator:

@@ -1,11 +1,13 @@
-"""The offline plan as people and pipelines read it: fleets, subnets and the
-resource tree. Pure formatting of a StackPlan and a mock run's registrations.
+"""The offline plan as people and pipelines read it: fleets, subnets, the
+network flows and the resource tree. Pure formatting of a StackPlan and a mock
+run's registrations.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import flows
 from .addressing import Subnet
 from .plan import FleetPlan, StackPlan, default_ami
 
@@ -81,6 +83,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
              "need": s.need, "fleets": s.fleets}
             for s in plan.subnets
         ],
+        "flows": [flows.describe(v) for v in flows.model(resources).verdicts()] if plan.fleets else [],
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
              "component": not r.custom, "inputs": r.inputs}
@@ -129,6 +132,13 @@ def render_text(doc: dict[str, Any]) -> str:
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
         out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
+    if doc["flows"]:
+        blocked = sum(not f["allowed"] for f in doc["flows"])
+        out += ["", f"Network flows the cluster needs ({blocked} blocked)" if blocked else "Network flows the cluster needs (all allowed)"]
+        for f in doc["flows"]:
+            why = f"out by {f['egress']}, in by {f['ingress']}" if f["allowed"] else "BLOCKED: " + (
+                "no egress rule" if "egress" not in f else "no ingress rule")
+            out.append(f"  {'ok     ' if f['allowed'] else 'BLOCKED'} {f['flow']}: {f['from']} -> {f['to']} ({why})")
     if doc["jobs"]:
         out += ["", "Jobs"]
         for j in doc["jobs"]:

@@ -62,7 +62,8 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
         if not missing:
             c = aws.eks.get_cluster(name=name)
             cluster = existing_mod.ClusterFacts(c.name, c.version, c.endpoint, c.certificate_authorities[0].data,
-                                                c.vpc_config.cluster_security_group_id)
+                                                c.vpc_config.cluster_security_group_id,
+                                                c.kubernetes_network_configs[0].service_ipv4_cidr)
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
     return vpc_id, cluster
@@ -83,13 +84,15 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
 
             cluster = EfaCluster("eks", plan, stack, net.private_subnet_ids, net.vpc_id, tags, existing=existing_cluster)
-            # A launch template's security groups replace EKS's own: add the one that reaches the control plane.
+            # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
+            # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
         fleets = {}
         for fp in plan.fleets:
             subnet_id = net.private_subnet_ids[fp.config.availability_zone]
-            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags)
+            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+                                       cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None)
             if cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags)
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}

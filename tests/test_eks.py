@@ -26,8 +26,9 @@ def test_efa_node_group_launches_from_the_fleet_template(prod):
     assert ng["launchTemplate"] == {"id": "<p5-lt.id>", "version": "1"}
     assert ng["subnetIds"] == ["<efa-private-us-east-1a.id>"]
     assert ng["amiType"] == "AL2023_x86_64_NVIDIA"
-    assert ng["labels"] == {"efa-infra/fleet": "p5", "node.kubernetes.io/instance-type": "p5.48xlarge",
-                            "vpc.amazonaws.com/efa.present": "true", "efa-infra/accelerator": "gpu"}
+    # No node.kubernetes.io/instance-type: EKS refuses the prefix, and the kubelet sets it anyway.
+    assert ng["labels"] == {"efa-infra/fleet": "p5", "vpc.amazonaws.com/efa.present": "true", "efa-infra/accelerator": "gpu"}
+    assert "capacityType" not in ng  # on-demand: EKS's default
     assert ng["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     assert ng["scalingConfig"] == {"minSize": 2, "desiredSize": 4, "maxSize": 64}
     assert ng["clusterName"] == "prod-eks"
@@ -38,7 +39,8 @@ def test_eks_launch_template_leaves_out_what_eks_sets(prod):
     assert "iamInstanceProfile" not in lt and "imageId" not in lt
     interfaces = lt["networkInterfaces"]
     assert all("subnetId" not in i for i in interfaces)
-    assert all(i["securityGroups"] == ["<efa-efa.id>", "<eks-cluster.nodeSecurityGroupId>"] for i in interfaces)
+    # The EFA group and EKS's cluster group, which the control plane and the system nodes carry too.
+    assert all(i["securityGroups"] == ["<efa-efa.id>", "<eks-cluster.vpcConfig.clusterSecurityGroupId>"] for i in interfaces)
     assert len(interfaces) == len(efa.network_interfaces("p5.48xlarge"))
     # Pods never outnumber the addresses the CNI has: 1 interface x 49 secondary IPs + 2.
     user_data = base64.b64decode(lt["userData"]).decode()
@@ -54,6 +56,8 @@ def test_device_plugins_tolerate_the_gpu_taint_and_select_by_our_label(prod):
     assert values["supportedInstanceLabels"] == {"keys": ["vpc.amazonaws.com/efa.present"], "values": ["true"]}
     nvidia = prod.one(RELEASE, "eks-nvidia-device-plugin").inputs["values"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in nvidia["tolerations"]
+    (term,) = nvidia["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term == {"matchExpressions": [{"key": "efa-infra/accelerator", "operator": "In", "values": ["gpu"]}]}
 
 
 def test_cluster_endpoint_auth_and_encryption(prod):
@@ -61,7 +65,7 @@ def test_cluster_endpoint_auth_and_encryption(prod):
     assert cluster["authenticationMode"] == "API"
     assert cluster["endpointPrivateAccess"] is True and cluster["endpointPublicAccess"] is False
     assert cluster["encryptionConfigKeyArn"] == "<eks-secrets.arn>"
-    assert cluster["skipDefaultNodeGroup"] is True
+    assert cluster["skipDefaultNodeGroup"] is True and cluster["skipDefaultSecurityGroups"] is True
     assert prod.one("aws:kms/key:Key").inputs["enableKeyRotation"] is True
     cni = prod.one("aws:eks/addon:Addon", "eks-vpc-cni").inputs
     assert (cni["addonName"], cni["addonVersion"]) == ("vpc-cni", "v1.19.2-eksbuild.1")
@@ -88,7 +92,10 @@ def test_trainium_fleet_gets_the_neuron_ami_and_taint():
     assert run.one(RELEASE, "eks-efa-device-plugin").inputs["values"]["tolerations"] == neuron_toleration
     neuron = run.one(RELEASE, "eks-neuron-device-plugin").inputs
     assert neuron["chart"] == "oci://public.ecr.aws/neuron/neuron-helm-chart" and "repositoryOpts" not in neuron
-    assert neuron["values"]["devicePlugin"] == {"tolerations": neuron_toleration, "nodeSelector": {"efa-infra/accelerator": "neuron"}}
+    plugin = neuron["values"]["devicePlugin"]
+    assert plugin["tolerations"] == neuron_toleration
+    (term,) = plugin["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term == {"matchExpressions": [{"key": "efa-infra/accelerator", "operator": "In", "values": ["neuron"]}]}
     assert not [r for r in run.of_type(RELEASE) if r.name == "eks-nvidia-device-plugin"]
 
 

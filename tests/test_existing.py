@@ -50,6 +50,7 @@ def lookups(vpcs: dict | None = None, clusters: tuple[str, ...] = ("ml-shared",)
             "name": args["name"], "version": "1.32", "endpoint": "https://ABC.gr7.us-east-1.eks.amazonaws.com",
             "certificateAuthorities": [{"data": "LS0tLS1CRUdJTg=="}],
             "vpcConfig": {"clusterSecurityGroupId": "sg-0ccccccccccccccc0"},
+            "kubernetesNetworkConfigs": [{"serviceIpv4Cidr": "172.20.0.0/16"}],
         },
     }
 
