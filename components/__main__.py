@@ -42,10 +42,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if run.error:
         print(f"error: {run.error}", file=sys.stderr)
         return 1
+    if args.format == "terraform-plan":
+        from . import terraform_plan
+
+        print(json.dumps(terraform_plan.export(run.resources, cfg.region, name), indent=2))
+        return 0
     clusters = {c.name for c in cfg.clusters}
     jobs = [report.job_facts(launch.job_plan(cfg, j), j.fleet in clusters) for j in cfg.jobs]
     doc = report.plan_document(plan.build(cfg), name, run.resources, jobs)
-    print(json.dumps(doc, indent=2) if args.json else report.render_text(doc))
+    print(json.dumps(doc, indent=2) if args.json or args.format == "json" else report.render_text(doc))
     return 0
 
 
@@ -118,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
     where.add_argument("--config", help="path of a stack file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
+    p.add_argument("--format", choices=["text", "json", "terraform-plan"], default="text",
+                   help="terraform-plan: the plan as Terraform plan JSON (terraform show -json), for IaC scanners")
     p.set_defaults(func=cmd_plan)
     r = sub.add_parser("render", help="write every job's launch artifacts")
     where = r.add_mutually_exclusive_group(required=True)

@@ -40,6 +40,8 @@ class Registered:
     parent_urn: str | None
     custom: bool
     inputs: dict
+    # Which resources each input came from (the engine's property dependencies): input name -> URNs.
+    dependencies: dict[str, list[str]] = field(default_factory=dict)
 
 
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
@@ -113,11 +115,13 @@ class PlanMonitor(pmocks.MockMonitor):
     def __init__(self, mocks: PlanMocks):
         super().__init__(mocks)
         self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
+        self.dependencies: dict[str, dict[str, list[str]]] = {}  # urn -> input name -> URNs it depends on
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.order.append((response.urn, request.parent, request.type, request.name))
+            self.dependencies[response.urn] = {k: list(v.urns) for k, v in request.propertyDependencies.items() if v.urns}
         return response
 
     def GetDeploymentInfo(self, request):
@@ -181,5 +185,5 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
-        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs))
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, monitor.dependencies[urn]))
     return Run(resources, captured, error)
