@@ -67,6 +67,38 @@ class ExistingNetwork(Model):
         return self
 
 
+# CloudWatch Logs' retention values (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+EKS_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+
+
+class FlowLogsConfig(Model):
+    destination: Literal["cloud-watch-logs", "s3", "none"] = Field(
+        "cloud-watch-logs",
+        description="Where the VPC's flow logs (all traffic) go: cloud-watch-logs (a log group of the stack's, written "
+        "through a role that may write only to it), s3 (the bucket in bucketArn), or none.",
+    )
+    bucket_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="For destination s3: the bucket, optionally with a /prefix, e.g. arn:aws:s3:::my-flow-logs/vpc; "
+        "its bucket policy must let delivery.logs.amazonaws.com write to it.",
+    )
+    retention_days: int = Field(365, description="For destination cloud-watch-logs: days the log group keeps flow logs.")
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch Logs keeps logs for one of {', '.join(map(str, LOG_RETENTION_DAYS))} days")
+        return v
+
+    @model_validator(mode="after")
+    def _bucket_with_s3(self) -> "FlowLogsConfig":
+        if (self.destination == "s3") != (self.bucket_arn is not None):
+            raise ValueError("bucketArn goes with destination s3, and only with it")
+        return self
+
+
 class NetworkConfig(Model):
     existing: ExistingNetwork | None = Field(
         None,
@@ -89,6 +121,12 @@ class NetworkConfig(Model):
     availability_zones: list[str] = Field(
         default_factory=list,
         description="AZs that get subnets besides the fleets' own, e.g. a second AZ for the EKS control plane.",
+    )
+    flow_logs: FlowLogsConfig = Field(default_factory=FlowLogsConfig, description="The VPC's flow logs.")
+    public_ip_on_launch: bool = Field(
+        False,
+        description="Public subnets give instances launched in them a public IPv4 address. Default false: only the NAT "
+        "gateways live there, and they have Elastic IPs; true for a team that launches hosts such as bastions there.",
     )
 
     @model_validator(mode="after")
@@ -190,6 +228,12 @@ class FleetConfig(Model):
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
     ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
     root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
+    metadata_hop_limit: int = Field(
+        1, ge=1, le=64,
+        description="The instance metadata service's hop limit (IMDSv2 is required). 1 (default): only processes on the "
+        "node itself reach it, so containers, which sit one hop further, cannot take the node role's credentials "
+        "(the VPC CNI and device plugins use the host's network); 2 for containers that need the node's metadata.",
+    )
     taints: list[TaintConfig] | None = Field(
         None,
         description="On EKS, the node group's taints. Default: the accelerator's taint "
@@ -274,6 +318,11 @@ class EksConfig(Model):
     public_access_cidrs: list[str] = Field(
         default_factory=list,
         description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
+    )
+    log_types: list[Literal[EKS_LOG_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EKS_LOG_TYPES),
+        description="Control-plane log types EKS sends to CloudWatch Logs (its log group /aws/eks/<cluster>/cluster). "
+        "Default: all five; [] for none.",
     )
     operators: list[Literal["training-operator", "mpi-operator"]] = Field(
         default_factory=list,

@@ -135,9 +135,19 @@ class EfaCluster(pulumi.ComponentResource):
                         vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
         cfg = plan.config.eks
         self.name = f"{stack}-{name}"
+        account = aws.get_caller_identity_output().account_id
         key = aws.kms.Key(
             f"{name}-secrets",
-            aws.kms.KeyArgs(description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags),
+            aws.kms.KeyArgs(
+                description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags,
+                # Said outright rather than left to KMS: the account administers the key, through IAM policies
+                # (KMS's default key policy); EKS uses it through the cluster role's grants.
+                policy=account.apply(lambda account_id: json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Sid": "AccountAdministersThroughIam", "Effect": "Allow",
+                                   "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"}, "Action": "kms:*", "Resource": "*"}],
+                })),
+            ),
             opts=child,
         )
         cluster = eks.Cluster(
@@ -152,6 +162,7 @@ class EfaCluster(pulumi.ComponentResource):
                 endpoint_public_access=bool(cfg.public_access_cidrs),
                 public_access_cidrs=cfg.public_access_cidrs or None,
                 encryption_config_key_arn=key.arn,
+                enabled_cluster_log_types=cfg.log_types or None,
                 skip_default_node_group=True,
                 # No groups of pulumi-eks's own: the control plane, the system nodes (no launch template) and, through
                 # their launch templates, the fleets' nodes all carry EKS's cluster group, which admits itself.

@@ -47,6 +47,7 @@ class Registered:
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
 GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
+GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 
 
 def filter_values(args: dict, name: str) -> list[str]:
@@ -55,7 +56,7 @@ def filter_values(args: dict, name: str) -> list[str]:
 
 
 def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
-    """Answers for the existing resources a stack names, standing in for AWS's:
+    """Answers for the existing resources a stack names, and the caller's account, standing in for AWS's:
     each one exists, each subnet private, in the AZ it is listed under, with room to spare. The
     plan marks them; the real checks happen when `pulumi up` reads the real ones."""
     doc = config.document_from_settings(engine_settings(settings))
@@ -64,6 +65,8 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
     vpc = existing.get("vpcId") or placeholder(f"vpc Name={existing.get('vpcName')}", "id")
     cluster = ((doc.get("eks") or {}).get("existing") or {}).get("clusterName")
     return {
+        GET_CALLER_IDENTITY: lambda args: {"accountId": placeholder("aws", "accountId"), "arn": placeholder("aws", "callerArn"),
+                                           "userId": placeholder("aws", "userId"), "id": placeholder("aws", "accountId")},
         GET_VPCS: lambda args: {"ids": [vpc]},
         GET_SUBNETS: lambda args: {"ids": filter_values(args, "subnet-id")},
         GET_CLUSTERS: lambda args: {"names": [cluster] if cluster else []},

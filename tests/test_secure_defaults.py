@@ -1,0 +1,114 @@
+"""Secure defaults on the AWS side (issue 13), each with the option a team may need: flow logs, the emptied
+default security group, no public IPs on launch, IMDS hop limit 1, EKS control-plane logs, the secrets key's
+policy. Each default is asserted on what the program registers, and each option in its other setting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components import config, offline
+from conftest import base_doc, settings_of
+
+FLOW_LOG, LOG_GROUP = "aws:ec2/flowLog:FlowLog", "aws:cloudwatch/logGroup:LogGroup"
+ROLE, ROLE_POLICY = "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy"
+DEFAULT_SG, SUBNET, LT = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", "aws:ec2/subnet:Subnet", "aws:ec2/launchTemplate:LaunchTemplate"
+EKS, KEY = "eks:index:Cluster", "aws:kms/key:Key"
+
+
+def run(**overrides) -> offline.Run:
+    r = offline.run(settings_of(base_doc(**overrides)), "t")
+    assert r.error is None, r.error
+    return r
+
+
+def eks_doc(**eks) -> dict:
+    return dict(network={"availabilityZones": ["us-east-1b"]}, eks={"enabled": True, **eks})
+
+
+def test_flow_logs_go_to_a_log_group_of_ours_through_a_role_that_writes_only_there():
+    r = run()
+    flow = r.one(FLOW_LOG).inputs
+    group = r.one(LOG_GROUP)
+    assert flow["trafficType"] == "ALL" and flow["logDestinationType"] == "cloud-watch-logs"
+    assert flow["vpcId"] == "<efa-vpc.id>" and flow["logDestination"] == f"<{group.name}.arn>"
+    assert group.inputs["retentionInDays"] == 365
+    role = r.one(ROLE, "efa-flow-logs")
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]
+    assert trust["Principal"] == {"Service": "vpc-flow-logs.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "<aws.accountId>"}}
+    assert flow["iamRoleArn"] == f"<{role.name}.arn>"
+    writes, describe = json.loads(r.one(ROLE_POLICY, "efa-flow-logs").inputs["policy"])["Statement"]
+    assert writes["Resource"] == f"<{group.name}.arn>:*" and "logs:PutLogEvents" in writes["Action"]
+    assert describe["Action"] == "logs:DescribeLogGroups"
+
+
+def test_flow_logs_to_a_bucket_or_none():
+    r = run(network={"flowLogs": {"destination": "s3", "bucketArn": "arn:aws:s3:::ml-logs/vpc"}})
+    flow = r.one(FLOW_LOG).inputs
+    assert flow["logDestinationType"] == "s3" and flow["logDestination"] == "arn:aws:s3:::ml-logs/vpc"
+    assert "iamRoleArn" not in flow and not r.of_type(LOG_GROUP) and not [p for p in r.of_type(ROLE_POLICY) if p.name == "efa-flow-logs"]
+    r = run(network={"flowLogs": {"destination": "none"}})
+    assert not r.of_type(FLOW_LOG) and not r.of_type(LOG_GROUP)
+    r = run(network={"flowLogs": {"retentionDays": 30}})
+    assert r.one(LOG_GROUP).inputs["retentionInDays"] == 30
+
+
+@pytest.mark.parametrize("flow_logs, key", [
+    ({"destination": "s3"}, "flowLogs"),
+    ({"bucketArn": "arn:aws:s3:::ml-logs"}, "flowLogs"),
+    ({"destination": "s3", "bucketArn": "s3://ml-logs"}, "flowLogs.bucketArn"),
+    ({"retentionDays": 100}, "flowLogs.retentionDays"),
+])
+def test_flow_log_settings_that_cannot_work_are_config_errors(flow_logs, key):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(base_doc(network={"flowLogs": flow_logs}))
+    assert [p.path for p in err.value.problems] == [f"efa-infra:network.{key}"]
+
+
+def test_flow_log_settings_for_an_existing_vpc_are_refused():
+    doc = base_doc(network={"existing": {"vpcId": "vpc-0123456789abcdef0", "privateSubnetIds": {"us-east-1a": "subnet-0a1b2c3d4e5f60718"}},
+                            "flowLogs": {"destination": "none"}})
+    with pytest.raises(config.ConfigError, match="flowLogs"):
+        config.load(doc)
+
+
+def test_the_default_security_group_is_emptied():
+    sg = run().one(DEFAULT_SG).inputs
+    assert sg["vpcId"] == "<efa-vpc.id>"
+    assert not {"ingress", "egress"} & set(sg)  # no rules: pulumi-aws removes every rule of the default group
+
+
+def test_public_subnets_assign_no_public_ips_unless_asked():
+    public = [s.inputs for s in run().of_type(SUBNET) if s.inputs["tags"]["efa-infra:subnet"] == "public"]
+    assert public and all(s["mapPublicIpOnLaunch"] is False for s in public)
+    r = run(network={"publicIpOnLaunch": True})
+    by_kind = {s.inputs["tags"]["efa-infra:subnet"]: s.inputs["mapPublicIpOnLaunch"] for s in r.of_type(SUBNET)}
+    assert by_kind == {"public": True, "private": False}
+
+
+def test_imds_hop_limit_is_one_unless_asked():
+    assert run().one(LT).inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    doc = base_doc()
+    doc["fleets"][0]["metadataHopLimit"] = 2
+    r = offline.run(settings_of(doc), "t")
+    assert r.one(LT).inputs["metadataOptions"]["httpPutResponseHopLimit"] == 2
+    doc["fleets"][0]["metadataHopLimit"] = 0
+    with pytest.raises(config.ConfigError, match=r"fleets\[0\].metadataHopLimit"):
+        config.load(doc)
+
+
+def test_eks_sends_every_control_plane_log_type_unless_asked():
+    assert run(**eks_doc()).one(EKS).inputs["enabledClusterLogTypes"] == ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+    assert run(**eks_doc(logTypes=["audit"])).one(EKS).inputs["enabledClusterLogTypes"] == ["audit"]
+    assert "enabledClusterLogTypes" not in run(**eks_doc(logTypes=[])).one(EKS).inputs
+    with pytest.raises(config.ConfigError, match="logTypes"):
+        config.load(base_doc(**eks_doc(logTypes=["kubelet"])))
+
+
+def test_the_secrets_key_has_a_key_policy_for_its_account():
+    policy = json.loads(run(**eks_doc()).one(KEY).inputs["policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"AWS": "arn:aws:iam::<aws.accountId>:root"}
+    assert statement["Action"] == "kms:*" and statement["Effect"] == "Allow"
