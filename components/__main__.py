@@ -2,6 +2,7 @@
 
     plan          what `pulumi up` would build for a stack, run under Pulumi's mocks
     render        write every job's launch artifacts (manifests, node scripts)
+    scan-inputs   write what an IaC scanner (checkov) reads of a stack, with its config
     validate      check stack configs; exit 1 naming each problem by stack and key
     types         the EFA-capable instance types and their layouts
     nccl-report   compare nccl-tests logs (EFA against TCP)
@@ -77,6 +78,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan_inputs(args: argparse.Namespace) -> int:
+    from . import scan
+
+    path, name = stack_file(args)
+    for file in scan.write_inputs(path, name, Path(args.out)):
+        print(file)
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import config
 
@@ -133,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", help="path of a stack file")
     r.add_argument("--out", required=True, help="directory to write into")
     r.set_defaults(func=cmd_render)
+    si = sub.add_parser("scan-inputs", help="write a stack's Terraform-plan export, manifests and checkov config")
+    where = si.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
+    where.add_argument("--config", help="path of a stack file")
+    si.add_argument("--out", required=True, help="directory to write into")
+    si.set_defaults(func=cmd_scan_inputs)
     v = sub.add_parser("validate", help="validate stack files (default: every stacks/Pulumi.*.yaml)")
     v.add_argument("files", nargs="*")
     v.set_defaults(func=cmd_validate)
