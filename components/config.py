@@ -31,6 +31,10 @@ SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
 JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
+JOB_NAMESPACE = "efa-jobs"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as Kubernetes names namespaces
+# An image reference's tag: after the last ':' that follows the last '/' (a registry's :port comes before a '/').
+IMAGE_TAG = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
 
 class Model(BaseModel):
@@ -324,12 +328,26 @@ class EksConfig(Model):
         description="Control-plane log types EKS sends to CloudWatch Logs (its log group /aws/eks/<cluster>/cluster). "
         "Default: all five; [] for none.",
     )
+    namespaces: list[str] = Field(
+        default_factory=lambda: [JOB_NAMESPACE],
+        description="Namespaces the stack creates in its cluster for jobs (jobs[].namespace), labelled with the Pod "
+        "Security level EFA jobs need: privileged (IPC_LOCK is outside baseline). A cluster setting, kept whatever "
+        "jobs are listed: removing one deletes it and everything in it.",
+    )
     operators: list[Literal["training-operator", "mpi-operator"]] = Field(
         default_factory=list,
         description="Job operators to install in the cluster: training-operator (Kubeflow, for kind pytorchjob) and "
         "mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
         "operator deletes its CRDs and with them every job of that kind in the cluster.",
     )
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces(cls, v: list[str]) -> list[str]:
+        bad = [ns for ns in v if not re.fullmatch(NAMESPACE_PATTERN, ns) or ns == "default" or ns.startswith("kube-")]
+        if bad:
+            raise ValueError(f"{bad}: namespaces to create are DNS labels (a-z, 0-9, '-'), not default or kube-*")
+        return v
 
     @field_validator("vpc_cni_version")
     @classmethod
@@ -382,9 +400,34 @@ class JobConfig(Model):
         description="The training script and its arguments, e.g. [train.py, --epochs, '3'] (torchrun, accelerate), "
         "or the nccl-tests binary and its arguments (default: all_reduce_perf -b 8 -e 2G -f 2 -g 1).",
     )
-    image: str | None = Field(None, description="Container image; required for jobs on EKS.")
+    image: str | None = Field(
+        None,
+        description="Container image; required for jobs on Kubernetes. A dated or versioned tag "
+        "(public.ecr.aws/example/train:2026.11) or a digest (...@sha256:<64 hex>); latest and untagged images are "
+        "refused: the nodes of one job could run different images.",
+    )
+    namespace: str = Field(
+        JOB_NAMESPACE, pattern=NAMESPACE_PATTERN,
+        description="On Kubernetes, the namespace of the job's objects. Its Pod Security level must be privileged "
+        "(IPC_LOCK, which EFA needs, is outside baseline). On an EKS cluster the stack creates, it must be listed in "
+        "eks.namespaces, which the stack creates so labelled; elsewhere it must exist.",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables; they override the derived EFA settings.")
     nodes: int | None = Field(None, ge=1, description="Nodes to run on (at most the fleet's max). Default: the fleet's desired count.")
+
+    @field_validator("image")
+    @classmethod
+    def _pinned_image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        ref = IMAGE_TAG.match(v)
+        if ref is None:
+            raise ValueError("not an image reference such as public.ecr.aws/example/train:2026.11 or repo@sha256:<64 hex>")
+        if not ref["digest"] and ref["tag"] in (None, "latest"):
+            raise ValueError(f"{'the tag latest' if ref['tag'] else 'an image without a tag (so latest)'} does not pin the "
+                             f"image: the nodes of one job could pull different ones; give a dated or versioned tag ({ref['repo']}:2026.11) or a digest "
+                             f"({ref['repo']}@sha256:...)")
+        return v
 
     @field_validator("env")
     @classmethod
@@ -663,8 +706,13 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             node_type, efa_node = (clusters[job.fleet].ec2_type, True) if job.fleet in clusters else (known[job.fleet].instance_type, known[job.fleet].efa)
             if node_type in cat:
                 out.extend(_shm_checks(j, job.shm_size, cat.get(node_type), efa_node))
+        managed = cfg.eks.enabled and cfg.eks.existing is None and job.fleet in known
+        if managed and job.namespace != "default" and job.namespace not in cfg.eks.namespaces:
+            out.append(Problem(key_path(("jobs", j, "namespace")),
+                               f"{job.namespace!r} is not a namespace the stack creates: add it to "
+                               f"{key_path(('eks', 'namespaces'))} (it lists {', '.join(cfg.eks.namespaces) or 'none'})"))
         operator = JOB_OPERATORS.get(job.kind)
-        if operator and cfg.eks.enabled and cfg.eks.existing is None and job.fleet in known and operator not in cfg.eks.operators:
+        if operator and managed and operator not in cfg.eks.operators:
             out.append(Problem(key_path(("jobs", j, "kind")),
                                f"kind {job.kind} needs the {operator} in the cluster: add {operator} to "
                                f"{key_path(('eks', 'operators'))} (it lists {', '.join(cfg.eks.operators) or 'none'})"))

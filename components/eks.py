@@ -32,6 +32,9 @@ NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")
 # the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
 TRAINING_OPERATOR = "components/manifests/training-operator"
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
+# Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
+# (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).
+JOB_POD_SECURITY = {"pod-security.kubernetes.io/enforce": "privileged"}
 
 
 def ami_type(fp: FleetPlan) -> str | None:
@@ -68,6 +71,7 @@ class EfaCluster(pulumi.ComponentResource):
     node_security_group_id: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
+    namespaces: list[k8s.core.v1.Namespace]  # the jobs' namespaces, on a cluster the stack creates
     node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
@@ -122,6 +126,11 @@ class EfaCluster(pulumi.ComponentResource):
         on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
         if device_plugins:
             self._device_plugins(name, plan, on_k8s)
+        # A cluster setting like the operators: deleting a namespace deletes every job in it.
+        self.namespaces = [] if existing is not None else [
+            k8s.core.v1.Namespace(f"{name}-ns-{ns}", metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=JOB_POD_SECURITY), opts=on_k8s)
+            for ns in cfg.namespaces
+        ]
         # Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind.
         if "training-operator" in cfg.operators:
             k8s.kustomize.v2.Directory(

@@ -42,6 +42,7 @@ class Registered:
     inputs: dict
     # Which resources each input came from (the engine's property dependencies): input name -> URNs.
     dependencies: dict[str, list[str]] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)  # every resource it waits for, depends_on included
 
 
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
@@ -119,12 +120,14 @@ class PlanMonitor(pmocks.MockMonitor):
         super().__init__(mocks)
         self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
         self.dependencies: dict[str, dict[str, list[str]]] = {}  # urn -> input name -> URNs it depends on
+        self.depends_on: dict[str, list[str]] = {}
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.order.append((response.urn, request.parent, request.type, request.name))
             self.dependencies[response.urn] = {k: list(v.urns) for k, v in request.propertyDependencies.items() if v.urns}
+            self.depends_on[response.urn] = list(request.dependencies)
         return response
 
     def GetDeploymentInfo(self, request):
@@ -188,5 +191,6 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
-        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, monitor.dependencies[urn]))
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, monitor.dependencies[urn],
+                                    monitor.depends_on[urn]))
     return Run(resources, captured, error)

@@ -112,3 +112,53 @@ def test_the_secrets_key_has_a_key_policy_for_its_account():
     (statement,) = policy["Statement"]
     assert statement["Principal"] == {"AWS": "arn:aws:iam::<aws.accountId>:root"}
     assert statement["Action"] == "kms:*" and statement["Effect"] == "Allow"
+
+
+# --- jobs: images and namespaces ------------------------------------------------------------------------------
+
+JOB = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"], "image": "public.ecr.aws/example/train:2026.11"}
+
+
+def eks_job_doc(job: dict | None = None, **eks) -> dict:
+    return base_doc(**eks_doc(**eks), jobs=[{**JOB, **(job or {})}])
+
+
+@pytest.mark.parametrize("image", ["public.ecr.aws/example/train:latest", "public.ecr.aws/example/train", "localhost:5000/train"])
+def test_latest_and_untagged_images_are_refused(image):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(eks_job_doc({"image": image}))
+    (problem,) = err.value.problems
+    assert problem.path == "efa-infra:jobs[0].image" and "does not pin the image" in problem.message and image in str(problem)
+
+
+@pytest.mark.parametrize("image", ["public.ecr.aws/example/train:2026.11", "localhost:5000/train:1",
+                                   "public.ecr.aws/example/train@sha256:" + "0" * 64])
+def test_tags_and_digests_are_accepted(image):
+    assert config.load(eks_job_doc({"image": image})).jobs[0].image == image
+
+
+def test_jobs_go_to_a_namespace_the_stack_creates_labelled_for_efa():
+    r = run(**eks_job_doc())
+    (ns,) = r.of_type("kubernetes:core/v1:Namespace")
+    assert ns.inputs["metadata"] == {"name": "efa-jobs", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}
+    assert config.load(eks_job_doc()).jobs[0].namespace == "efa-jobs"
+
+
+def test_other_namespaces_are_a_cluster_setting():
+    r = run(**eks_job_doc({"namespace": "research"}, namespaces=["research", "efa-jobs"]))
+    assert sorted(n.inputs["metadata"]["name"] for n in r.of_type("kubernetes:core/v1:Namespace")) == ["efa-jobs", "research"]
+    with pytest.raises(config.ConfigError) as err:
+        config.load(eks_job_doc({"namespace": "research"}))
+    assert [p.path for p in err.value.problems] == ["efa-infra:jobs[0].namespace"]
+    assert "efa-infra:eks.namespaces" in str(err.value)
+    assert config.load(eks_job_doc({"namespace": "default"})).jobs[0].namespace == "default"  # exists already
+    for bad in (["default"], ["kube-system"], ["Research"]):
+        with pytest.raises(config.ConfigError, match=r"eks.namespaces"):
+            config.load(eks_job_doc(namespaces=bad))
+
+
+def test_applied_manifests_wait_for_their_namespace():
+    r = run(**eks_job_doc({"apply": True}))
+    (group,) = r.of_type("kubernetes:yaml/v2:ConfigGroup")
+    (ns,) = r.of_type("kubernetes:core/v1:Namespace")
+    assert ns.urn in group.depends_on
