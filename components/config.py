@@ -15,14 +15,16 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.alias_generators import to_camel
 
-from . import addressing, efa, eks_rules
+from . import addressing, capacity_window, efa, eks_rules
 from .bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from .catalog import Catalog, InstanceType, UnknownInstanceType, from_data, regions
 
@@ -151,6 +153,14 @@ class CapacityConfig(Model):
     reservation_id: str | None = Field(
         None, pattern=r"^cr-[0-9a-f]{8,17}$", description="The capacity reservation or block id (cr-...), for reservation and capacity-block."
     )
+    start: AwareDatetime | None = Field(
+        None, description="capacity-block: when the block starts, with its zone, e.g. '2026-12-14T11:30:00Z' (quote it). "
+        "Default: read from the reservation at deploy time.",
+    )
+    end: AwareDatetime | None = Field(None, description="capacity-block: when the block ends; give it with start.")
+    instance_count: int | None = Field(
+        None, ge=1, description="capacity-block: the instances the block holds; nodes.max may not exceed it. Default: not checked.",
+    )
 
 
 def in_region(az: str, region: str) -> bool:
@@ -190,6 +200,17 @@ class FleetConfig(Model):
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
     ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
     root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
+    boot_check: bool = Field(
+        True,
+        description="Take out a node that boots with fewer EFA devices or accelerators than its type has: on plain EC2 "
+        "it marks itself unhealthy in its Auto Scaling group, which replaces it; on EKS it registers with the taint "
+        "efa-infra/boot-check (the value says what is missing), so no job lands on it. false: the check only logs.",
+    )
+    auto_repair: bool | None = Field(
+        None,
+        description="On EKS, the node group's node auto repair: EKS replaces or reboots nodes whose health conditions fail "
+        "(the node monitoring agent reports GPU, Neuron and network faults). Default: on for accelerator fleets.",
+    )
     taints: list[TaintConfig] | None = Field(
         None,
         description="On EKS, the node group's taints. Default: the accelerator's taint "
@@ -274,6 +295,11 @@ class EksConfig(Model):
     public_access_cidrs: list[str] = Field(
         default_factory=list,
         description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
+    )
+    node_monitoring_agent: bool | None = Field(
+        None,
+        description="Install the EKS node monitoring agent add-on, which reports GPU, Neuron, network and kernel faults "
+        "as node conditions that node auto repair acts on. Default: on when a fleet has accelerators.",
     )
     operators: list[Literal["training-operator", "mpi-operator"]] = Field(
         default_factory=list,
@@ -510,6 +536,7 @@ def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
         out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...)"))
     if cap == "on-demand" and f.capacity.reservation_id:
         out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    out.extend(_window_checks(f, at))
     if cap != "on-demand" and mode == "cluster":
         out.append(Problem(
             at("placement.mode"),
@@ -517,6 +544,26 @@ def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
             "decides placement and a new group can fail with InsufficientInstanceCapacity. Use none, or existing "
             "with the group the reservation was made in",
         ))
+    return out
+
+
+def _window_checks(f: FleetConfig, at) -> list[Problem]:
+    """A Capacity Block's window and size, when the config states them."""
+    c = f.capacity
+    given = [k for k, v in (("start", c.start), ("end", c.end), ("instanceCount", c.instance_count)) if v is not None]
+    if c.type != "capacity-block":
+        return [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
+    out = []
+    if (c.start is None) != (c.end is None):
+        missing = "end" if c.end is None else "start"
+        out.append(Problem(at(f"capacity.{missing}"), "give the block's start and end together, or neither (read at deploy time)"))
+    elif c.start is not None:
+        try:
+            capacity_window.schedule(c.start, c.end, datetime.now(timezone.utc))
+        except capacity_window.WindowOver as exc:
+            out.append(Problem(at("capacity.end"), str(exc)))
+    if c.instance_count is not None and f.nodes.maximum > c.instance_count:
+        out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but the block holds {c.instance_count} instances"))
     return out
 
 

@@ -45,6 +45,7 @@ class Registered:
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
 GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
+GET_CAPACITY_BLOCK = "aws:ec2/getCapacityBlockReservation:getCapacityBlockReservation"
 
 
 def filter_values(args: dict, name: str) -> list[str]:
@@ -67,6 +68,9 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
         GET_CLUSTERS: lambda args: {"names": [cluster] if cluster else []},
         GET_SUBNET: lambda args: {"id": args["id"], "vpcId": vpc, "availabilityZone": az_of.get(args["id"], "?"),
                                   "mapPublicIpOnLaunch": False, "availableIpAddressCount": 65531},
+        # A block's window is AWS's to say: its times stay placeholders, its size unknown.
+        GET_CAPACITY_BLOCK: lambda args: {"id": args["id"], "startDate": placeholder(args["id"], "startDate"),
+                                          "endDate": placeholder(args["id"], "endDate")},
         GET_CLUSTER: lambda args: {
             "name": args["name"], "version": placeholder(args["name"], "version"), "endpoint": placeholder(args["name"], "endpoint"),
             "certificateAuthorities": [{"data": placeholder(args["name"], "certificate")}],
@@ -91,6 +95,8 @@ class PlanMocks(pulumi.runtime.Mocks):
         state.setdefault("arn", placeholder(args.name, "arn"))
         if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        if args.typ == "aws:eks/nodeGroup:NodeGroup":
+            state["resources"] = [{"autoscalingGroups": [{"name": placeholder(args.name, "autoScalingGroup")}]}]
         if args.typ == "eks:index:Cluster":
             # Plain values only: resource-typed outputs do not survive the mock monitor.
             # pulumi-eks returns EKS's own cluster group when it makes none (nodejs/eks/cluster/cluster.ts).
@@ -148,8 +154,9 @@ class Run:
 
 
 def engine_settings(settings: dict[str, Any]) -> dict[str, str]:
-    """Stack-file values as the engine passes them: strings, structured values as JSON."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
+    """Stack-file values as the engine passes them: strings, structured values as JSON
+    (a time YAML read unquoted, as the text it was)."""
+    return {k: v if isinstance(v, str) else json.dumps(v, default=lambda t: t.isoformat()) for k, v in settings.items()}
 
 
 def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) -> Run:

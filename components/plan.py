@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addressing, efa
+from . import addressing, bootstrap, efa
 from .catalog import Catalog, InstanceType
 from .config import FleetConfig, StackConfig, fleet_addresses_per_node
 
@@ -65,6 +65,17 @@ class FleetPlan:
         if self.itype.accelerator:
             labels[ACCELERATOR_LABEL] = self.itype.accelerator.kind
         return labels
+
+    @property
+    def auto_repair(self) -> bool:
+        """EKS node auto repair: on for accelerator fleets unless the config says otherwise."""
+        return self.config.auto_repair if self.config.auto_repair is not None else self.itype.accelerator is not None
+
+    @property
+    def boot(self) -> bootstrap.Node:
+        accelerator = (self.itype.accelerator.kind, self.itype.accelerator.count) if self.itype.accelerator else None
+        return bootstrap.Node(self.name, self.efa_devices, accelerator, self.config.boot_check, self.on_eks,
+                              self.max_pods, self.node_labels, self.node_taints)
 
     @property
     def node_taints(self) -> list[dict[str, str]]:

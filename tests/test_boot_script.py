@@ -29,7 +29,7 @@ def run_boot(tmp_path: Path, reserved_pages: int, efa_devices: int = 1) -> tuple
         (stubs / name).write_text("#!/bin/sh\nexit 0\n")
         (stubs / name).chmod(0o755)
     script = tmp_path / "boot.sh"
-    script.write_text(bootstrap.boot_script("gpu", efa_devices))
+    script.write_text(bootstrap.boot_script(bootstrap.Node("gpu", efa_devices, boot_check=False)))
     setup = " && ".join(f"mount --bind {src} {dst}" for dst, src in bound.items())
     result = subprocess.run(
         ["unshare", "--mount", "sh", "-c", f"{setup} && PATH={stubs}:$PATH exec bash {script}"],
