@@ -11,26 +11,13 @@ from __future__ import annotations
 
 import yaml
 
+from .preflight import COUNT_EFA_DEVICES
+
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
 POD_MEMORY_SHARE = 0.85
 MIME_BOUNDARY = "==EFAINFRA=="
-
-
-# How a node counts its EFA devices (sets efa_found and efa_seen): the device files,
-# and zero when libfabric lists no efa provider, since NCCL could not use them then.
-COUNT_EFA_DEVICES = r'''
-shopt -s nullglob
-efa_devices=(/sys/class/infiniband/*)
-efa_found=${#efa_devices[@]}
-efa_seen="$efa_found in /sys/class/infiniband"
-fi_info=$(command -v fi_info || true)
-if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
-if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
-  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
-fi
-'''
 
 
 def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
