@@ -49,7 +49,8 @@ def test_ec2_jobs_become_ssm_documents_with_the_rendered_script():
     for job in cfg.jobs:
         d = docs[f"{job.name}-launch"]
         assert d.parent == job.name and d.inputs["documentType"] == "Command"
-        assert json.loads(d.inputs["content"]) == launch.ssm_document(launch.render_node_script(cfg, job, stack="p5-ec2"), job.name)
+        assert json.loads(d.inputs["content"]) == launch.ssm_document(launch.render_node_script(cfg, job, stack="p5-ec2"), job.name,
+                                                                      job.working_directory)
     assert run.outputs["jobs"]["nccl-efa"]["run"].startswith("aws ssm send-command --document-name <nccl-efa-launch.name> "
                                                               "--targets Key=tag:efa-infra:fleet,Values=p5")
 
