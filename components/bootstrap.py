@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .preflight import COUNT_EFA_DEVICES, count_accelerators
+
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
@@ -26,26 +28,6 @@ BOOT_CHECK_TAINT = "efa-infra/boot-check"  # on EKS nodes that fail the boot che
 # nodeadm-run (after cloud-init's scripts) reads NodeConfig drop-ins from here (amazon-eks-ami,
 # templates/al2023/runtime/rootfs/etc/systemd/system/nodeadm-run.service).
 NODEADM_DROP_IN = "/etc/eks/nodeadm.d/90-efa-infra-boot-check.yaml"
-# How a node counts its accelerators: NVIDIA's own listing, or the Neuron driver's device files.
-COUNT_ACCELERATORS = {
-    "gpu": "nvidia-smi -L 2>/dev/null | grep -c '^GPU '",
-    "neuron": "shopt -s nullglob; n=(/dev/neuron[0-9]*); echo ${#n[@]}",
-}
-
-
-# How a node counts its EFA devices (sets efa_found and efa_seen): the device files,
-# and zero when libfabric lists no efa provider, since NCCL could not use them then.
-COUNT_EFA_DEVICES = r'''
-shopt -s nullglob
-efa_devices=(/sys/class/infiniband/*)
-efa_found=${#efa_devices[@]}
-efa_seen="$efa_found in /sys/class/infiniband"
-fi_info=$(command -v fi_info || true)
-if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
-if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
-  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
-fi
-'''
 
 
 def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
@@ -107,9 +89,9 @@ def boot_script(node: Node) -> str:
     accelerators = ""
     if node.accelerator:
         kind, count = node.accelerator
-        accelerators = f"""accelerators_found=$({COUNT_ACCELERATORS[kind]}) || accelerators_found=0
-if (( accelerators_found < {count} )); then missing+=("{kind}-$accelerators_found-of-{count}"); fi
-seen+=("$accelerators_found of {count} {kind} accelerators")
+        accelerators = f"""{count_accelerators(kind)}
+if (( accel_found < {count} )); then missing+=("{kind}-$accel_found-of-{count}"); fi
+seen+=("$accel_found of {count} {kind} accelerators")
 """
     return f"""#!/bin/bash
 # efa-infra boot script for fleet {node.fleet}

@@ -372,7 +372,24 @@ class JobConfig(Model):
         return v
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
-    efa_check: bool = Field(True, description="Stop the launch when a node shows fewer EFA devices than its type has (no silent TCP fallback).")
+    efa_check: bool = Field(
+        True,
+        description="No silent TCP fallback: stop the launch when a node or pod lacks the EFA devices or accelerators "
+        "its type has, and stop the job when NCCL's log shows it is not on the aws-ofi-nccl plugin with the efa "
+        "provider and every EFA NIC. false: warn and go on.",
+    )
+    nccl_debug: Literal["INFO", "WARN"] = Field(
+        "INFO",
+        description="NCCL_DEBUG for an EFA job. INFO (default) comes with NCCL_DEBUG_SUBSYS=INIT,NET: the lines the "
+        "transport check reads, printed at start-up only; WARN prints warnings only, which leaves the transport "
+        "check nothing to read (so it needs efaCheck: false).",
+    )
+    working_directory: str | None = Field(
+        None, pattern=r"^/",
+        description="Absolute path the launch runs in on every node (typically a shared file system), so a relative "
+        "command such as train.py is found there: the SSM document's workingDirectory on EC2, the container's "
+        "workingDir on Kubernetes. Default: where SSM or the image starts.",
+    )
     shm_size: str | None = Field(
         None, pattern=r"^[1-9][0-9]*(Mi|Gi)$",
         description="Size of /dev/shm in the job's pods (Kubernetes), e.g. 64Gi; at most what a pod may use on the node type. "
@@ -669,6 +686,10 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
+        if job.efa and job.efa_check and job.nccl_debug == "WARN":
+            out.append(Problem(key_path(("jobs", j, "ncclDebug")),
+                               "WARN hides the NCCL lines (INFO, subsystems INIT and NET) the EFA transport check reads; "
+                               "use INFO, or set the job's efaCheck: false"))
         if job.fleet in known and job.efa and not known[job.fleet].efa:
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "

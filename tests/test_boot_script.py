@@ -1,7 +1,7 @@
 """The fleets' boot script, run for real as root in a private mount namespace:
-/etc is an overlay whose writes land in a scratch directory, /sys/class holds
-stand-in EFA devices, the kernel's hugepage count is a stand-in file, and
-`aws`, `curl` (IMDS), `nvidia-smi` and `fi_info` are stand-ins that record their
+/etc is an overlay whose writes land in a scratch directory, /dev holds
+stand-in EFA and GPU device nodes, the kernel's hugepage count is a stand-in
+file, and `aws`, `curl` (IMDS) and `fi_info` are stand-ins that record their
 calls, so the machine running the tests is left alone."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import moto
 import pytest
 
 from components import bootstrap, config, offline, plan
-from conftest import ROOT, base_doc, settings_of
+from conftest import base_doc, settings_of, stand_in_devices
 
 # awsome-distributed-training shows `hugepages-2Mi: 21122Mi` on a p4de node: what the AMI and the EFA installer reserve.
 P4DE_PAGES = 21122 // 2
@@ -46,7 +46,6 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
     stub(bin_dir, "systemctl", "exit 0")  # never re-exec the real systemd
     stub(bin_dir, "logger", "exit 0")
     stub(bin_dir, "fi_info", "exit 0")  # libfabric lists the efa provider
-    stub(bin_dir, "nvidia-smi", "".join(f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i})'\n" for i in range(gpus)))
     stub(bin_dir, "curl", f'''case "$*" in
   *api/token*) echo token ;;
   *meta-data/instance-id*) echo {INSTANCE} ;;
@@ -54,12 +53,11 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
   *) exit 22 ;;
 esac''')
     stub(bin_dir, "aws", "exit 0")
-    devices = " ".join(f"/sys/class/infiniband/rdmap{i}s0" for i in range(efa_devices))
     setup = " && ".join([
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc",
         f"mount --bind {pages} /proc/sys/vm/nr_hugepages",
         f"mount --bind {logs} /var/log",
-        f"mount -t tmpfs none /sys/class && mkdir -p /sys/class/infiniband {devices}",
+        stand_in_devices(efa_devices, gpus),
     ])
     script = tmp_path / "boot.sh"
     script.write_text(bootstrap.boot_script(node))
@@ -103,7 +101,7 @@ def test_nodes_without_efa_reserve_no_hugepages(tmp_path, reserved):
 def test_a_healthy_ec2_node_stays_in_service(tmp_path):
     boot = run_boot(tmp_path, p5(), efa_devices=32, gpus=8)
     assert boot.aws_calls == []
-    assert "boot check passed: EFA devices: 32 in /sys/class/infiniband, 32 expected 8 of 8 gpu accelerators" in boot.log
+    assert "boot check passed: EFA devices: 32 in /dev/infiniband, 32 expected 8 of 8 gpu accelerators" in boot.log
 
 
 @pytest.mark.parametrize("efa, gpus, reason", [(31, 8, "efa-31-of-32"), (32, 7, "gpu-7-of-8"), (0, 8, "efa-0-of-32")])
