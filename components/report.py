@@ -75,7 +75,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
         "stack": stack,
         "region": plan.config.region,
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
-        "fleets": [fleet_facts(fp, plan.private_subnet(fp.config.availability_zone)) for fp in plan.fleets],
+        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp)) for fp in plan.fleets],
         "subnets": [
             {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
              "need": s.need, "fleets": s.fleets}
