@@ -833,14 +833,21 @@ def read_stack_file(path: str | Path) -> dict[str, Any]:
     """The `config:` map of a Pulumi stack file, keys as written (`ns:key`)."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text()
     except FileNotFoundError:
         raise ConfigError([Problem(str(p), "no such stack file")], str(p)) from None
+    return parse_stack_file(text, str(p))
+
+
+def parse_stack_file(text: str, source: str) -> dict[str, Any]:
+    """The `config:` map of a stack file's text (`source` names it in errors)."""
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(str(p), f"not valid YAML: {exc}")], str(p)) from None
+        raise ConfigError([Problem(source, f"not valid YAML: {exc}")], source) from None
     settings = data.get("config") if isinstance(data, dict) else None
     if not isinstance(settings, dict):
-        raise ConfigError([Problem(str(p), "a stack file needs a top-level 'config:' mapping")], str(p))
+        raise ConfigError([Problem(source, "a stack file needs a top-level 'config:' mapping")], source)
     return settings
 
 
