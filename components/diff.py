@@ -131,18 +131,19 @@ def compare(before: list, after: list) -> list[Change]:
     changes |= {urn: Change("delete", r.type, r.name, urn) for urn, r in old.items() if urn not in new}
     kept = [urn for urn in new if urn in old]
     # A replaced resource's outputs are new values: what refers to them changes too, until nothing more does.
+    # Placeholders name resources, not URNs: a resource's own name in its inputs is another resource's.
     while True:
-        replaced = {c.name for c in changes.values() if c.action == "replace"}
-        versioned = {c.name for c in changes.values()
-                     if c.action == "update" and facts()["types"].get(c.type, {}).get("newVersionOnUpdate")}
+        replaced = [(c.name, c.urn) for c in changes.values() if c.action == "replace"]
+        versioned = [(c.name, c.urn) for c in changes.values()
+                     if c.action == "update" and facts()["types"].get(c.type, {}).get("newVersionOnUpdate")]
         progress = False
         for urn in kept:
             o, n = old[urn], new[urn]
             paths = changed_paths(o.inputs, n.inputs)
             for path, name in referenced(n.inputs):
-                if name in replaced:
+                if any(name == other and u != urn for other, u in replaced):
                     paths.add(path)
-                elif name in versioned:
+                elif any(name == other and u != urn for other, u in versioned):
                     paths.add(path.rsplit(".", 1)[0] + ".version" if "." in path else path)
             if not paths:
                 continue
