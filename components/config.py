@@ -133,7 +133,7 @@ class NetworkConfig(Model):
     )
     availability_zones: list[str] = Field(
         default_factory=list,
-        description="AZs that get subnets besides the fleets' own, e.g. a second AZ for the EKS control plane.",
+        description="AZs that get subnets besides the fleets' and the cluster's own (eks.availabilityZones).",
     )
 
     @model_validator(mode="after")

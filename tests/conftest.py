@@ -36,3 +36,22 @@ def base_doc(**overrides) -> dict:
 def settings_of(doc: dict) -> dict:
     """A config document as stack-file settings (`ns:key`)."""
     return {("aws:region" if k == "region" else f"efa-infra:{k}"): v for k, v in doc.items()}
+
+
+# Every example stack file, by name.
+STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def stack_settings(name: str) -> dict:
+    from components import config
+
+    return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
+
+
+def register(settings: dict, stack: str) -> list:
+    """What the program registers for these settings under the mocks (it must run clean)."""
+    from components import offline
+
+    run = offline.run(settings, stack)
+    assert run.error is None, run.error
+    return run.resources

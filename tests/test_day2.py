@@ -13,34 +13,26 @@ from functools import lru_cache
 
 import pytest
 
-from components import config, diff, offline
-from conftest import ROOT
+from components import diff, offline
+from conftest import STACKS, register, stack_settings
 
-STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 F, J, NET, EKS = "efa-infra:fleets", "efa-infra:jobs", "efa-infra:network", "efa-infra:eks"
 ASG, NODEGROUP, LT = "aws:autoscaling/group:Group", "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate"
 ENDPOINT, SUBNET = "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:ec2/subnet:Subnet"
 
 
-def settings(stack: str) -> dict:
-    return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
-
-
-def run(stack: str, s: dict) -> list[offline.Registered]:
-    result = offline.run(s, stack)
-    assert result.error is None, result.error
-    return result.resources
+settings = stack_settings
 
 
 @lru_cache(maxsize=None)
 def base(stack: str) -> tuple:
-    return tuple(run(stack, settings(stack)))
+    return tuple(register(settings(stack), stack))
 
 
 def day2(stack: str, change) -> tuple[list[diff.Change], list[offline.Registered]]:
     s = copy.deepcopy(settings(stack))
     change(s)
-    after = run(stack, s)
+    after = register(s, stack)
     return diff.compare(list(base(stack)), after), list(base(stack)) + after
 
 

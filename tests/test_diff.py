@@ -216,3 +216,16 @@ def test_the_sdk_docs_agree_where_they_say_what_forces_a_new_resource():
     doc = Path(inspect.getfile(aws.ec2.SecurityGroup)).read_text()
     assert re.search(r'`name` change "forces new" the security group.*Likewise, `description`, `name_prefix`, or `vpc_id`', doc)
     assert {"description", "name", "vpc_id"} <= set(diff.facts()["types"]["aws:ec2/securityGroup:SecurityGroup"]["forceNew"])
+
+
+# --- the pipelines ------------------------------------------------------------------------
+
+
+def test_pull_requests_run_diff_on_every_stack_and_fail_on_a_protected_replacement():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "infra.yml").read_text())
+    (step,) = [s for s in workflow["jobs"]["check"]["steps"] if "components diff" in s.get("run", "")]
+    assert step["if"] == "github.event_name == 'pull_request'"
+    assert 'diff --config "$f" --base-ref FETCH_HEAD $ALLOW || status=1' in step["run"] and "exit $status" in step["run"]
+    assert "allow-replace" in step["env"]["ALLOW"] and 'git fetch --no-tags --depth=1 origin "$BASE_REF"' in step["run"]
+    script = (ROOT / "scripts" / "pipeline.sh").read_text()
+    assert '"diff 1") diff_stacks origin/main' in script and '--base-ref "$base" "${allow[@]}" || status=1' in script
