@@ -74,26 +74,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def base_settings(args: argparse.Namespace, path: Path) -> tuple[dict | None, str]:
-    """The stack as committed: `--base FILE`, or the same file at `--base-ref` (None: it did not exist there)."""
-    from . import config
+def committed_resources(ref: str, rel: Path, name: str) -> tuple[list | None, str]:
+    """What the repository at `ref` registers for its copy of the stack file `rel`: that commit's program
+    on that commit's file, run offline in a copy of the tree (None: the file did not exist there)."""
+    import tempfile
 
-    if args.base:
-        return config.read_stack_file(args.base), args.base
-    try:
-        rel = path.resolve().relative_to(ROOT)
-    except ValueError:
-        raise config.ConfigError([config.Problem(str(path), "--base-ref needs a stack file inside the repository; give --base FILE")],
-                                 str(path)) from None
-    source = f"{rel} at {args.base_ref}"
-    shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.base_ref}:{rel.as_posix()}"], capture_output=True, text=True)
-    if shown.returncode != 0:
-        known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.base_ref}^{{commit}}"],
-                               capture_output=True, text=True)
-        if known.returncode != 0:
-            raise config.ConfigError([config.Problem("--base-ref", f"{args.base_ref!r} is not a commit of this repository")], source)
+    from . import config, diff
+
+    source = f"{rel.as_posix()} at {ref}"
+    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True)
+    if known.returncode != 0:
+        raise config.ConfigError([config.Problem("--base-ref", f"{ref!r} is not a commit of this repository")], source)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, rel.as_posix()], capture_output=True, text=True)
+    if not listed.stdout.strip():
         return None, f"{source} (not there: every resource is new)"
-    return config.parse_stack_file(shown.stdout, source), source
+    with tempfile.TemporaryDirectory(prefix="efa-infra-base-") as tree:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+        planned = subprocess.run([sys.executable, "-m", "components", "plan", "--config", rel.as_posix(), "--json"],
+                                 cwd=tree, capture_output=True, text=True)
+    if planned.returncode != 0:
+        raise config.ConfigError([config.Problem(source, planned.stderr.strip().removeprefix("error: "))], source)
+    # Paths the program passes as inputs (a kustomize directory) name the copy: they are the repository's.
+    doc = json.loads(planned.stdout.replace(json.dumps(tree)[1:-1], json.dumps(str(ROOT))[1:-1]))
+    return [diff.Resource(r["type"], r["name"], r["urn"], r["inputs"]) for r in doc["resources"]], source
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -101,20 +105,31 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     path, name = stack_file(args)
     after = config.read_stack_file(path)
-    before, base = base_settings(args, path)
     config.load(config.document_from_settings(after), str(path))  # clean errors before Pulumi is imported
-    if before is not None:
-        config.load(config.document_from_settings(before), base)
+    if args.base:
+        before = config.read_stack_file(args.base)
+        config.load(config.document_from_settings(before), args.base)
+    else:
+        try:
+            rel = path.resolve().relative_to(ROOT)
+        except ValueError:
+            raise config.ConfigError([config.Problem(str(path), "--base-ref needs a stack file inside the repository; "
+                                                     "give the committed one with --base FILE")], str(path)) from None
+        base_resources, base = committed_resources(args.base_ref, rel, name)
 
     from . import offline
 
     runs = []
-    for settings in (before, after):
-        run = offline.run(settings, name) if settings is not None else offline.Run([])
+    for settings in ([before] if args.base else []) + [after]:
+        run = offline.run(settings, name)
         if run.error:
             print(f"error: {run.error}", file=sys.stderr)
             return 1
         runs.append(run.resources)
+    if args.base:
+        base = args.base
+    else:
+        runs.insert(0, base_resources or [])
     changes = diff.compare(*runs)
     unchanged = len({r.urn for r in runs[1]} & {r.urn for r in runs[0]}) - sum(c.action in ("update", "replace") for c in changes)
     stopped = [] if args.allow_replace else diff.blocked(changes)
@@ -190,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--stack", help="stack name: the changed side is stacks/Pulumi.<name>.yaml as it is now")
     where.add_argument("--config", help="path of the changed stack file")
     base = d.add_mutually_exclusive_group()
-    base.add_argument("--base", help="the stack file as committed (default: the same file at --base-ref)")
-    base.add_argument("--base-ref", default="HEAD", help="git ref whose copy of the stack file is the base (default HEAD)")
+    base.add_argument("--base", help="the stack file as committed, run through the program as it is now")
+    base.add_argument("--base-ref", default="HEAD",
+                      help="git ref whose program and copy of the stack file are the base (default HEAD)")
     d.add_argument("--allow-replace", action="store_true", help="exit 0 even when a protected resource would be replaced or deleted")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=cmd_diff)

@@ -6,6 +6,7 @@ import copy
 import inspect
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,12 +124,36 @@ def test_cli_refuses_replacing_a_protected_kind_unless_allowed(tmp_path):
     assert json.loads(allowed.stdout)["summary"]["replace"] > 0
 
 
-def test_cli_base_ref_reads_the_committed_file():
-    # The committed prod against itself at HEAD: nothing to do (the file is unchanged in a clean checkout;
-    # compared with the file at HEAD whatever the working tree holds, so only the action kinds are checked).
-    result = cli("--stack", "prod", "--base-ref", "HEAD", "--json")
-    assert result.returncode in (0, 2), result.stderr
-    assert json.loads(result.stdout)["base"] == "stacks/Pulumi.prod.yaml at HEAD"
+def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_path):
+    """A change to the program shows too: in a throwaway repository whose last commit moves the public
+    subnets, the diff against the commit before it replaces them (and their NAT gateway) and exits 2."""
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:  # the working tree as it is, so that the code under test is what runs
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *a],  # noqa: E731
+                                    capture_output=True, text=True, check=True)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    addressing = repo / "components" / "addressing.py"
+    addressing.write_text(addressing.read_text().replace("PUBLIC_PREFIX = 26", "PUBLIC_PREFIX = 27"))
+    git("commit", "-qam", "smaller public subnets")
+    result = subprocess.run([sys.executable, "-m", "components", "diff", "--stack", "dev", "--base-ref", "HEAD~1", "--json"],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["base"] == "stacks/Pulumi.dev.yaml at HEAD~1"
+    replaced = {(c["type"], c["name"]): c["replaceBecause"] for c in doc["changes"] if c["action"] == "replace"}
+    assert replaced[("aws:ec2/subnet:Subnet", "efa-public-us-east-1a")] == ["cidrBlock"]
+    assert replaced[("aws:ec2/natGateway:NatGateway", "efa-nat-us-east-1a")] == ["subnetId"]
+    assert ("aws:ec2/subnet:Subnet", "efa-private-us-east-1a") not in replaced
+    same = subprocess.run([sys.executable, "-m", "components", "diff", "--stack", "dev", "--base-ref", "HEAD"],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and "0 to create, 0 to update in place, 0 to replace, 0 to delete" in same.stdout
 
 
 def test_cli_unknown_ref_and_invalid_config_are_clean_errors(tmp_path):
