@@ -579,9 +579,10 @@ def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
 
 
 def stack_azs(cfg: StackConfig) -> set[str]:
-    """Every AZ that gets subnets: the network's, the cluster's, the NAT gateway's and the fleets'."""
-    net = cfg.network
-    return (set(net.availability_zones) | set(cfg.eks.availability_zones) | {f.availability_zone for f in cfg.fleets}
+    """Every AZ that gets subnets: the network's, a new cluster's, the NAT gateway's and the fleets'."""
+    net, eks = cfg.network, cfg.eks
+    cluster = set(eks.availability_zones) if eks.enabled and eks.existing is None else set()
+    return (set(net.availability_zones) | cluster | {f.availability_zone for f in cfg.fleets}
             | ({net.nat_availability_zone} if net.nat_availability_zone else set()))
 
 

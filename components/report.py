@@ -128,7 +128,7 @@ def render_text(doc: dict[str, Any]) -> str:
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
-        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
+        out.append(f"  {s['kind']:<9} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
     if doc["jobs"]:
         out += ["", "Jobs"]
         for j in doc["jobs"]:

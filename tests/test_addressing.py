@@ -87,6 +87,13 @@ def test_an_az_past_the_slots_is_named():
         config.load(base_doc(network={"availabilityZones": ["us-east-1h"]}))
 
 
+def test_the_cluster_azs_get_subnets_only_for_a_new_cluster():
+    off = base_doc(eks={"availabilityZones": ["us-east-1a", "us-east-1b"]})
+    assert {az for _, az in cidrs(off)} == {"us-east-1a"}
+    on = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]})
+    assert {az for _, az in cidrs(on)} == {"us-east-1a", "us-east-1b"}
+
+
 def test_eks_names_its_own_azs():
     with pytest.raises(config.ConfigError) as err:
         config.load(base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]}))
