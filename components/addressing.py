@@ -6,7 +6,10 @@ Pure: no Pulumi import.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 from .catalog import InstanceType
 from .efa import LayoutSummary
@@ -50,6 +53,29 @@ PUBLIC_AREA = (1 << SLOT_SPLIT) - 1  # the last slot
 MAX_BLOCK_PREFIX = 22  # smallest block whose public slots are still /28, AWS's smallest subnet
 SMALLEST_SUBNET_PREFIX = 28
 KINDS = ("private", "public", "secondary")  # secondary: private, in the VPC's secondary CIDR block
+
+
+VPC_CIDR_RULES = Path(__file__).resolve().parent / "data" / "vpc_cidr_rules.json"
+
+
+@lru_cache(maxsize=1)
+def _cidr_rules() -> dict:
+    return json.loads(VPC_CIDR_RULES.read_text())
+
+
+def secondary_block_refusal(primary: str, secondary: str) -> str | None:
+    """Why AWS would refuse `secondary` as a second block of a VPC whose primary block is `primary`, or None."""
+    rules = _cidr_rules()
+    net, extra = ipaddress.ip_network(primary), ipaddress.ip_network(secondary)
+    if net.overlaps(extra):
+        return f"it overlaps vpcCidr {primary}"
+    home = next((r for r in rules["ranges"] if r != "other" and net.subnet_of(ipaddress.ip_network(r))), "other")
+    for restricted in rules["ranges"][home]["restricted"]:
+        if extra.overlaps(ipaddress.ip_network(restricted)):
+            where = home if home != "other" else rules["ranges"]["other"]["what"]
+            return (f"a VPC whose primary block is in {where} takes no secondary block from {restricted} "
+                    f"({rules['source']}); 100.64.0.0/10 is the usual choice")
+    return None
 
 
 class AddressingError(ValueError):

@@ -155,9 +155,10 @@ class NetworkConfig(Model):
         return None if v is None else _address_block(v, "100.64.0.0/16")
 
     @model_validator(mode="after")
-    def _blocks_apart(self) -> "NetworkConfig":
-        if self.secondary_cidr and ipaddress.IPv4Network(self.secondary_cidr).overlaps(ipaddress.IPv4Network(self.vpc_cidr)):
-            raise ValueError(f"secondaryCidr {self.secondary_cidr} overlaps vpcCidr {self.vpc_cidr}")
+    def _secondary_allowed(self) -> "NetworkConfig":
+        why = self.secondary_cidr and addressing.secondary_block_refusal(self.vpc_cidr, self.secondary_cidr)
+        if why:
+            raise ValueError(f"secondaryCidr {self.secondary_cidr}: {why}")
         return self
 
 

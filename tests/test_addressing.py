@@ -82,6 +82,23 @@ def test_address_keys_are_checked(network, key):
     assert any(p.path.startswith(key) for p in err.value.problems), err.value
 
 
+@pytest.mark.parametrize("primary,secondary,ok", [
+    ("10.40.0.0/16", "100.64.0.0/16", True),
+    ("10.40.0.0/16", "10.41.0.0/16", True),
+    ("10.40.0.0/16", "192.168.0.0/16", False),  # another RFC 1918 range
+    ("10.40.0.0/16", "198.19.0.0/16", False),
+    ("172.20.0.0/16", "10.1.0.0/16", False),
+    ("100.64.0.0/16", "172.16.0.0/16", False),  # from a non-RFC 1918 primary: no RFC 1918 block
+])
+def test_a_secondary_block_follows_aws_association_rules(primary, secondary, ok):
+    doc = base_doc(network={"vpcCidr": primary, "secondaryCidr": secondary})
+    if ok:
+        assert config.load(doc).network.secondary_cidr == secondary
+        return
+    with pytest.raises(config.ConfigError, match=r"efa-infra:network: secondaryCidr .* takes no secondary block from"):
+        config.load(doc)
+
+
 def test_an_az_past_the_slots_is_named():
     with pytest.raises(config.ConfigError, match=r"us-east-1h: the plan has slots for AZ letters a to g"):
         config.load(base_doc(network={"availabilityZones": ["us-east-1h"]}))
