@@ -118,11 +118,7 @@ class Subnet:
     def capacity(self) -> int | None:
         if self.cidr is None:
             return None
-        return room(self.cidr)
-
-
-def room(cidr: str) -> int:
-    return ipaddress.ip_network(cidr).num_addresses - AWS_RESERVED_PER_SUBNET
+        return ipaddress.ip_network(self.cidr).num_addresses - AWS_RESERVED_PER_SUBNET
 
 
 def az_slot(az: str) -> int:
