@@ -40,6 +40,7 @@ class Registered:
     parent_urn: str | None
     custom: bool
     inputs: dict
+    protect: bool = False
 
 
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
@@ -119,11 +120,14 @@ class PlanMonitor(pmocks.MockMonitor):
     def __init__(self, mocks: PlanMocks):
         super().__init__(mocks)
         self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
+        self.protected: set[str] = set()  # urns registered with protect
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.order.append((response.urn, request.parent, request.type, request.name))
+            if request.protect:
+                self.protected.add(response.urn)
         return response
 
     def GetDeploymentInfo(self, request):
@@ -188,5 +192,5 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
-        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs))
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, urn in monitor.protected))
     return Run(resources, captured, error)

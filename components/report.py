@@ -97,8 +97,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
         "stack": stack,
         "region": plan.config.region,
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
-        "fleets": [fleet_facts(fp, plan.private_subnet(fp.config.availability_zone), (windows or {}).get(fp.name))
-                   for fp in plan.fleets],
+        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
         "subnets": [
             {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
              "need": s.need, "fleets": s.fleets}
@@ -158,7 +157,7 @@ def render_text(doc: dict[str, Any]) -> str:
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
-        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
+        out.append(f"  {s['kind']:<9} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
     if doc["flows"]:
         blocked = sum(not f["allowed"] for f in doc["flows"])
         out += ["", f"Network flows the cluster needs ({blocked} blocked)" if blocked else "Network flows the cluster needs (all allowed)"]

@@ -15,6 +15,7 @@ import pulumi.runtime.config as runtime_config
 
 from . import capacity_window
 from . import config as config_mod
+from . import diff as diff_mod
 from . import existing as existing_mod
 from . import plan as plan_mod
 from .capacity_window import Schedule
@@ -94,6 +95,13 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
     return vpc_id, cluster, windows
 
 
+def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups) protected."""
+    if args.type_ not in diff_mod.PROTECTED_TYPES:
+        return None
+    return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
+
+
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
@@ -101,21 +109,26 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
+    # Transformations reach every child of a component: only the guarded kinds are marked.
+    guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
-        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id)
+        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
         outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
         security_groups = [net.security_group_id]
         if cfg.eks.enabled:
             from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
 
-            cluster = EfaCluster("eks", plan, stack, net.private_subnet_ids, net.vpc_id, tags, existing=existing_cluster)
+            # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
+            cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)}
+            cluster = EfaCluster("eks", plan, stack, cluster_subnets, net.vpc_id, tags, existing=existing_cluster, opts=guarded)
             # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
         fleets = {}
         for fp in plan.fleets:
-            subnet_id = net.private_subnet_ids[fp.config.availability_zone]
+            fleet_subnet = plan.fleet_subnet(fp)
+            subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
             fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
                                        window=windows.get(fp.name))

@@ -52,3 +52,20 @@ def stand_in_devices(efa: int, gpus: int = 0) -> str:
         "ln -s pts/ptmx /dev/ptmx", "ln -s /proc/self/fd /dev/fd",
         *(f"ln -s /proc/self/fd/{n} /dev/{f}" for n, f in enumerate(("stdin", "stdout", "stderr"))),
     ])
+# Every example stack file, by name.
+STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def stack_settings(name: str) -> dict:
+    from components import config
+
+    return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
+
+
+def register(settings: dict, stack: str) -> list:
+    """What the program registers for these settings under the mocks (it must run clean)."""
+    from components import offline
+
+    run = offline.run(settings, stack)
+    assert run.error is None, run.error
+    return run.resources

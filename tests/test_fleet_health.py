@@ -58,7 +58,7 @@ def test_accelerator_node_groups_repair_their_nodes_and_the_cluster_runs_the_mon
 
 
 def test_node_health_can_be_turned_off():
-    doc = base_doc(eks={"enabled": True, "nodeMonitoringAgent": False}, network={"availabilityZones": ["us-east-1b"]})
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "nodeMonitoringAgent": False})
     doc["fleets"][0].update(autoRepair=False, bootCheck=False)
     run = offline.run(settings_of(doc), "t")
     assert run.error is None, run.error
@@ -67,7 +67,7 @@ def test_node_health_can_be_turned_off():
 
 
 def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
-    doc = base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]},
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]},
                    fleets=[{"name": "cpu", "instanceType": "c6in.32xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
     run = offline.run(settings_of(doc), "t")
     assert run.error is None, run.error
@@ -107,7 +107,7 @@ def test_a_block_that_has_started_runs_its_nodes_with_no_scale_up_in_the_past():
 
 
 def test_on_eks_the_node_group_scales_up_at_the_start_and_eks_scales_it_down():
-    doc = base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]}, fleets=[block_fleet(start=at(24), end=at(48))])
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}, fleets=[block_fleet(start=at(24), end=at(48))])
     run = offline.run(settings_of(doc), "t")
     assert run.error is None, run.error
     ng = run.one(NODEGROUP, "h200-nodes").inputs

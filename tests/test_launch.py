@@ -32,8 +32,8 @@ def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: b
     }
     spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
     if eks:
-        doc["eks"] = {"enabled": True, "operators": ["training-operator", "mpi-operator"]}
-        doc["network"] = {"availabilityZones": ["us-east-1b"]}
+        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"],
+                      "operators": ["training-operator", "mpi-operator"]}
         spec.setdefault("image", "public.ecr.aws/example/train:1")
     doc["jobs"] = [spec]
     cfg = config.load(doc)
