@@ -3,6 +3,7 @@
     plan          what `pulumi up` would build for a stack, run under Pulumi's mocks
     render        write every job's launch artifacts (manifests, node scripts)
     scan-inputs   write what an IaC scanner (checkov) reads of a stack, with its config
+    diff          what a change to a stack file creates, updates, replaces and deletes
     validate      check stack configs; exit 1 naming each problem by stack and key
     types         the EFA-capable instance types and their layouts
     nccl-report   compare nccl-tests logs (EFA against TCP)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     clusters = {c.name for c in cfg.clusters}
     jobs = [report.job_facts(launch.job_plan(cfg, j), j.fleet in clusters) for j in cfg.jobs]
-    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs)
+    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs, run.outputs.get("capacityWindows"))
     print(json.dumps(doc, indent=2) if args.json or args.format == "json" else report.render_text(doc))
     return 0
 
@@ -84,6 +86,78 @@ def cmd_scan_inputs(args: argparse.Namespace) -> int:
     path, name = stack_file(args)
     for file in scan.write_inputs(path, name, Path(args.out)):
         print(file)
+    return 0
+
+
+def committed_resources(ref: str, rel: Path, name: str) -> tuple[list | None, str]:
+    """What the repository at `ref` registers for its copy of the stack file `rel`: that commit's program
+    on that commit's file, run offline in a copy of the tree (None: the file did not exist there)."""
+    import tempfile
+
+    from . import config, diff
+
+    source = f"{rel.as_posix()} at {ref}"
+    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True)
+    if known.returncode != 0:
+        raise config.ConfigError([config.Problem("--base-ref", f"{ref!r} is not a commit of this repository")], source)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, rel.as_posix()], capture_output=True, text=True)
+    if not listed.stdout.strip():
+        return None, f"{source} (not there: every resource is new)"
+    with tempfile.TemporaryDirectory(prefix="efa-infra-base-") as tree:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+        planned = subprocess.run([sys.executable, "-m", "components", "plan", "--config", rel.as_posix(), "--json"],
+                                 cwd=tree, capture_output=True, text=True)
+    if planned.returncode != 0:
+        raise config.ConfigError([config.Problem(source, planned.stderr.strip().removeprefix("error: "))], source)
+    # Paths the program passes as inputs (a kustomize directory) name the copy: they are the repository's.
+    doc = json.loads(planned.stdout.replace(json.dumps(tree)[1:-1], json.dumps(str(ROOT))[1:-1]))
+    return [diff.Resource(r["type"], r["name"], r["urn"], r["inputs"]) for r in doc["resources"]], source
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from . import config, diff
+
+    path, name = stack_file(args)
+    after = config.read_stack_file(path)
+    config.load(config.document_from_settings(after), str(path))  # clean errors before Pulumi is imported
+    if args.base:
+        before = config.read_stack_file(args.base)
+        config.load(config.document_from_settings(before), args.base)
+    else:
+        try:
+            rel = path.resolve().relative_to(ROOT)
+        except ValueError:
+            raise config.ConfigError([config.Problem(str(path), "--base-ref needs a stack file inside the repository; "
+                                                     "give the committed one with --base FILE")], str(path)) from None
+        base_resources, base = committed_resources(args.base_ref, rel, name)
+
+    from . import offline
+
+    runs = []
+    for settings in ([before] if args.base else []) + [after]:
+        run = offline.run(settings, name)
+        if run.error:
+            print(f"error: {run.error}", file=sys.stderr)
+            return 1
+        runs.append(run.resources)
+    if args.base:
+        base = args.base
+    else:
+        runs.insert(0, base_resources or [])
+    changes = diff.compare(*runs)
+    unchanged = len({r.urn for r in runs[1]} & {r.urn for r in runs[0]}) - sum(c.action in ("update", "replace") for c in changes)
+    stopped = [] if args.allow_replace else diff.blocked(changes)
+    if args.json:
+        print(json.dumps({"stack": name, "base": base, "changed": str(path), "summary": diff.summary(changes, unchanged),
+                          "changes": [c.as_dict() for c in changes], "blocked": [c.as_dict() for c in stopped]}, indent=2))
+    else:
+        print(diff.render_text(changes, unchanged, f"diff of stack {name}: {base} -> {path} (offline, no AWS call)"))
+    if stopped:
+        names = ", ".join(f"{c.protected} {c.name} ({c.action})" for c in stopped)
+        print(f"error: {len(stopped)} protected resource{'s' * (len(stopped) != 1)} would be replaced or deleted: {names}. "
+              "Rerun with --allow-replace if that is what you mean.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -149,6 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", help="path of a stack file")
     si.add_argument("--out", required=True, help="directory to write into")
     si.set_defaults(func=cmd_scan_inputs)
+    d = sub.add_parser("diff", help="what a change to a stack would create, update, replace, delete (offline)")
+    where = d.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="stack name: the changed side is stacks/Pulumi.<name>.yaml as it is now")
+    where.add_argument("--config", help="path of the changed stack file")
+    base = d.add_mutually_exclusive_group()
+    base.add_argument("--base", help="the stack file as committed, run through the program as it is now")
+    base.add_argument("--base-ref", default="HEAD",
+                      help="git ref whose program and copy of the stack file are the base (default HEAD)")
+    d.add_argument("--allow-replace", action="store_true", help="exit 0 even when a protected resource would be replaced or deleted")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_diff)
     v = sub.add_parser("validate", help="validate stack files (default: every stacks/Pulumi.*.yaml)")
     v.add_argument("files", nargs="*")
     v.set_defaults(func=cmd_validate)

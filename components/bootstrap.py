@@ -2,35 +2,32 @@
 
 It raises the locked-memory limit (EFA registers memory with the device;
 without it: "Cannot allocate memory"), raises the 2 MiB hugepages to what the
-jobs need (libfabric uses them for its buffers; never lowered) and checks that every EFA device the type has is
-present, logging the result. It also holds the node's memory budget that
-follows: what a pod may use beside the hugepages. Pure: no Pulumi import.
+jobs need (libfabric uses them for its buffers; never lowered) and checks that
+every EFA device and accelerator the type has is present. A node that fails
+the check says so where its orchestrator listens: on plain EC2 it marks itself
+unhealthy in its Auto Scaling group, which replaces it; on EKS it registers
+with a taint no job tolerates, its value naming what is missing. It also holds
+the node's memory budget: what a pod may use beside the hugepages. Pure: no
+Pulumi import.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import yaml
+
+from .preflight import COUNT_EFA_DEVICES, count_accelerators
 
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
 POD_MEMORY_SHARE = 0.85
 MIME_BOUNDARY = "==EFAINFRA=="
-
-
-# How a node counts its EFA devices (sets efa_found and efa_seen): the device files,
-# and zero when libfabric lists no efa provider, since NCCL could not use them then.
-COUNT_EFA_DEVICES = r'''
-shopt -s nullglob
-efa_devices=(/sys/class/infiniband/*)
-efa_found=${#efa_devices[@]}
-efa_seen="$efa_found in /sys/class/infiniband"
-fi_info=$(command -v fi_info || true)
-if [[ -z $fi_info && -x /opt/amazon/efa/bin/fi_info ]]; then fi_info=/opt/amazon/efa/bin/fi_info; fi
-if [[ -n $fi_info ]] && ! "$fi_info" -p efa >/dev/null 2>&1; then
-  efa_found=0 efa_seen="$efa_seen, but libfabric lists no efa provider (fi_info -p efa)"
-fi
-'''
+BOOT_CHECK_TAINT = "efa-infra/boot-check"  # on EKS nodes that fail the boot check; no job tolerates it
+# nodeadm-run (after cloud-init's scripts) reads NodeConfig drop-ins from here (amazon-eks-ami,
+# templates/al2023/runtime/rootfs/etc/systemd/system/nodeadm-run.service).
+NODEADM_DROP_IN = "/etc/eks/nodeadm.d/90-efa-infra-boot-check.yaml"
 
 
 def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
@@ -39,10 +36,65 @@ def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
     return int((node_memory_mib - (HUGEPAGES_MIB if efa else 0)) * POD_MEMORY_SHARE) // 1024
 
 
-def boot_script(fleet: str, efa_devices: int) -> str:
-    pages = HUGEPAGES_MIB // 2 if efa_devices else 0
+@dataclass(frozen=True)
+class Node:
+    """What a fleet's boot script needs to know of its nodes."""
+
+    fleet: str
+    efa_devices: int
+    accelerator: tuple[str, int] | None = None  # (kind, count)
+    boot_check: bool = True  # act on a failed check; False: only log it
+    eks: bool = False
+    max_pods: int | None = None  # EKS only
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict[str, str]] = field(default_factory=list)
+
+
+def _taints_flag(taints: list[dict[str, str]]) -> str:
+    return "--register-with-taints=" + ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints)
+
+
+def _failure_action(node: Node) -> str:
+    """What a node does when its check fails: `$reason` names what is missing."""
+    if not node.boot_check:
+        return 'log "boot check: left in service (bootCheck is false)"'
+    if node.eks:
+        # The node's own taints come first: the kubelet takes the last --register-with-taints it is given.
+        flags = [_taints_flag([*node.taints, {"key": BOOT_CHECK_TAINT, "value": "$reason", "effect": "NoSchedule"}]),
+                 f"--node-labels={BOOT_CHECK_TAINT}=failed"]
+        config = yaml.safe_dump({"apiVersion": "node.eks.aws/v1alpha1", "kind": "NodeConfig",
+                                 "spec": {"kubelet": {"flags": flags}}}, sort_keys=False)
+        return f"""mkdir -p {NODEADM_DROP_IN.rsplit("/", 1)[0]}
+cat > {NODEADM_DROP_IN} <<NODECONFIG
+{config.strip()}
+NODECONFIG
+log "boot check: the node registers with the taint {BOOT_CHECK_TAINT}=$reason:NoSchedule, so no job lands on it"
+"""
+    return """token=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
+imds() { curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"; }
+instance=$(imds instance-id) region=$(imds placement/region)
+for attempt in 1 2 3 4 5; do  # the instance profile's credentials can lag the first seconds of boot
+  if aws autoscaling set-instance-health --region "$region" --instance-id "$instance" \
+       --health-status Unhealthy --no-should-respect-grace-period; then
+    log "boot check: $instance marked unhealthy in its Auto Scaling group, which replaces it"
+    break
+  fi
+  log "boot check: could not mark $instance unhealthy (attempt $attempt)"
+  sleep 10
+done"""
+
+
+def boot_script(node: Node) -> str:
+    pages = HUGEPAGES_MIB // 2 if node.efa_devices else 0
+    accelerators = ""
+    if node.accelerator:
+        kind, count = node.accelerator
+        accelerators = f"""{count_accelerators(kind)}
+if (( accel_found < {count} )); then missing+=("{kind}-$accel_found-of-{count}"); fi
+seen+=("$accel_found of {count} {kind} accelerators")
+"""
     return f"""#!/bin/bash
-# efa-infra boot script for fleet {fleet}
+# efa-infra boot script for fleet {node.fleet}
 set -uo pipefail
 log() {{ logger -t efa-infra "$*"; echo "$(date -Is) $*" >> /var/log/efa-infra-boot.log; }}
 
@@ -64,37 +116,43 @@ else
   log "hugepages: $have reserved, $want needed: left as they are"
 fi
 
-expected={efa_devices}
+expected={node.efa_devices}
 {COUNT_EFA_DEVICES.strip()}
-if (( efa_found >= expected )); then
-  log "EFA check passed: $efa_seen, $expected expected"
+missing=() seen=("EFA devices: $efa_seen, $expected expected")
+if (( efa_found < expected )); then missing+=("efa-$efa_found-of-$expected"); fi
+{accelerators}if (( ${{#missing[@]}} == 0 )); then
+  log "boot check passed: ${{seen[*]}}"
 else
-  log "EFA check FAILED: $efa_seen, $expected expected; NCCL would fall back to TCP"
+  reason=$(IFS=_; echo "${{missing[*]}}")
+  log "boot check FAILED ($reason): ${{seen[*]}}; NCCL would fall back to TCP or lose ranks"
+{_failure_action(node)}
 fi
 """
 
 
-def user_data(fleet: str, efa_devices: int, max_pods: int | None = None, cluster: dict[str, str] | None = None,
-              labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None) -> str:
-    """The boot script; for EKS nodes (`max_pods` given) in MIME multipart form,
-    the only form EKS merges with its own bootstrap, with a nodeadm NodeConfig
-    so the kubelet never advertises more pods than the VPC CNI can address.
+def user_data(node: Node, cluster: dict[str, str] | None = None) -> str:
+    """The boot script; for EKS nodes in MIME multipart form, the only form EKS
+    merges with its own bootstrap, with a nodeadm NodeConfig so the kubelet never
+    advertises more pods than the VPC CNI can address.
 
     `cluster` (name, apiServerEndpoint, certificateAuthority, cidr) is for a pinned
     AMI: EKS then adds no bootstrap, and nodeadm needs it to join the cluster. The
     node then registers with its labels and taints itself, since EKS applies the
     node group's only after the node has joined (and may have taken other pods)."""
-    script = boot_script(fleet, efa_devices)
-    if max_pods is None:
+    script = boot_script(node)
+    if not node.eks:
         return script
-    spec: dict = {"kubelet": {"config": {"maxPods": max_pods}}}
+    kubelet: dict = {"config": {"maxPods": node.max_pods}}
+    spec: dict = {"kubelet": kubelet}
     if cluster is not None:
         flags = []
-        if labels:
-            flags.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
-        if taints:
-            flags.append("--register-with-taints=" + ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints))
-        spec = {"cluster": dict(cluster), "kubelet": {"config": {"maxPods": max_pods}, **({"flags": flags} if flags else {})}}
+        if node.labels:
+            flags.append("--node-labels=" + ",".join(f"{k}={v}" for k, v in node.labels.items()))
+        if node.taints:
+            flags.append(_taints_flag(node.taints))
+        if flags:
+            kubelet["flags"] = flags
+        spec = {"cluster": dict(cluster), **spec}
     node_config = yaml.safe_dump({"apiVersion": "node.eks.aws/v1alpha1", "kind": "NodeConfig", "spec": spec}, sort_keys=False)
     return (
         f'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"\n\n'

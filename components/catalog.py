@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "instance_types.json"
-RDMA_FILE = Path(__file__).resolve().parent / "data" / "efa_rdma.json"
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,6 @@ class InstanceType:
     network_cards: tuple[NetworkCard, ...]
     placement_strategies: tuple[str, ...]
     accelerator: Accelerator | None = None
-    efa_rdma_read: bool = False
     custom: bool = field(default=False, compare=False)
 
     @property
@@ -87,7 +85,7 @@ class UnknownInstanceType(KeyError):
         return self.args[0]
 
 
-def from_data(name: str, raw: dict, rdma_read: bool = False, custom: bool = False) -> InstanceType:
+def from_data(name: str, raw: dict, custom: bool = False) -> InstanceType:
     """Build an InstanceType from the data file's shape (also the stack's own declarations)."""
     accel = raw.get("accelerator")
     return InstanceType(
@@ -117,22 +115,14 @@ def from_data(name: str, raw: dict, rdma_read: bool = False, custom: bool = Fals
         )
         if accel
         else None,
-        efa_rdma_read=rdma_read,
         custom=custom,
     )
 
 
 @lru_cache(maxsize=1)
-def _shipped() -> tuple[dict, tuple[str, ...], dict]:
+def _shipped() -> tuple[dict, tuple[str, ...]]:
     data = json.loads(DATA_FILE.read_text())
-    rdma = json.loads(RDMA_FILE.read_text())
-    return data["types"], tuple(data["regions"]), rdma
-
-
-def rdma_read_supported(name: str) -> bool:
-    """Whether the type's EFA supports RDMA read, from the sourced list in data/efa_rdma.json."""
-    rdma = _shipped()[2]
-    return name.split(".")[0] in rdma["families"]
+    return data["types"], tuple(data["regions"])
 
 
 def regions() -> tuple[str, ...]:
@@ -159,7 +149,7 @@ class Catalog:
             raw = _shipped()[0].get(name)
             if raw is None:
                 raise UnknownInstanceType(name, difflib.get_close_matches(name, self.names(), n=3))
-            self._cache[name] = from_data(name, raw, rdma_read=rdma_read_supported(name))
+            self._cache[name] = from_data(name, raw)
         return self._cache[name]
 
     def efa_types(self) -> list[InstanceType]:

@@ -15,19 +15,21 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.alias_generators import to_camel
 
-from . import addressing, efa, eks_rules
+from . import addressing, capacity_window, efa, eks_rules
 from .bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from .catalog import Catalog, InstanceType, UnknownInstanceType, from_data, regions
 
 NAMESPACE = "efa-infra"
-SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs")
+SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs", "protect")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
 JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
@@ -103,6 +105,37 @@ class FlowLogsConfig(Model):
         return self
 
 
+def _ipv4_network(v: str, example: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(v))
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 CIDR ({exc}); for example {example}") from None
+
+
+def _address_block(v: str, example: str) -> str:
+    net = ipaddress.IPv4Network(_ipv4_network(v, example))
+    if not 16 <= net.prefixlen <= addressing.MAX_BLOCK_PREFIX:
+        raise ValueError(f"/{net.prefixlen} is outside what the address plan takes: /16 to /{addressing.MAX_BLOCK_PREFIX} "
+                         f"(AWS allows /16 to /28; the plan keeps an eighth per AZ and /28 public subnets at the least)")
+    return str(net)
+
+
+class SubnetCidrs(Model):
+    private: str | None = Field(None, description="The AZ's private subnet, inside vpcCidr. Default: the AZ's slot (an eighth of the VPC by AZ letter).")
+    public: str | None = Field(None, description="The AZ's public subnet (NAT), inside vpcCidr. Default: the AZ's /26 (or smaller) in the VPC's last eighth.")
+    secondary: str | None = Field(None, description="The AZ's private subnet in secondaryCidr. Default: the AZ's eighth of that block.")
+
+    @field_validator("private", "public", "secondary")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        net = ipaddress.IPv4Network(_ipv4_network(v, "10.40.0.0/18"))
+        if not 16 <= net.prefixlen <= addressing.SMALLEST_SUBNET_PREFIX:
+            raise ValueError(f"/{net.prefixlen} is outside what a subnet may be: /16 to /28")
+        return str(net)
+
+
 class NetworkConfig(Model):
     existing: ExistingNetwork | None = Field(
         None,
@@ -111,7 +144,22 @@ class NetworkConfig(Model):
     )
     vpc_cidr: str = Field(
         "10.0.0.0/16",
-        description="IPv4 CIDR of the VPC, /16 to /24. Private subnets are carved from it, sized for the fleets.",
+        description="IPv4 CIDR of the VPC, /16 to /22. Each AZ's private subnet is the eighth of it its AZ letter "
+        "names (a: the first, ... g: the seventh); the last eighth holds the public subnets.",
+    )
+    secondary_cidr: str | None = Field(
+        None,
+        description="A secondary IPv4 CIDR block for the VPC (/16 to /22, e.g. 100.64.0.0/16), for fleets that outgrow "
+        "their subnet (fleets[].subnet: secondary). Every AZ gets a private subnet in it, planned as in vpcCidr.",
+    )
+    subnet_cidrs: dict[str, SubnetCidrs] = Field(
+        default_factory=dict,
+        description="Explicit subnet CIDRs by AZ, e.g. {us-east-1a: {private: 10.40.0.0/18}}, instead of the AZ's slot: "
+        "for a fleet larger than its slot, or to keep a subnet an earlier plan made. Changing one replaces that subnet.",
+    )
+    nat_availability_zone: str | None = Field(
+        None,
+        description="With natGateways single, the AZ of the one NAT gateway. Default: the stack's AZ of the lowest letter.",
     )
     nat_gateways: Literal["single", "per-az"] = Field(
         "single",
@@ -124,7 +172,7 @@ class NetworkConfig(Model):
     )
     availability_zones: list[str] = Field(
         default_factory=list,
-        description="AZs that get subnets besides the fleets' own, e.g. a second AZ for the EKS control plane.",
+        description="AZs that get subnets besides the fleets' and the cluster's own (eks.availabilityZones).",
     )
     flow_logs: FlowLogsConfig = Field(default_factory=FlowLogsConfig, description="The VPC's flow logs.")
     public_ip_on_launch: bool = Field(
@@ -144,13 +192,19 @@ class NetworkConfig(Model):
     @field_validator("vpc_cidr")
     @classmethod
     def _cidr(cls, v: str) -> str:
-        try:
-            net = ipaddress.IPv4Network(v)
-        except ValueError as exc:
-            raise ValueError(f"not an IPv4 CIDR ({exc}); for example 10.0.0.0/16") from None
-        if not 16 <= net.prefixlen <= 24:
-            raise ValueError(f"/{net.prefixlen} is outside what a VPC may be: /16 to /24")
-        return str(net)
+        return _address_block(v, "10.0.0.0/16")
+
+    @field_validator("secondary_cidr")
+    @classmethod
+    def _secondary(cls, v: str | None) -> str | None:
+        return None if v is None else _address_block(v, "100.64.0.0/16")
+
+    @model_validator(mode="after")
+    def _secondary_allowed(self) -> "NetworkConfig":
+        why = self.secondary_cidr and addressing.secondary_block_refusal(self.vpc_cidr, self.secondary_cidr)
+        if why:
+            raise ValueError(f"secondaryCidr {self.secondary_cidr}: {why}")
+        return self
 
 
 # --- fleets ------------------------------------------------------------------
@@ -192,6 +246,14 @@ class CapacityConfig(Model):
     )
     reservation_id: str | None = Field(
         None, pattern=r"^cr-[0-9a-f]{8,17}$", description="The capacity reservation or block id (cr-...), for reservation and capacity-block."
+    )
+    start: AwareDatetime | None = Field(
+        None, description="capacity-block: when the block starts, with its zone, e.g. '2026-12-14T11:30:00Z' (quote it). "
+        "Default: read from the reservation at deploy time.",
+    )
+    end: AwareDatetime | None = Field(None, description="capacity-block: when the block ends; give it with start.")
+    instance_count: int | None = Field(
+        None, ge=1, description="capacity-block: the instances the block holds; nodes.max may not exceed it. Default: not checked.",
     )
 
 
@@ -237,6 +299,21 @@ class FleetConfig(Model):
         description="The instance metadata service's hop limit (IMDSv2 is required). 1 (default): only processes on the "
         "node itself reach it, so containers, which sit one hop further, cannot take the node role's credentials "
         "(the VPC CNI and device plugins use the host's network); 2 for containers that need the node's metadata.",
+    )
+    boot_check: bool = Field(
+        True,
+        description="Take out a node that boots with fewer EFA devices or accelerators than its type has: on plain EC2 "
+        "it marks itself unhealthy in its Auto Scaling group, which replaces it; on EKS it registers with the taint "
+        "efa-infra/boot-check (the value says what is missing), so no job lands on it. false: the check only logs.",
+    )
+    auto_repair: bool | None = Field(
+        None,
+        description="On EKS, the node group's node auto repair: EKS replaces or reboots nodes whose health conditions fail "
+        "(the node monitoring agent reports GPU, Neuron and network faults). Default: on for accelerator fleets.",
+    )
+    subnet: Literal["primary", "secondary"] = Field(
+        "primary",
+        description="The private subnet of its AZ the fleet uses: primary (in network.vpcCidr) or secondary (in network.secondaryCidr).",
     )
     taints: list[TaintConfig] | None = Field(
         None,
@@ -313,6 +390,11 @@ class EksConfig(Model):
     existing: ExistingCluster | None = Field(
         None, description="Join an existing cluster (read at deploy time) instead of creating one; needs enabled: true.",
     )
+    availability_zones: list[str] = Field(
+        default_factory=list,
+        description="For a new cluster, two or more AZs whose private subnets the control plane and the system node group "
+        "use. Named here, not derived from the fleets, so that adding a fleet in a new AZ never changes the cluster.",
+    )
     version: str = Field("1.33", pattern=r"^1\.\d{2}$", description="Kubernetes version, e.g. 1.33.")
     vpc_cni_version: str = Field(
         "v1.19.2-eksbuild.1",
@@ -333,6 +415,11 @@ class EksConfig(Model):
         description="Namespaces the stack creates in its cluster for jobs (jobs[].namespace), labelled with the Pod "
         "Security level EFA jobs need: privileged (IPC_LOCK is outside baseline). A cluster setting, kept whatever "
         "jobs are listed: removing one deletes it and everything in it.",
+    )
+    node_monitoring_agent: bool | None = Field(
+        None,
+        description="Install the EKS node monitoring agent add-on, which reports GPU, Neuron, network and kernel faults "
+        "as node conditions that node auto repair acts on. Default: on when a fleet has accelerators.",
     )
     operators: list[Literal["training-operator", "mpi-operator"]] = Field(
         default_factory=list,
@@ -438,7 +525,24 @@ class JobConfig(Model):
         return v
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
-    efa_check: bool = Field(True, description="Stop the launch when a node shows fewer EFA devices than its type has (no silent TCP fallback).")
+    efa_check: bool = Field(
+        True,
+        description="No silent TCP fallback: stop the launch when a node or pod lacks the EFA devices or accelerators "
+        "its type has, and stop the job when NCCL's log shows it is not on the aws-ofi-nccl plugin with the efa "
+        "provider and every EFA NIC. false: warn and go on.",
+    )
+    nccl_debug: Literal["INFO", "WARN"] = Field(
+        "INFO",
+        description="NCCL_DEBUG for an EFA job. INFO (default) comes with NCCL_DEBUG_SUBSYS=INIT,NET: the lines the "
+        "transport check reads, printed at start-up only; WARN prints warnings only, which leaves the transport "
+        "check nothing to read (so it needs efaCheck: false).",
+    )
+    working_directory: str | None = Field(
+        None, pattern=r"^/",
+        description="Absolute path the launch runs in on every node (typically a shared file system), so a relative "
+        "command such as train.py is found there: the SSM document's workingDirectory on EC2, the container's "
+        "workingDir on Kubernetes. Default: where SSM or the image starts.",
+    )
     shm_size: str | None = Field(
         None, pattern=r"^[1-9][0-9]*(Mi|Gi)$",
         description="Size of /dev/shm in the job's pods (Kubernetes), e.g. 64Gi; at most what a pod may use on the node type. "
@@ -476,6 +580,11 @@ class StackConfig(Model):
     eks: EksConfig = Field(default_factory=EksConfig, description="The optional EKS cluster.")
     clusters: list[ClusterConfig] = Field(default_factory=list, description="Clusters this stack does not manage, as job targets.")
     jobs: list[JobConfig] = Field(default_factory=list, description="Training jobs rendered for the fleets and clusters.")
+    protect: bool | None = Field(
+        None,
+        description="Mark the VPC, its CIDR blocks, subnets and NAT gateways, the EKS cluster and its node groups protected "
+        "(Pulumi protect: no update or destroy can delete them). Default: true for production stacks, whose name starts with prod.",
+    )
 
     def catalog(self) -> Catalog:
         return catalog_for(self.instance_types)
@@ -602,6 +711,7 @@ def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
         out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...)"))
     if cap == "on-demand" and f.capacity.reservation_id:
         out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    out.extend(_window_checks(f, at))
     if cap != "on-demand" and mode == "cluster":
         out.append(Problem(
             at("placement.mode"),
@@ -612,32 +722,64 @@ def _fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     return out
 
 
-def _sizing_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
-    """Subnets sized for the fleets at their max: a fleet that cannot fit is named with the numbers."""
-    need: dict[str, int] = {az: 0 for az in cfg.network.availability_zones}
-    by_az: dict[str, list[tuple[int, FleetConfig, int]]] = {}
-    for i, f in fleets:
+def _window_checks(f: FleetConfig, at) -> list[Problem]:
+    """A Capacity Block's window and size, when the config states them."""
+    c = f.capacity
+    given = [k for k, v in (("start", c.start), ("end", c.end), ("instanceCount", c.instance_count)) if v is not None]
+    if c.type != "capacity-block":
+        return [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
+    out = []
+    if (c.start is None) != (c.end is None):
+        missing = "end" if c.end is None else "start"
+        out.append(Problem(at(f"capacity.{missing}"), "give the block's start and end together, or neither (read at deploy time)"))
+    elif c.start is not None:
         try:
-            per_node = fleet_addresses_per_node(f, cat, cfg.eks.enabled)
-        except (UnknownInstanceType, efa.EfaLayoutError):
-            continue  # reported by the fleet checks
-        need[f.availability_zone] = need.get(f.availability_zone, 0) + per_node * f.nodes.maximum
-        by_az.setdefault(f.availability_zone, []).append((i, f, per_node))
+            capacity_window.schedule(c.start, c.end, datetime.now(timezone.utc))
+        except capacity_window.WindowOver as exc:
+            out.append(Problem(at("capacity.end"), str(exc)))
+    if c.instance_count is not None and f.nodes.maximum > c.instance_count:
+        out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but the block holds {c.instance_count} instances"))
+    return out
+def stack_azs(cfg: StackConfig) -> set[str]:
+    """Every AZ that gets subnets: the network's, a new cluster's, the NAT gateway's and the fleets'."""
+    net, eks = cfg.network, cfg.eks
+    cluster = set(eks.availability_zones) if eks.enabled and eks.existing is None else set()
+    return (set(net.availability_zones) | cluster | {f.availability_zone for f in cfg.fleets}
+            | ({net.nat_availability_zone} if net.nat_availability_zone else set()))
+
+
+def address_plan(cfg: StackConfig, cat: Catalog) -> list[addressing.Subnet]:
+    """The subnets of a VPC the stack creates, with what its fleets need; raises addressing.AddressingError."""
+    net = cfg.network
+    tenants = [addressing.Tenant(f.name, "secondary" if f.subnet == "secondary" else "private", f.availability_zone,
+                                 fleet_addresses_per_node(f, cat, cfg.eks.enabled) * f.nodes.maximum) for f in cfg.fleets]
+    explicit = {(kind, az): cidr for az, cidrs in net.subnet_cidrs.items() for kind in addressing.KINDS
+                if (cidr := getattr(cidrs, kind)) is not None}
+    return addressing.plan_subnets(net.vpc_cidr, net.secondary_cidr, stack_azs(cfg), explicit, tenants)
+
+
+def _sizing_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
+    """Every subnet where the plan puts it, and fleets within their subnet's room at nodes.max."""
     try:
-        addressing.plan_subnets(cfg.network.vpc_cidr, need, {})
-    except addressing.AddressingError as exc:
-        blamed = by_az.get(exc.az) or [(None, None, 0)]
+        address_plan(cfg, cat)
+    except addressing.AddressingError as err:
         problems = []
-        for i, f, per_node in blamed:
-            if f is None:
-                problems.append(Problem(key_path(("network", "vpcCidr")), f"{exc} (got {cfg.network.vpc_cidr!r}); widen the VPC"))
+        for p in err.problems:
+            if not p.over:
+                problems.append(Problem(key_path(("network", "subnetCidrs", p.az) + ((p.kind,) if p.explicit else ())), p.message))
                 continue
-            problems.append(Problem(
-                key_path(("fleets", i, "nodes", "max")),
-                f"fleet {f.name!r} cannot fit: {f.nodes.maximum} nodes x {per_node} private addresses each = "
-                f"{f.nodes.maximum * per_node} in {f.availability_zone}; {exc}. Lower nodes.max, use efaLayout "
-                f"ena-primary, or widen network.vpcCidr",
-            ))
+            here = "secondary" if p.kind == "secondary" else "primary"
+            for i, f in fleets:
+                if (f.availability_zone, f.subnet) != (p.az, here):
+                    continue
+                per_node = fleet_addresses_per_node(f, cat, cfg.eks.enabled)
+                problems.append(Problem(
+                    key_path(("fleets", i, "nodes", "max")),
+                    f"fleet {f.name!r} cannot fit: {f.nodes.maximum} nodes x {per_node} private addresses each = "
+                    f"{f.nodes.maximum * per_node}; {p.message}. Lower nodes.max, or give it room: a larger "
+                    f"network.subnetCidrs.{p.az}.{p.kind} (replaces that subnet), a secondary CIDR block "
+                    f"(network.secondaryCidr with fleets[].subnet: secondary), or a bigger network.vpcCidr (replaces the VPC)",
+                ))
         return problems
     return []
 
@@ -646,6 +788,47 @@ def fleet_addresses_per_node(f: FleetConfig, cat: Catalog, on_eks: bool) -> int:
     itype = cat.get(f.instance_type)
     interfaces = efa.node_interfaces(itype, f.efa_layout, f.efa)
     return addressing.node_addresses(itype, efa.summarize(itype, interfaces), on_eks)
+
+
+def _subnet_key_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -> list[Problem]:
+    """The keys that place subnets: the cluster's AZs, explicit CIDRs, the NAT's AZ, a fleet's secondary subnet."""
+    out: list[Problem] = []
+    net, eks = cfg.network, cfg.eks
+    existing = net.existing
+    for k, az in enumerate(eks.availability_zones):
+        if not in_region(az, cfg.region):
+            out.append(Problem(key_path(("eks", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
+        elif existing is not None and az not in existing.private_subnet_ids:
+            out.append(Problem(key_path(("eks", "availabilityZones", k)),
+                               f"no subnet for {az} in network.existing.privateSubnetIds (has {', '.join(sorted(existing.private_subnet_ids))})"))
+    if eks.enabled and eks.existing is None and len(set(eks.availability_zones)) < 2:
+        have = sorted({f.availability_zone for _, f in fleets} | set(net.availability_zones)
+                      | set(existing.private_subnet_ids if existing else ()))
+        out.append(Problem(key_path(("eks", "availabilityZones")),
+                           f"a new EKS cluster needs two or more AZs for its control plane and system node group, named here "
+                           f"so that they stay fixed as fleets come and go (got {eks.availability_zones}); the stack's AZs: "
+                           f"{', '.join(have) or 'none'}"))
+    used = stack_azs(cfg)
+    for az in net.subnet_cidrs:
+        if not in_region(az, cfg.region):
+            out.append(Problem(key_path(("network", "subnetCidrs", az)), f"{az!r} is not an AZ of region {cfg.region}"))
+        elif az not in used:
+            out.append(Problem(key_path(("network", "subnetCidrs", az)),
+                               f"the stack has no subnets in {az} (its AZs: {', '.join(sorted(used))}); add it to "
+                               "network.availabilityZones or remove this entry"))
+        elif net.subnet_cidrs[az].secondary and not net.secondary_cidr:
+            out.append(Problem(key_path(("network", "subnetCidrs", az, "secondary")), "needs network.secondaryCidr"))
+    nat_az = net.nat_availability_zone
+    if nat_az is not None and not in_region(nat_az, cfg.region):
+        out.append(Problem(key_path(("network", "natAvailabilityZone")), f"{nat_az!r} is not an AZ of region {cfg.region}"))
+    if nat_az is not None and net.nat_gateways != "single":
+        out.append(Problem(key_path(("network", "natAvailabilityZone")), "only used with natGateways single (every AZ has one with per-az)"))
+    for i, f in fleets:
+        if f.subnet == "secondary" and not net.secondary_cidr:
+            out.append(Problem(key_path(("fleets", i, "subnet")),
+                               "secondary needs network.secondaryCidr, a second CIDR block for the VPC (e.g. 100.64.0.0/16)"
+                               + ("; an existing network has only the subnets listed in privateSubnetIds" if existing else "")))
+    return out
 
 
 def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: list[tuple[int, JobConfig]],
@@ -674,10 +857,7 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
                                    f"(has {', '.join(sorted(existing.private_subnet_ids))})"))
     if cfg.eks.existing is not None and not cfg.eks.enabled:
         out.append(Problem(key_path(("eks", "enabled")), "must be true to join eks.existing"))
-    azs = {f.availability_zone for _, f in fleets} | set(cfg.network.availability_zones) | set(existing.private_subnet_ids if existing else ())
-    if cfg.eks.enabled and cfg.eks.existing is None and len(azs) < 2:
-        out.append(Problem(key_path(("network", "availabilityZones")),
-                           f"EKS needs subnets in two AZs; the stack has {sorted(azs) or 'none'}: add a second AZ here"))
+    out.extend(_subnet_key_checks(cfg, fleets))
     cat = cfg.catalog()
     if cfg.eks.enabled:
         out.extend(_eks_fleet_checks(fleets, cat))
@@ -719,6 +899,10 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
+        if job.efa and job.efa_check and job.nccl_debug == "WARN":
+            out.append(Problem(key_path(("jobs", j, "ncclDebug")),
+                               "WARN hides the NCCL lines (INFO, subsystems INIT and NET) the EFA transport check reads; "
+                               "use INFO, or set the job's efaCheck: false"))
         if job.fleet in known and job.efa and not known[job.fleet].efa:
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "
@@ -847,14 +1031,21 @@ def read_stack_file(path: str | Path) -> dict[str, Any]:
     """The `config:` map of a Pulumi stack file, keys as written (`ns:key`)."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text()
     except FileNotFoundError:
         raise ConfigError([Problem(str(p), "no such stack file")], str(p)) from None
+    return parse_stack_file(text, str(p))
+
+
+def parse_stack_file(text: str, source: str) -> dict[str, Any]:
+    """The `config:` map of a stack file's text (`source` names it in errors)."""
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(str(p), f"not valid YAML: {exc}")], str(p)) from None
+        raise ConfigError([Problem(source, f"not valid YAML: {exc}")], source) from None
     settings = data.get("config") if isinstance(data, dict) else None
     if not isinstance(settings, dict):
-        raise ConfigError([Problem(str(p), "a stack file needs a top-level 'config:' mapping")], str(p))
+        raise ConfigError([Problem(source, "a stack file needs a top-level 'config:' mapping")], source)
     return settings
 
 

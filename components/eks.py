@@ -19,7 +19,8 @@ import pulumi_kubernetes as k8s
 
 from . import eks_rules
 from .existing import ClusterFacts, kubeconfig
-from .fleet import node_role
+from .capacity_window import Schedule
+from .fleet import block_schedules, node_role, window_sizes
 from .plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
@@ -193,6 +194,13 @@ class EfaCluster(pulumi.ComponentResource):
             self.node_join = info.apply(lambda c: ClusterFacts(
                 c.name, c.version, c.endpoint, c.certificate_authorities[0].data, c.vpc_config.cluster_security_group_id,
                 c.kubernetes_network_configs[0].service_ipv4_cidr).node_join())
+        if cfg.node_monitoring_agent or (cfg.node_monitoring_agent is None and any(fp.itype.accelerator for fp in plan.fleets)):
+            # Reports GPU, Neuron, network and kernel faults as node conditions, which node auto repair acts on.
+            aws.eks.Addon(
+                f"{name}-node-monitoring-agent",
+                aws.eks.AddonArgs(cluster_name=self.name, addon_name="eks-node-monitoring-agent", tags=tags),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+            )
         aws.eks.Addon(
             f"{name}-vpc-cni",
             aws.eks.AddonArgs(
@@ -228,10 +236,12 @@ class EfaCluster(pulumi.ComponentResource):
             })
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
-                   tags: dict[str, str]) -> aws.eks.NodeGroup:
-        """A managed node group that launches from the fleet's EFA launch template."""
+                   tags: dict[str, str], window: Schedule | None = None) -> aws.eks.NodeGroup:
+        """A managed node group that launches from the fleet's EFA launch template; on a Capacity
+        Block (`window`), scaled up by a scheduled action on its Auto Scaling group when the block starts."""
         f = fp.config
-        return aws.eks.NodeGroup(
+        low, desired = window_sizes(fp, window)
+        group = aws.eks.NodeGroup(
             f"{f.name}-nodes",
             aws.eks.NodeGroupArgs(
                 cluster_name=self.name,
@@ -242,9 +252,9 @@ class EfaCluster(pulumi.ComponentResource):
                 ),
                 ami_type=ami_type(fp),
                 capacity_type="CAPACITY_BLOCK" if f.capacity.type == "capacity-block" else None,
-                scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                    min_size=f.nodes.min, desired_size=f.nodes.desired, max_size=f.nodes.maximum,
-                ),
+                scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=low, desired_size=desired, max_size=f.nodes.maximum),
+                # EKS replaces or reboots nodes whose health conditions (GPU, Neuron, network) fail.
+                node_repair_config=aws.eks.NodeGroupNodeRepairConfigArgs(enabled=True) if fp.auto_repair else None,
                 labels=fp.node_labels,
                 taints=[aws.eks.NodeGroupTaintArgs(key=t["key"], value=t["value"], effect=eks_rules.TAINT_EFFECTS[t["effect"]])
                         for t in fp.node_taints],
@@ -252,3 +262,8 @@ class EfaCluster(pulumi.ComponentResource):
             ),
             opts=self._node_deps,
         )
+        if window is not None:
+            # EKS adds the scale-down before the block ends itself ("don't edit or delete it").
+            asg = group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+            block_schedules(f.name, fp, window, asg, pulumi.ResourceOptions(parent=self), scale_down=False)
+        return group

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from . import bootstrap
+from .capacity_window import Schedule
 from .plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
 
@@ -38,6 +39,47 @@ def node_role(name: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> 
     )
 
 
+def health_policy(fleet: str, stack: str) -> dict:
+    """May mark instances unhealthy only in the Auto Scaling group tagged as this stack's fleet."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow", "Action": "autoscaling:SetInstanceHealth",
+            "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",
+            "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{FLEET_TAG}": fleet,
+                                           f"autoscaling:ResourceTag/{STACK_TAG}": stack}},
+        }],
+    }
+
+
+def window_sizes(plan: FleetPlan, window: Schedule | None) -> tuple[int, int]:
+    """(min, desired) now: none of a Capacity Block's nodes before it starts, since none can launch."""
+    if window is not None and not window.started:
+        return 0, 0
+    return plan.config.nodes.min, plan.config.nodes.desired
+
+
+def block_schedules(name: str, plan: FleetPlan, window: Schedule, group_name: pulumi.Input[str],
+                    opts: pulumi.ResourceOptions, scale_down: bool) -> None:
+    """Scheduled actions of a Capacity Block fleet's group: to its size when the block starts (unless it
+    has), and, where EKS does not add its own, to zero before it ends."""
+    n = plan.config.nodes
+    actions = []
+    if window.scale_up_at is not None:
+        actions.append(("block-start", window.scale_up_at, n.min, n.desired))
+    if scale_down:
+        actions.append(("block-end", window.scale_down_at, 0, 0))
+    for action, at, low, desired in actions:
+        aws.autoscaling.Schedule(
+            f"{name}-{action}",
+            aws.autoscaling.ScheduleArgs(
+                autoscaling_group_name=group_name, scheduled_action_name=f"efa-infra-{action}", start_time=at,
+                min_size=low, desired_capacity=desired, max_size=n.maximum,
+            ),
+            opts=opts,
+        )
+
+
 class EfaFleet(pulumi.ComponentResource):
     launch_template: aws.ec2.LaunchTemplate
     placement_group_name: pulumi.Output[str] | None
@@ -52,9 +94,11 @@ class EfaFleet(pulumi.ComponentResource):
         security_group_ids: list[pulumi.Input[str]],
         tags: dict[str, str],
         cluster_join: pulumi.Input[dict] | None = None,
+        window: Schedule | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        """`cluster_join` (a pinned AMI on EKS): the nodeadm cluster section its nodes need to join."""
+        """`cluster_join` (a pinned AMI on EKS): the nodeadm cluster section its nodes need to join.
+        `window` (a Capacity Block): when the block's nodes may run."""
         super().__init__("efa-infra:index:EfaFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         f = plan.config
@@ -102,6 +146,13 @@ class EfaFleet(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
+            if f.boot_check:
+                # A node that fails its boot check marks itself unhealthy: in its own fleet's group only.
+                aws.iam.RolePolicy(
+                    f"{name}-health",
+                    aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(health_policy(f.name, stack))),
+                    opts=child,
+                )
             profile = aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
 
         capacity_spec = market = None
@@ -153,8 +204,7 @@ class EfaFleet(pulumi.ComponentResource):
                 capacity_reservation_specification=capacity_spec,
                 instance_market_options=market,
                 user_data=pulumi.Output.from_input(cluster_join).apply(
-                    lambda join: _b64(bootstrap.user_data(f.name, plan.efa_devices, plan.max_pods, join,
-                                                          plan.node_labels, plan.node_taints))),
+                    lambda join: _b64(bootstrap.user_data(plan.boot, join))),
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
                     for kind in ("instance", "volume")
@@ -166,11 +216,12 @@ class EfaFleet(pulumi.ComponentResource):
 
         self.asg_name = None
         if not plan.on_eks:
+            low, desired = window_sizes(plan, window)
             asg = aws.autoscaling.Group(
                 f"{name}-asg",
                 aws.autoscaling.GroupArgs(
-                    min_size=f.nodes.min,
-                    desired_capacity=f.nodes.desired,
+                    min_size=low,
+                    desired_capacity=desired,
                     max_size=f.nodes.maximum,
                     vpc_zone_identifiers=[subnet_id],
                     launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
@@ -185,6 +236,8 @@ class EfaFleet(pulumi.ComponentResource):
                 opts=child,
             )
             self.asg_name = asg.name
+            if window is not None:
+                block_schedules(name, plan, window, asg.name, child, scale_down=True)
 
         self.register_outputs({
             "launchTemplateId": self.launch_template.id,

@@ -18,6 +18,7 @@ SG, INGRESS, EGRESS = ("aws:ec2/securityGroup:SecurityGroup", "aws:vpc/securityG
                        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
 CLUSTER, NODE_GROUP, LT = "eks:index:Cluster", "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate"
 VPC, ENDPOINT, ASG = "aws:ec2/vpc:Vpc", "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:autoscaling/group:Group"
+SUBNET = "aws:ec2/subnet:Subnet"
 ANYWHERE = "0.0.0.0/0"
 ALL_PORTS = (0, 65535)
 
@@ -148,6 +149,8 @@ def model(resources: list) -> Model:
                 Rule(i["ipProtocol"], _ports(i), i.get("referencedSecurityGroupId"), i.get("cidrIpv4"), r.name))
     vpcs = of(VPC)
     cidr = vpcs[0].inputs["cidrBlock"] if vpcs else None
+    subnet_cidrs = {_id(s): s.inputs["cidrBlock"] for s in of(SUBNET)}
+    where = lambda subnet_ids: subnet_cidrs.get((subnet_ids or [None])[0], cidr)  # noqa: E731  (a fleet's addresses: its subnet's)
     parties: dict[str, Party] = {"internet": Party("internet", (), ANYWHERE)}
     needs: list[Need] = []
     templates = {_id(lt): lt for lt in of(LT)}
@@ -185,17 +188,18 @@ def model(resources: list) -> Model:
         system = Party("system node", (eks_sg,), cidr, ("mng-default-sg", "pods-node-sg"))
         for ng in node_groups:
             lt_ref = ng.inputs.get("launchTemplate")
-            node = Party(f"{ng.name} node", primary_groups(templates[lt_ref["id"]]), cidr, ("pods-node-sg",)) if lt_ref else system
+            node = (Party(f"{ng.name} node", primary_groups(templates[lt_ref["id"]]), where(ng.inputs.get("subnetIds")), ("pods-node-sg",))
+                    if lt_ref else system)
             if lt_ref:
                 fleets.append(ng.name)
             parties[node.name] = node
-            parties[node.name.replace(" node", " pod")] = Party(node.name.replace(" node", " pod"), node.groups, cidr, node.facts)
+            parties[node.name.replace(" node", " pod")] = Party(node.name.replace(" node", " pod"), node.groups, node.cidr, node.facts)
         parties.setdefault("system node", system)
         parties.setdefault("system pod", Party("system pod", system.groups, cidr, system.facts))
     else:
         for asg in of(ASG):
             lt = templates[asg.inputs["launchTemplate"]["id"]]
-            parties[f"{asg.name} node"] = Party(f"{asg.name} node", primary_groups(lt), cidr)
+            parties[f"{asg.name} node"] = Party(f"{asg.name} node", primary_groups(lt), where(asg.inputs.get("vpcZoneIdentifiers")))
             fleets.append(asg.name)
     endpoints = [e for e in of(ENDPOINT) if e.inputs.get("vpcEndpointType") == "Interface"]
     if endpoints:

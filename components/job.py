@@ -39,7 +39,8 @@ class Job(pulumi.ComponentResource):
                 aws.ssm.DocumentArgs(
                     document_type="Command",
                     document_format="JSON",
-                    content=json.dumps(launch.ssm_document(launch.render_node_script(cfg, job, stack=stack), job.name)),
+                    content=json.dumps(launch.ssm_document(launch.render_node_script(cfg, job, stack=stack), job.name,
+                                                          job.working_directory)),
                     tags=tags,
                 ),
                 opts=pulumi.ResourceOptions(parent=self),

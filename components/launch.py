@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from .bootstrap import COUNT_EFA_DEVICES, HUGEPAGES_MIB, pod_memory_gib
+from . import ofi_platform, preflight
+from .bootstrap import HUGEPAGES_MIB, pod_memory_gib
 from .config import JobConfig, StackConfig
 from .plan import EFA_LABEL, FLEET_TAG, STACK_TAG, job_target
 
@@ -25,6 +26,15 @@ EFA_RESOURCE = "vpc.amazonaws.com/efa"
 DEFAULT_SHM_GIB = 64
 JOB_LABEL = "efa-infra/job"
 NCCL_TESTS_COMMAND = ("all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1")
+# Where nccl-tests images keep the binaries, off PATH (aws-samples/awsome-distributed-training,
+# micro-benchmarks/nccl-tests/nccl-tests.Dockerfile: git clone ... /opt/nccl-tests && make).
+NCCL_TESTS_IMAGE_DIR = "/opt/nccl-tests/build"
+# EFA does not cross AZs: a multi-node EFA job's pods share one. Within it they prefer
+# nodes close in the network, by EKS's network topology labels, closest layer first
+# (EKS user guide, ml-workload-topology: topology.k8s.aws/network-node-layer-1..3).
+ZONE_LABEL = "topology.kubernetes.io/zone"
+NETWORK_LAYERS = (("topology.k8s.aws/network-node-layer-3", 100), ("topology.k8s.aws/network-node-layer-2", 50),
+                  ("topology.k8s.aws/network-node-layer-1", 25))
 # Pods: every interface but these; gloo takes no exclusion list, but in a pod the
 # host name resolves to the pod IP, which is all gloo needs.
 K8S_SOCKET_IFNAME = "^lo,docker0"
@@ -51,12 +61,15 @@ class JobPlan:
     procs_per_node: int
     efa_devices: int  # per node; 0 without EFA
     accelerator_resource: str | None  # nvidia.com/gpu, aws.amazon.com/neuron
+    accelerator_kind: str | None  # gpu, neuron
     accelerator_count: int  # per node
     hugepages: str | None  # hugepages-2Mi per pod, with EFA
     memory: str | None  # pod memory, with EFA: Kubernetes wants memory or cpu beside hugepages
     shm_size: str  # /dev/shm in the pods
-    env: dict[str, str]  # EFA/NCCL settings, then job.env; on EC2 the script adds the socket interface
-    rdma: bool  # FI_EFA_USE_DEVICE_RDMA=1 is set
+    env: dict[str, str]  # NCCL settings, then job.env; on EC2 the script adds the socket interface
+    rdma: bool  # GPUDirect RDMA type: FI_EFA_USE_DEVICE_RDMA=1 at run time, with libfabric < 1.18 only
+    efa_check: bool  # missing devices or a non-EFA transport stop the job (else: a warning)
+    working_directory: str | None
     node_selector: dict[str, str]  # on Kubernetes: the labels of the target's nodes
     command: tuple[str, ...]
     port: int
@@ -73,7 +86,7 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
     itype = target.itype
     devices = target.efa_devices if job.efa else 0
     accel = itype.accelerator
-    rdma = job.efa and itype.efa_rdma_read
+    rdma = job.efa and ofi_platform.uses_device_rdma(itype)
     room = pod_memory_gib(itype.memory_mib, target.efa_devices > 0)
     return JobPlan(
         job=job.name,
@@ -87,31 +100,28 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         procs_per_node=job.procs_per_node or (accel.count if accel else 1),
         efa_devices=devices,
         accelerator_resource=accel.resource_name if accel else None,
+        accelerator_kind=accel.kind if accel else None,
         accelerator_count=accel.count if accel else 0,
         hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
         memory=f"{room}Gi" if job.efa else None,
         shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room // 2)}Gi",
-        env=_env(job, rdma, target.platform),
+        env=_env(job, target.platform),
         rdma=rdma,
+        efa_check=job.efa_check,
+        working_directory=job.working_directory,
         command=tuple(job.command) or (NCCL_TESTS_COMMAND if job.launcher == "nccl-tests" else ()),
         port=job.port,
     )
 
 
-def _env(job: JobConfig, rdma: bool, target: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    if job.efa:
-        env["FI_PROVIDER"] = "efa"
-        env["FI_EFA_FORK_SAFE"] = "1"
-        if rdma:
-            # Only where the device has RDMA read: libfabric >= 1.18 follows the
-            # device on its own, and forcing 1 on a device without it aborts.
-            env["FI_EFA_USE_DEVICE_RDMA"] = "1"
-        env["NCCL_BUFFSIZE"] = "8388608"
-        env["NCCL_P2P_NET_CHUNKSIZE"] = "524288"
-    else:
-        env["NCCL_NET"] = "Socket"  # the TCP baseline, said outright
-    env["NCCL_DEBUG"] = "INFO"  # logs name the transport: NET/OFI (EFA) or NET/Socket
+def _env(job: JobConfig, target: str) -> dict[str, str]:
+    # With EFA, the aws-ofi-nccl plugin sets the rest itself, per instance type: the
+    # efa provider, fork safety, the platform's NCCL buffer sizes (ofi_platform).
+    env: dict[str, str] = {} if job.efa else {"NCCL_NET": "Socket"}  # the TCP baseline, said outright
+    env["NCCL_DEBUG"] = job.nccl_debug
+    if job.nccl_debug == "INFO":
+        # Start-up lines that name the transport (NET/OFI or NET/Socket), nothing per step.
+        env["NCCL_DEBUG_SUBSYS"] = "INIT,NET"
     if target == "eks":
         env["NCCL_SOCKET_IFNAME"] = K8S_SOCKET_IFNAME
     env.update(job.env)
@@ -136,6 +146,28 @@ def _mpirun(plan: JobPlan, env_names: list[str]) -> list[str]:
     for name in env_names:
         args += ["-x", name]
     return args
+
+
+def _rdma_env_arg(plan: JobPlan, env_names: list[str]) -> list[str]:
+    """mpirun's -x for FI_EFA_USE_DEVICE_RDMA when the preflight set it at run time (shell words)."""
+    if plan.rdma and "FI_EFA_USE_DEVICE_RDMA" not in env_names:
+        return ["${FI_EFA_USE_DEVICE_RDMA:+-x FI_EFA_USE_DEVICE_RDMA}"]
+    return []
+
+
+def _checks(plan: JobPlan) -> tuple[str, str]:
+    """The shell of the EFA preflight, and of the transport check's efa_infra_watch; empty without EFA."""
+    if not plan.efa_devices:
+        return "", ""
+    return (preflight.preflight(efa_devices=plan.efa_devices, instance_type=plan.instance_type,
+                                accelerator=plan.accelerator_kind, accelerators=plan.accelerator_count,
+                                rdma=plan.rdma, strict=plan.efa_check),
+            preflight.transport_check(efa_devices=plan.efa_devices, strict=plan.efa_check))
+
+
+def _run(plan: JobPlan, line: str) -> str:
+    """Shell that runs a launch line: watched by the transport check with EFA, else exec'd."""
+    return ("efa_infra_watch " if plan.efa_devices else "exec ") + line
 
 
 # --- Kubernetes ------------------------------------------------------------------
@@ -177,6 +209,42 @@ def _env_list(plan: JobPlan) -> list[dict]:
     return [{"name": k, "value": v} for k, v in plan.env.items()]
 
 
+# The pod and node the checks name, from the Downward API.
+_WHERE = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+          {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+
+
+def _pod_script(plan: JobPlan, body: str, *, check_node: bool = True) -> list[str]:
+    """A container command: the EFA preflight (where the container holds the node's devices), then `body`."""
+    pre, watch = _checks(plan)
+    parts = ["set -u", f"JOB={shlex.quote(plan.job)}",
+             'EFA_WHERE="pod ${POD_NAME:-$(hostname)} on node ${NODE_NAME:-unknown}"']
+    if check_node:
+        parts.append(pre.strip("\n"))
+    if "efa_infra_watch" in body:
+        parts.append(watch.strip("\n"))
+    parts.append(body)
+    return ["/bin/sh", "-c", "\n".join(p for p in parts if p) + "\n"]
+
+
+def _nccl_tests_pod(plan: JobPlan, env_names: list[str]) -> str:
+    """Shell that starts nccl-tests with mpirun from a pod; the binary by absolute path, so every rank finds it."""
+    name = plan.command[0]
+    resolve = f'''NCCL_TEST={shlex.quote(name)}
+case $NCCL_TEST in
+  */*) ;;
+  *) if found=$(command -v "$NCCL_TEST"); then NCCL_TEST=$found
+     elif [ -x {NCCL_TESTS_IMAGE_DIR}/"$NCCL_TEST" ]; then NCCL_TEST={NCCL_TESTS_IMAGE_DIR}/$NCCL_TEST
+     else
+       printf 'efa-infra[%s]: error: %s is neither on PATH (%s) nor in {NCCL_TESTS_IMAGE_DIR}: give the job'\\''s command its path\\n' "$JOB" "$NCCL_TEST" "$PATH" >&2
+       exit 1
+     fi ;;
+esac'''
+    mpirun = " ".join([*map(shlex.quote, _mpirun(plan, env_names)), *_rdma_env_arg(plan, env_names), '"$NCCL_TEST"',
+                       *map(shlex.quote, plan.command[1:])])
+    return resolve + "\n" + _run(plan, mpirun)
+
+
 def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with_env: bool = True) -> dict:
     """The template of a pod that holds one whole node: its devices, /dev/shm and locked memory."""
     resources: dict = {}
@@ -188,8 +256,11 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         resources["hugepages-2Mi"] = plan.hugepages
         resources["memory"] = plan.memory
     container: dict = {"name": name, "image": job.image, "command": command}
-    if with_env:
-        container["env"] = _env_list(plan)
+    env = (_env_list(plan) if with_env else []) + (_WHERE if plan.efa_devices else [])
+    if env:
+        container["env"] = env
+    if plan.working_directory:
+        container["workingDir"] = plan.working_directory
     if resources:
         container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
     # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
@@ -201,22 +272,27 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         "labelSelector": {"matchLabels": _labels(plan, "node")},
         "topologyKey": "kubernetes.io/hostname",
     }]}}
+    if plan.efa_devices and plan.nodes > 1:
+        same = {"matchLabels": _labels(plan, "node")}
+        spec["affinity"]["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": same, "topologyKey": ZONE_LABEL}],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": weight, "podAffinityTerm": {"labelSelector": same, "topologyKey": key}}
+                for key, weight in NETWORK_LAYERS
+            ],
+        }
     spec["containers"] = [container]
     spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
 
 
-def _sh(line: str) -> list[str]:
-    return ["/bin/sh", "-c", "exec " + line]
-
-
 def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
     service = plan.job  # pods are <job>-<index>.<service>
     if plan.launcher == "nccl-tests":  # on one node: config.load refuses more for an indexed Job
-        command = _mpirun(plan, []) + list(plan.command)
+        command = _pod_script(plan, _nccl_tests_pod(plan, []))
     else:
         master = shlex.quote(f"{plan.job}-0.{service}")
-        command = _sh(_launch_line(plan, '"$JOB_COMPLETION_INDEX"', master, str(plan.port)))
+        command = _pod_script(plan, _run(plan, _launch_line(plan, '"$JOB_COMPLETION_INDEX"', master, str(plan.port))))
     template = _node_pod(plan, job, "node", command)
     template["spec"]["subdomain"] = service
     template["spec"]["restartPolicy"] = "Never"
@@ -251,7 +327,8 @@ def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
 def _pytorchjob(plan: JobPlan, job: JobConfig) -> dict:
     # The training operator sets MASTER_ADDR, MASTER_PORT (from the port named
     # pytorchjob-port of the container named pytorch) and RANK, the node rank.
-    template = _node_pod(plan, job, "pytorch", _sh(_launch_line(plan, '"$RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"')))
+    command = _pod_script(plan, _run(plan, _launch_line(plan, '"$RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"')))
+    template = _node_pod(plan, job, "pytorch", command)
     template["spec"]["containers"][0]["ports"] = [{"name": "pytorchjob-port", "containerPort": plan.port}]
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
     if plan.nodes > 1:
@@ -266,11 +343,18 @@ def _pytorchjob(plan: JobPlan, job: JobConfig) -> dict:
 
 def _mpijob(plan: JobPlan, job: JobConfig) -> dict:
     # Ranks start through sshd on the workers and so see none of their pod's
-    # env: the launcher passes every variable with -x.
-    mpirun = _mpirun(plan, ["PATH", "LD_LIBRARY_PATH", *plan.env]) + list(plan.command)
-    launcher = {"name": "launcher", "image": job.image, "command": mpirun, "env": _env_list(plan)}
+    # env: the launcher passes every variable with -x. The workers hold the
+    # devices and check them before sshd starts; the launcher, which sees every
+    # rank's output, checks the transport. It decides FI_EFA_USE_DEVICE_RDMA from
+    # its own libfabric, the workers' (same image).
+    rdma = preflight.FIND_FI_INFO.strip("\n") + preflight.DEVICE_RDMA if plan.rdma else ""
+    command = _pod_script(plan, rdma + _nccl_tests_pod(plan, ["PATH", "LD_LIBRARY_PATH", *plan.env]), check_node=False)
+    launcher = {"name": "launcher", "image": job.image, "command": command,
+                "env": _env_list(plan) + (_WHERE if plan.efa_devices else [])}
+    if plan.working_directory:
+        launcher["workingDir"] = plan.working_directory
     launcher_pod = {"metadata": {"labels": _labels(plan, "launcher")}, "spec": {**_placement(plan), "containers": [launcher]}}
-    worker_pod = _node_pod(plan, job, "worker", ["/usr/sbin/sshd", "-De"], with_env=False)
+    worker_pod = _node_pod(plan, job, "worker", _pod_script(plan, "exec /usr/sbin/sshd -De"), with_env=False)
     return {
         "apiVersion": "kubeflow.org/v2beta1",
         "kind": "MPIJob",
@@ -350,13 +434,6 @@ MASTER_ADDR=${ALL_IPS[0]}
 export NODES_IPS NODES_NUM NODE_RANK MASTER_ADDR MASTER_PORT GPUS_PER_NODE
 log "node $NODE_RANK of $NODES_NUM: $NODE_IP on $NODE_IF; master $MASTER_ADDR:$MASTER_PORT; $GPUS_PER_NODE processes per node"
 '''
-
-_EFA_SHORT = ('expected $EFA_EXPECTED EFA devices ($INSTANCE_TYPE), found $efa_found on $NODE_IP ($efa_seen)')
-_EFA_FAIL = ('if (( efa_found < EFA_EXPECTED )); then\n'
-             f'  die "EFA check failed: {_EFA_SHORT}; NCCL would fall back to TCP. '
-             'Fix the node, or set the job\'s efaCheck: false to run anyway"\nfi\n')
-_EFA_WARN = ('if (( efa_found < EFA_EXPECTED )); then\n'
-             f'  log "warning: {_EFA_SHORT}; efaCheck is false, so the launch goes on and NCCL may use TCP"\nfi\n')
 
 _NCCL_TESTS_HOSTS = r'''
 if (( NODE_RANK != 0 )); then
@@ -463,9 +540,15 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
         f"GPUS_PER_NODE={plan.procs_per_node}",
         f"MASTER_PORT={plan.port}",
     ]
+    if plan.working_directory:
+        header.append(f"WORKING_DIRECTORY={q(plan.working_directory)}")
     sections = ["\n".join(header), _DISCOVER]
-    if plan.efa_devices:
-        sections.append(f"EFA_EXPECTED={plan.efa_devices}" + COUNT_EFA_DEVICES + (_EFA_FAIL if job.efa_check else _EFA_WARN))
+    if plan.working_directory:
+        # Also set as the SSM document's workingDirectory; a hostfile run starts anywhere.
+        sections.append('cd "$WORKING_DIRECTORY" || die "cannot enter the job\'s workingDirectory $WORKING_DIRECTORY on $NODE_IP"')
+    pre, watch = _checks(plan)
+    if pre:
+        sections.append('EFA_WHERE="node $NODE_IP"\n' + pre)
     # Socket traffic (rendezvous, gloo, NCCL's bootstrap) goes over the interface of
     # the node's listed address; job.env, exported after, may still override it.
     sections.append("\n".join(['export NCCL_SOCKET_IFNAME="$NODE_IF" GLOO_SOCKET_IFNAME="$NODE_IF"',
@@ -473,23 +556,25 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
     if plan.launcher == "nccl-tests":
         mpirun = _mpirun(plan, list(dict.fromkeys(["NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", *plan.env])))
         # No exec: the launch's key is removed when mpirun ends.
-        sections += [f"NCCL_TEST={q(plan.command[0])}" + _NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH,
-                     " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', '"$NCCL_TEST"',
-                               *map(q, plan.command[1:]), "|| {"]) + _MPIRUN_FAILED + "}"]
+        sections += [f"NCCL_TEST={q(plan.command[0])}" + _NCCL_TESTS_HOSTS, _NCCL_TESTS_SSH, watch,
+                     ("efa_infra_watch " if watch else "")
+                     + " ".join(['"$MPIRUN"', *map(q, mpirun[1:]), *_rdma_env_arg(plan, list(plan.env)),
+                                 '-H "$MPI_HOSTS" "${MPI_ENV[@]}"', '"$NCCL_TEST"', *map(q, plan.command[1:]), "|| {"])
+                     + _MPIRUN_FAILED + "}"]
     else:
-        sections.append("\n".join([
+        sections += [watch, "\n".join([
             f"command -v {plan.launcher} >/dev/null ||",
             f'  die "{plan.launcher} is not on PATH ($PATH): install it in the AMI, or put its environment on the login PATH"',
-            "exec " + _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"'),
-        ]))
-    return "\n\n".join(s.strip("\n") for s in sections) + "\n"
+            _run(plan, _launch_line(plan, '"$NODE_RANK"', '"$MASTER_ADDR"', '"$MASTER_PORT"')),
+        ])]
+    return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
 
 SSM_HEREDOC = "EFA_INFRA_LAUNCH_SCRIPT"
 SSM_TIMEOUT_SECONDS = 172800  # the longest aws:runShellScript allows (48 h): training runs long
 
 
-def ssm_document(script: str, job_name: str) -> dict:
+def ssm_document(script: str, job_name: str, working_directory: str | None = None) -> dict:
     """An SSM Command document (schema 2.2) that runs a node script on the nodes it is sent to.
 
     SSM runs its commands with sh; the script needs bash, so it goes to a file
@@ -499,6 +584,9 @@ def ssm_document(script: str, job_name: str) -> dict:
         raise LaunchError(f"the script contains {SSM_HEREDOC}, which ends its here-document")
     if "{{" in script:
         raise LaunchError("the script contains '{{', which SSM reads as a document parameter")
+    inputs: dict = {}
+    if working_directory:  # aws:runShellScript's own input: the directory its commands run in
+        inputs["workingDirectory"] = working_directory
     commands = [
         'script=$(mktemp "${TMPDIR:-/tmp}/efa-infra-launch.XXXXXX")',
         f"cat > \"$script\" <<'{SSM_HEREDOC}'",
@@ -515,6 +603,6 @@ def ssm_document(script: str, job_name: str) -> dict:
             "action": "aws:runShellScript",
             "name": "launch",
             "precondition": {"StringEquals": ["platformType", "Linux"]},
-            "inputs": {"runCommand": commands, "timeoutSeconds": str(SSM_TIMEOUT_SECONDS)},
+            "inputs": {"runCommand": commands, **inputs, "timeoutSeconds": str(SSM_TIMEOUT_SECONDS)},
         }],
     }

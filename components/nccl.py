@@ -3,8 +3,10 @@
 Reads the output of all_reduce_perf and its siblings (NVIDIA/nccl-tests) and
 compares runs: out-of-place bus bandwidth by message size, the first run's
 speed-up over each other run (EFA over TCP, say) and each run's average bus
-bandwidth. --json gives the same for pipelines, --plot draws it, and
---stack/--fleet sets it against the fleet's EFA line rate.
+bandwidth; from NCCL's own lines in the same log (NCCL_DEBUG=INFO), each run's
+transport, aws-ofi-nccl version and NIC count, flagging the first run (the EFA
+one) when it did not run on EFA. --json gives the same for pipelines, --plot
+draws it, and --stack/--fleet sets it against the fleet's EFA line rate.
 
 Pure: no Pulumi import; matplotlib is imported only for --plot.
 """
@@ -18,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import config, efa
+from . import config, efa, nccl_log
 
 STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
 
@@ -57,6 +59,7 @@ class Run:
     file: str
     rows: tuple[Row, ...]
     footer_avg_busbw_gbps: float | None  # the log's "# Avg bus bandwidth" line, if it got that far
+    transport: nccl_log.Transport  # what NCCL's INFO lines in the log say it used
 
     @property
     def avg_busbw_gbps(self) -> float:
@@ -201,7 +204,7 @@ def parse_log(text: str, file: str, label: str | None = None) -> Run:
         raise ReportError(f"{file}: not an nccl-tests log: no results header ('#  size  count  type  redop ...')")
     if not rows:
         raise ReportError(f"{file}: no data rows after the results header on line {header_line} (did the run fail?)")
-    return Run(label or Path(file).stem, file, tuple(rows), footer)
+    return Run(label or Path(file).stem, file, tuple(rows), footer, nccl_log.transport(text))
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:
@@ -263,6 +266,25 @@ def _against(run: Run, rate: LineRate) -> dict:
     }
 
 
+def transport_problem(index: int, run: Run, rate: LineRate | None) -> str | None:
+    """What is wrong with the transport of the first run, the one meant for EFA (the others are what it is compared with)."""
+    if index != 0:
+        return None
+    return nccl_log.problem(run.transport, rate.efa_devices if rate else 0)
+
+
+def _transport_text(t: nccl_log.Transport) -> str:
+    if t.network is None:
+        return "not in the log (NCCL_DEBUG=INFO, subsystems INIT,NET, prints it)"
+    if not t.ofi:
+        return t.network
+    parts = [t.network, f"aws-ofi-nccl {t.plugin_version or '(version not logged)'}",
+             f"provider {t.provider or '(not logged)'}"]
+    if t.nics is not None:
+        parts.append(f"{t.nics} NIC{'s' * (t.nics != 1)}")
+    return ", ".join(parts)
+
+
 def to_json(runs: list[Run], rate: LineRate | None = None) -> dict:
     return {
         "runs": [
@@ -271,9 +293,11 @@ def to_json(runs: list[Run], rate: LineRate | None = None) -> dict:
                 "file": run.file,
                 "avg_busbw_gbps": run.avg_busbw_gbps,
                 "avg_busbw_from": "footer" if run.footer_avg_busbw_gbps is not None else "rows",
+                "transport": {**asdict(run.transport), "efa": run.transport.efa, "meant_for_efa": i == 0,
+                              "problem": transport_problem(i, run, rate)},
                 "rows": [asdict(r) for r in run.rows],
             }
-            for run in runs
+            for i, run in enumerate(runs)
         ],
         # JSON keys are strings: sizes in bytes as text.
         "speedups": [{"over": s["over"], "by_size": {str(k): v for k, v in s["by_size"].items()}} for s in speedups(runs)],
@@ -318,6 +342,11 @@ def format_table(runs: list[Run], rate: LineRate | None = None) -> str:
         f"  {run.label}: the log has no Avg bus bandwidth line (cut short?); mean of its rows"
         for run in runs if run.footer_avg_busbw_gbps is None
     ]
+    lines.append("Transport, from NCCL's lines in each log (the first run is the one meant for EFA):")
+    for i, run in enumerate(runs):
+        lines.append(f"  {run.label}: {_transport_text(run.transport)}")
+        if problem := transport_problem(i, run, rate):
+            lines.append(f"  ! {run.label} was meant for EFA, but {problem}")
     if rate is not None:
         lines.append(
             f"EFA line rate of fleet {rate.fleet} (stack {rate.stack}, {rate.instance_type}, "

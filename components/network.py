@@ -1,7 +1,8 @@
 """EfaNetwork: the VPC an EFA cluster needs.
 
-Private subnets from the plan (one per AZ, sized for the fleets), a public
-subnet per AZ for NAT, an S3 gateway endpoint, optional interface endpoints,
+Subnets where the address plan puts them (per AZ a private and a public one,
+and a private one in the secondary CIDR block if the stack has one), NAT for
+egress, an S3 gateway endpoint, optional interface endpoints,
 and the EFA security group: all traffic to and from itself, egress to the
 world, nothing inbound from outside (EC2 User Guide, "Prepare an EFA-enabled
 security group"). A VPC it creates also gets flow logs and an emptied default
@@ -20,7 +21,8 @@ from .plan import StackPlan
 
 class EfaNetwork(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
-    private_subnet_ids: dict[str, pulumi.Output[str]]
+    private_subnet_ids: dict[str, pulumi.Output[str]]  # the primary private subnet of each AZ
+    subnet_ids: dict[tuple[str, str], pulumi.Output[str]]  # every private subnet by (kind, AZ): where fleets go
     security_group_id: pulumi.Output[str]
 
     def __init__(self, name: str, plan: StackPlan, tags: dict[str, str], existing_vpc_id: str | None = None,
@@ -31,9 +33,10 @@ class EfaNetwork(pulumi.ComponentResource):
         tagged = lambda label: {**tags, "Name": f"{name}-{label}"}  # noqa: E731
         if existing_vpc_id is not None:
             self.vpc_id = pulumi.Output.from_input(existing_vpc_id)
-            self.private_subnet_ids = {s.az: pulumi.Output.from_input(s.existing_id) for s in plan.subnets}
+            self.subnet_ids = {(s.kind, s.az): pulumi.Output.from_input(s.existing_id) for s in plan.subnets}
         else:
-            self.vpc_id, self.private_subnet_ids = self._create_vpc(name, plan, tagged, child)
+            self.vpc_id, self.subnet_ids = self._create_vpc(name, plan, tagged, child)
+        self.private_subnet_ids = {az: sid for (kind, az), sid in self.subnet_ids.items() if kind == "private"}
 
         sg = aws.ec2.SecurityGroup(
             f"{name}-efa",
@@ -98,12 +101,20 @@ class EfaNetwork(pulumi.ComponentResource):
             opts=child,
         )
 
+        vpc_ids = {"private": vpc.id, "public": vpc.id}
+        if net.secondary_cidr:
+            block = aws.ec2.VpcIpv4CidrBlockAssociation(
+                f"{name}-secondary",
+                aws.ec2.VpcIpv4CidrBlockAssociationArgs(vpc_id=vpc.id, cidr_block=net.secondary_cidr),
+                opts=child,
+            )
+            vpc_ids["secondary"] = block.vpc_id  # its subnets wait for the block
         subnets: dict[tuple[str, str], aws.ec2.Subnet] = {}
         for s in plan.subnets:
             subnets[(s.kind, s.az)] = aws.ec2.Subnet(
                 f"{name}-{s.kind}-{s.az}",
                 aws.ec2.SubnetArgs(
-                    vpc_id=vpc.id,
+                    vpc_id=vpc_ids[s.kind],
                     cidr_block=s.cidr,
                     availability_zone=s.az,
                     # Instances with several interfaces cannot get a public IPv4 address; the NAT gateways,
@@ -121,7 +132,7 @@ class EfaNetwork(pulumi.ComponentResource):
                 opts=child,
             )
 
-        nat_azs = azs if net.nat_gateways == "per-az" else azs[:1]
+        nat_azs = azs if net.nat_gateways == "per-az" else [net.nat_availability_zone or azs[0]]
         nats = {}
         for az in nat_azs:
             eip = aws.ec2.Eip(f"{name}-nat-{az}", aws.ec2.EipArgs(domain="vpc", tags=tagged(f"nat-{az}")), opts=child)
@@ -142,11 +153,13 @@ class EfaNetwork(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(
-                f"{name}-private-{az}",
-                aws.ec2.RouteTableAssociationArgs(subnet_id=subnets[("private", az)].id, route_table_id=rt.id),
-                opts=child,
-            )
+            for kind in ("private", "secondary"):
+                if (kind, az) in subnets:
+                    aws.ec2.RouteTableAssociation(
+                        f"{name}-{kind}-{az}",
+                        aws.ec2.RouteTableAssociationArgs(subnet_id=subnets[(kind, az)].id, route_table_id=rt.id),
+                        opts=child,
+                    )
             private_rts.append(rt)
 
         region = plan.config.region
@@ -164,14 +177,16 @@ class EfaNetwork(pulumi.ComponentResource):
                 aws.ec2.SecurityGroupArgs(vpc_id=vpc.id, description="Interface endpoints: HTTPS from the VPC", tags=tagged("endpoints")),
                 opts=child,
             )
-            aws.vpc.SecurityGroupIngressRule(
-                f"{name}-endpoints-https",
-                aws.vpc.SecurityGroupIngressRuleArgs(
-                    security_group_id=endpoint_sg.id, cidr_ipv4=net.vpc_cidr, ip_protocol="tcp", from_port=443, to_port=443,
-                    description="HTTPS from the VPC",
-                ),
-                opts=child,
-            )
+            for rule, cidr in (("https", net.vpc_cidr), ("https-secondary", net.secondary_cidr)):
+                if cidr:
+                    aws.vpc.SecurityGroupIngressRule(
+                        f"{name}-endpoints-{rule}",
+                        aws.vpc.SecurityGroupIngressRuleArgs(
+                            security_group_id=endpoint_sg.id, cidr_ipv4=cidr, ip_protocol="tcp", from_port=443, to_port=443,
+                            description="HTTPS from the VPC",
+                        ),
+                        opts=child,
+                    )
             for service in net.interface_endpoints:
                 aws.ec2.VpcEndpoint(
                     f"{name}-{service.replace('.', '-')}",
@@ -183,7 +198,7 @@ class EfaNetwork(pulumi.ComponentResource):
                     opts=child,
                 )
 
-        return vpc.id, {az: subnets[("private", az)].id for az in azs}
+        return vpc.id, {key: subnet.id for key, subnet in subnets.items() if key[0] != "public"}
 
     @staticmethod
     def _flow_logs(name: str, cfg, vpc: aws.ec2.Vpc, tagged, child: pulumi.ResourceOptions) -> None:

@@ -40,6 +40,7 @@ class Registered:
     parent_urn: str | None
     custom: bool
     inputs: dict
+    protect: bool = False
     # Which resources each input came from (the engine's property dependencies): input name -> URNs.
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     depends_on: list[str] = field(default_factory=list)  # every resource it waits for, depends_on included
@@ -49,6 +50,7 @@ Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer t
 GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
 GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
+GET_CAPACITY_BLOCK = "aws:ec2/getCapacityBlockReservation:getCapacityBlockReservation"
 
 
 def filter_values(args: dict, name: str) -> list[str]:
@@ -73,6 +75,9 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
         GET_CLUSTERS: lambda args: {"names": [cluster] if cluster else []},
         GET_SUBNET: lambda args: {"id": args["id"], "vpcId": vpc, "availabilityZone": az_of.get(args["id"], "?"),
                                   "mapPublicIpOnLaunch": False, "availableIpAddressCount": 65531},
+        # A block's window is AWS's to say: its times stay placeholders, its size unknown.
+        GET_CAPACITY_BLOCK: lambda args: {"id": args["id"], "startDate": placeholder(args["id"], "startDate"),
+                                          "endDate": placeholder(args["id"], "endDate")},
         GET_CLUSTER: lambda args: {
             "name": args["name"], "version": placeholder(args["name"], "version"), "endpoint": placeholder(args["name"], "endpoint"),
             "certificateAuthorities": [{"data": placeholder(args["name"], "certificate")}],
@@ -97,6 +102,8 @@ class PlanMocks(pulumi.runtime.Mocks):
         state.setdefault("arn", placeholder(args.name, "arn"))
         if args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        if args.typ == "aws:eks/nodeGroup:NodeGroup":
+            state["resources"] = [{"autoscalingGroups": [{"name": placeholder(args.name, "autoScalingGroup")}]}]
         if args.typ == "eks:index:Cluster":
             # Plain values only: resource-typed outputs do not survive the mock monitor.
             # pulumi-eks returns EKS's own cluster group when it makes none (nodejs/eks/cluster/cluster.ts).
@@ -121,6 +128,7 @@ class PlanMonitor(pmocks.MockMonitor):
         self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
         self.dependencies: dict[str, dict[str, list[str]]] = {}  # urn -> input name -> URNs it depends on
         self.depends_on: dict[str, list[str]] = {}
+        self.protected: set[str] = set()  # urns registered with protect
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
@@ -128,6 +136,8 @@ class PlanMonitor(pmocks.MockMonitor):
             self.order.append((response.urn, request.parent, request.type, request.name))
             self.dependencies[response.urn] = {k: list(v.urns) for k, v in request.propertyDependencies.items() if v.urns}
             self.depends_on[response.urn] = list(request.dependencies)
+            if request.protect:
+                self.protected.add(response.urn)
         return response
 
     def GetDeploymentInfo(self, request):
@@ -158,8 +168,9 @@ class Run:
 
 
 def engine_settings(settings: dict[str, Any]) -> dict[str, str]:
-    """Stack-file values as the engine passes them: strings, structured values as JSON."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
+    """Stack-file values as the engine passes them: strings, structured values as JSON
+    (a time YAML read unquoted, as the text it was)."""
+    return {k: v if isinstance(v, str) else json.dumps(v, default=lambda t: t.isoformat()) for k, v in settings.items()}
 
 
 def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) -> Run:
@@ -191,6 +202,6 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
-        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, monitor.dependencies[urn],
-                                    monitor.depends_on[urn]))
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, urn in monitor.protected,
+                                    monitor.dependencies[urn], monitor.depends_on[urn]))
     return Run(resources, captured, error)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addressing, efa
+from . import addressing, bootstrap, efa
 from .catalog import Catalog, InstanceType
-from .config import FleetConfig, StackConfig, fleet_addresses_per_node
+from .config import FleetConfig, StackConfig, address_plan, fleet_addresses_per_node
 
 
 # DLAMI SSM parameters (/aws/service/deeplearning/ami/$arch/$ami_type/latest/ami-id,
@@ -67,6 +67,17 @@ class FleetPlan:
         return labels
 
     @property
+    def auto_repair(self) -> bool:
+        """EKS node auto repair: on for accelerator fleets unless the config says otherwise."""
+        return self.config.auto_repair if self.config.auto_repair is not None else self.itype.accelerator is not None
+
+    @property
+    def boot(self) -> bootstrap.Node:
+        accelerator = (self.itype.accelerator.kind, self.itype.accelerator.count) if self.itype.accelerator else None
+        return bootstrap.Node(self.name, self.efa_devices, accelerator, self.config.boot_check, self.on_eks,
+                              self.max_pods, self.node_labels, self.node_taints)
+
+    @property
     def node_taints(self) -> list[dict[str, str]]:
         if self.config.taints is not None:
             return [t.model_dump() for t in self.config.taints]
@@ -81,8 +92,10 @@ class StackPlan:
     fleets: list[FleetPlan]
     subnets: list[addressing.Subnet]
 
-    def private_subnet(self, az: str) -> addressing.Subnet:
-        return next(s for s in self.subnets if s.kind == "private" and s.az == az)
+    def fleet_subnet(self, fp: FleetPlan) -> addressing.Subnet:
+        """The subnet a fleet's nodes take their addresses from."""
+        kind = "secondary" if fp.config.subnet == "secondary" else "private"
+        return next(s for s in self.subnets if s.kind == kind and s.az == fp.config.availability_zone)
 
     def fleet(self, name: str) -> FleetPlan:
         return next(f for f in self.fleets if f.name == name)
@@ -132,22 +145,27 @@ def job_target(cfg: StackConfig, name: str) -> JobTarget:
                      {"node.kubernetes.io/instance-type": cluster.instance_type})
 
 
+def protected(cfg: StackConfig, stack: str) -> bool:
+    """Whether the network and the cluster are protected: `protect`, by default on for production stacks (prod*)."""
+    return cfg.protect if cfg.protect is not None else stack.startswith("prod")
+
+
 def build(cfg: StackConfig) -> StackPlan:
     """The plan of a config that `config.load` accepted."""
     cat = cfg.catalog()
     fleets = [fleet_plan(f, cat, cfg.eks.enabled) for f in cfg.fleets]
     existing = cfg.network.existing
-    need = {az: 0 for az in (existing.private_subnet_ids if existing else cfg.network.availability_zones)}
-    by_az: dict[str, list[str]] = {}
-    for fp in fleets:
-        az = fp.config.availability_zone
-        need[az] = need.get(az, 0) + fp.addresses_per_node * fp.config.nodes.maximum
-        by_az.setdefault(az, []).append(fp.name)
     if existing:
+        need = {az: 0 for az in existing.private_subnet_ids}
+        by_az: dict[str, list[str]] = {}
+        for fp in fleets:
+            az = fp.config.availability_zone
+            need[az] += fp.addresses_per_node * fp.config.nodes.maximum
+            by_az.setdefault(az, []).append(fp.name)
         subnets = [addressing.Subnet("private", az, None, need[az], by_az.get(az, []), existing_id=sid)
                    for az, sid in sorted(existing.private_subnet_ids.items())]
     elif fleets:
-        subnets = addressing.plan_subnets(cfg.network.vpc_cidr, need, by_az)
+        subnets = address_plan(cfg, cat)
     else:
         subnets = []  # nothing to hold: a stack of jobs for clusters it does not manage
     return StackPlan(cfg, cat, fleets, subnets)

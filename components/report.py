@@ -9,6 +9,7 @@ from typing import Any
 
 from . import flows
 from .addressing import Subnet
+from .bootstrap import BOOT_CHECK_TAINT
 from .plan import FleetPlan, StackPlan, default_ami
 
 AWS_ASSIGNED = "assigned by AWS at deploy time"
@@ -33,7 +34,23 @@ def _ami(fp: FleetPlan) -> str:
     return f"{default_ami(fp.itype)} (resolved by EC2 at each launch)"
 
 
-def fleet_facts(fp: FleetPlan, subnet: Subnet) -> dict[str, Any]:
+def _boot_check(fp: FleetPlan) -> str:
+    if not fp.config.boot_check:
+        return "logs only (bootCheck: false)"
+    if fp.on_eks:
+        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}"
+    return "a node missing EFA devices or accelerators marks itself unhealthy; its Auto Scaling group replaces it"
+
+
+def _window(fp: FleetPlan, window: dict | None) -> dict | None:
+    if window is None:
+        return None
+    by = "EKS's own scheduled action" if fp.on_eks else "a scheduled action"
+    up = f"to {fp.config.nodes.desired} nodes at {window['scale_up_at']}" if window["scale_up_at"] else "running its nodes now"
+    return {"start": window["start"], "end": window["end"], "scaleUp": up, "scaleDown": f"to 0 at {window['scale_down_at']} ({by})"}
+
+
+def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> dict[str, Any]:
     f, itype, s = fp.config, fp.itype, fp.summary
     accel = itype.accelerator
     return {
@@ -56,6 +73,9 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet) -> dict[str, Any]:
         "subnet": {"cidr": subnet.cidr, "existingId": subnet.existing_id, "capacity": subnet.capacity, "need": subnet.need},
         "target": "eks" if fp.on_eks else "ec2",
         "ami": _ami(fp),
+        "bootCheck": _boot_check(fp),
+        "autoRepair": fp.auto_repair if fp.on_eks else None,
+        "capacityWindow": _window(fp, window),
     }
 
 
@@ -72,12 +92,12 @@ def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
     }
 
 
-def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]) -> dict[str, Any]:
+def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "region": plan.config.region,
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
-        "fleets": [fleet_facts(fp, plan.private_subnet(fp.config.availability_zone)) for fp in plan.fleets],
+        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
         "subnets": [
             {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
              "need": s.need, "fleets": s.fleets}
@@ -128,10 +148,16 @@ def render_text(doc: dict[str, Any]) -> str:
         s = f["subnet"]
         out.append(f"    subnet            {_subnet(s)}, needs {s['need']} at max nodes")
         out.append(f"    AMI               {f['ami']}")
+        out.append(f"    boot check        {f['bootCheck']}")
+        if f["autoRepair"] is not None:
+            out.append(f"    node auto repair  {'on' if f['autoRepair'] else 'off'}")
+        if f["capacityWindow"]:
+            w = f["capacityWindow"]
+            out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
-        out.append(f"  {s['kind']:<8} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
+        out.append(f"  {s['kind']:<9} {s['availabilityZone']:<12} {_subnet(s)}, need {s['need']}{who}")
     if doc["flows"]:
         blocked = sum(not f["allowed"] for f in doc["flows"])
         out += ["", f"Network flows the cluster needs ({blocked} blocked)" if blocked else "Network flows the cluster needs (all allowed)"]

@@ -4,6 +4,9 @@
 #   scripts/pipeline.sh check          validate every stack, plan each offline (out/plan-<stack>.json, the
 #                                      artifacts), scan each with checkov (out/scan/<stack>), run the tests;
 #                                      no credentials, no Pulumi CLI
+#   scripts/pipeline.sh diff [BASE_REF] on pull requests: what each stack file changes against BASE_REF (default
+#                                      origin/main), offline; fails when the network or the cluster would be replaced
+#                                      or deleted (ALLOW_REPLACE=1 to accept), diffs in out/diff-<stack>.json
 #   scripts/pipeline.sh preview STACK  pulumi preview of STACK with the policy pack (policy/)
 #   scripts/pipeline.sh up STACK       pulumi up of STACK with the policy pack
 #
@@ -15,6 +18,7 @@ cd "$(dirname "$0")/.."
 usage() {
   cat >&2 <<'EOF'
 usage: scripts/pipeline.sh check            validate, plan and scan every stack offline, run the tests
+       scripts/pipeline.sh diff [BASE_REF]  what each stack file changes against BASE_REF (default origin/main)
        scripts/pipeline.sh preview STACK    pulumi preview with the policy pack
        scripts/pipeline.sh up STACK         pulumi up with the policy pack
 EOF
@@ -53,6 +57,18 @@ scan() {  # checkov over each stack's Terraform-plan export and manifests; check
   return $status
 }
 
+diff_stacks() {  # diff_stacks BASE_REF
+  local base=$1 stack status=0 allow=()
+  [[ ${ALLOW_REPLACE:-} == 1 ]] && allow=(--allow-replace)
+  python3 -m venv venv && venv/bin/pip install -r requirements.txt
+  mkdir -p out
+  for stack in $(stacks); do
+    venv/bin/python -m components diff --config "stacks/Pulumi.$stack.yaml" --base-ref "$base" "${allow[@]}" || status=1
+    venv/bin/python -m components diff --config "stacks/Pulumi.$stack.yaml" --base-ref "$base" --json --allow-replace > "out/diff-$stack.json"
+  done
+  return $status
+}
+
 deploy() {  # deploy preview|up STACK
   local command=$1 stack=$2
   if [[ ! -f "stacks/Pulumi.$stack.yaml" ]]; then
@@ -78,6 +94,8 @@ deploy() {  # deploy preview|up STACK
 
 case "${1:-} $#" in
   "check 1") check ;;
+  "diff 1") diff_stacks origin/main ;;
+  "diff 2") diff_stacks "$2" ;;
   "preview 2" | "up 2") deploy "$1" "$2" ;;
   *) usage ;;
 esac

@@ -36,3 +36,36 @@ def base_doc(**overrides) -> dict:
 def settings_of(doc: dict) -> dict:
     """A config document as stack-file settings (`ns:key`)."""
     return {("aws:region" if k == "region" else f"efa-infra:{k}"): v for k, v in doc.items()}
+
+
+def stand_in_devices(efa: int, gpus: int = 0) -> str:
+    """sh (as root, in a private mount namespace) that puts a fresh /dev in place with `efa` EFA device
+    nodes (/dev/infiniband/uverbsN, char 231:192+N as the kernel numbers them) and `gpus` NVIDIA ones
+    (/dev/nvidiaN, char 195:N; /dev/nvidiactl beside them is not a GPU), plus what programs need of /dev."""
+    nodes = [f"mknod -m 666 /dev/{name} c {major} {minor}"
+             for name, major, minor in (("null", 1, 3), ("zero", 1, 5), ("random", 1, 8), ("urandom", 1, 9))]
+    nodes += [f"mknod /dev/infiniband/uverbs{i} c 231 {192 + i}" for i in range(efa)]
+    nodes += [f"mknod /dev/nvidia{i} c 195 {i}" for i in range(gpus)] + ["mknod /dev/nvidiactl c 195 255"]
+    return " && ".join([
+        "mount -t tmpfs -o mode=755 efa-infra-dev /dev", "mkdir /dev/infiniband /dev/shm /dev/pts", *nodes,
+        "mount -t tmpfs none /dev/shm", "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts",
+        "ln -s pts/ptmx /dev/ptmx", "ln -s /proc/self/fd /dev/fd",
+        *(f"ln -s /proc/self/fd/{n} /dev/{f}" for n, f in enumerate(("stdin", "stdout", "stderr"))),
+    ])
+# Every example stack file, by name.
+STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+
+
+def stack_settings(name: str) -> dict:
+    from components import config
+
+    return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
+
+
+def register(settings: dict, stack: str) -> list:
+    """What the program registers for these settings under the mocks (it must run clean)."""
+    from components import offline
+
+    run = offline.run(settings, stack)
+    assert run.error is None, run.error
+    return run.resources

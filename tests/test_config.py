@@ -20,7 +20,7 @@ def fleet(**changes) -> dict:
 
 
 JOB = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"]}
-EKS_NET = {"availabilityZones": ["us-east-1b"]}
+EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}
 
 # (case, document, the key the error must name)
 INVALID = [
@@ -34,7 +34,7 @@ INVALID = [
     ("missing region", {k: v for k, v in base_doc().items() if k != "region"}, "aws:region"),
     ("VPC CIDR not a CIDR", base_doc(network={"vpcCidr": "10.0.0.0/33"}), "efa-infra:network.vpcCidr"),
     ("VPC larger than AWS allows", base_doc(network={"vpcCidr": "10.0.0.0/8"}), "efa-infra:network.vpcCidr"),
-    ("fleet too big for the VPC", base_doc(network={"vpcCidr": "10.0.0.0/24"}, fleets=[fleet(nodes={"desired": 2, "max": 400})]),
+    ("fleet too big for its subnet", base_doc(network={"vpcCidr": "10.0.0.0/22"}, fleets=[fleet(nodes={"desired": 2, "max": 400})]),
      "efa-infra:fleets[0].nodes.max"),
     ("job on a fleet that does not exist", base_doc(jobs=[{**JOB, "fleet": "gpus"}]), "efa-infra:jobs[0].fleet"),
     ("job wider than its fleet", base_doc(jobs=[{**JOB, "nodes": 3}]), "efa-infra:jobs[0].nodes"),
@@ -48,15 +48,15 @@ INVALID = [
     ("unknown EFA layout", base_doc(fleets=[fleet(efaLayout="efa-everywhere")]), "efa-infra:fleets[0].efaLayout"),
     ("fleet name with capitals", base_doc(fleets=[fleet(name="GPU")]), "efa-infra:fleets[0].name"),
     ("two fleets of one name", base_doc(fleets=[fleet(), fleet(availabilityZone="us-east-1b")]), "efa-infra:fleets[1].name"),
-    ("EKS with one AZ", base_doc(eks={"enabled": True}), "efa-infra:network.availabilityZones"),
-    ("job on EKS without an image", base_doc(eks={"enabled": True}, network=EKS_NET, jobs=[JOB]), "efa-infra:jobs[0].image"),
+    ("EKS without its AZs", base_doc(eks={"enabled": True}), "efa-infra:eks.availabilityZones"),
+    ("job on EKS without an image", base_doc(eks=EKS, jobs=[JOB]), "efa-infra:jobs[0].image"),
     ("AMI id malformed", base_doc(fleets=[fleet(ami="ubuntu-22.04")]), "efa-infra:fleets[0].ami"),
     ("root volume too small", base_doc(fleets=[fleet(rootVolumeGiB=8)]), "efa-infra:fleets[0].rootVolumeGiB"),
     ("NAT mode unknown", base_doc(network={"natGateways": "two"}), "efa-infra:network.natGateways"),
     ("public endpoint CIDR malformed", base_doc(eks={"publicAccessCidrs": ["everyone"]}), "efa-infra:eks.publicAccessCidrs"),
     ("EFA job on a fleet without EFA", base_doc(fleets=[fleet(efa=False)], jobs=[JOB]), "efa-infra:jobs[0].efa"),
     ("/dev/shm larger than a pod may use",
-     base_doc(eks={"enabled": True}, network=EKS_NET, jobs=[{**JOB, "image": "train:1", "shmSize": "128Gi"}]),
+     base_doc(eks=EKS, jobs=[{**JOB, "image": "train:1", "shmSize": "128Gi"}]),
      "efa-infra:jobs[0].shmSize"),
     ("env name with a dash", base_doc(jobs=[{**JOB, "env": {"NCCL-DEBUG": "INFO"}}]), "efa-infra:jobs[0].env"),
     ("MPIJob for torchrun", base_doc(jobs=[{**JOB, "kind": "mpijob"}]), "efa-infra:jobs[0]"),
@@ -100,7 +100,7 @@ def test_cli_prints_the_error_without_traceback(tmp_path, case, doc, key):
 @pytest.mark.parametrize("shm,ok", [("104Gi", True), ("106496Mi", True), ("105Gi", False), ("106497Mi", False)])
 def test_shm_fits_in_what_a_pod_may_use(shm, ok):
     # g6.8xlarge: 128 GiB, less 5 GiB of hugepages, 85% of the rest = 104 GiB for the pod.
-    doc = base_doc(eks={"enabled": True}, network=EKS_NET, jobs=[{**JOB, "image": "train:1", "shmSize": shm}])
+    doc = base_doc(eks=EKS, jobs=[{**JOB, "image": "train:1", "shmSize": shm}])
     if ok:
         assert config.load(doc).jobs[0].shm_size == shm
         return

@@ -12,6 +12,7 @@ from conftest import ROOT, base_doc, settings_of
 NODEGROUP = "aws:eks/nodeGroup:NodeGroup"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
+EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +75,14 @@ def test_cluster_endpoint_auth_and_encryption(prod):
 
 
 def test_public_endpoint_only_for_listed_cidrs():
-    doc = base_doc(eks={"enabled": True, "publicAccessCidrs": ["203.0.113.0/24"]}, network={"availabilityZones": ["us-east-1b"]})
+    doc = base_doc(eks={**EKS, "publicAccessCidrs": ["203.0.113.0/24"]})
     run = offline.run(settings_of(doc), "t")
     cluster = run.one("eks:index:Cluster").inputs
     assert cluster["endpointPublicAccess"] is True and cluster["publicAccessCidrs"] == ["203.0.113.0/24"]
 
 
 def test_trainium_fleet_gets_the_neuron_ami_and_taint():
-    doc = base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]},
+    doc = base_doc(eks=EKS,
                    fleets=[{"name": "trn", "instanceType": "trn2.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
     run = offline.run(settings_of(doc), "t")
     assert run.error is None, run.error

@@ -23,7 +23,7 @@ from components import config, eks_rules, flows, offline
 from conftest import ROOT, base_doc, settings_of
 
 NODEGROUP, LT, RELEASE = "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate", "kubernetes:helm.sh/v3:Release"
-TRAINIUM = base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]},
+TRAINIUM = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]},
                     fleets=[{"name": "trn", "instanceType": "trn2.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
 EKS_STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml")
                     if config.load_file(p).eks.enabled)
@@ -279,3 +279,15 @@ def test_a_job_whose_operator_is_not_installed_is_a_config_error():
     (problem,) = err.value.problems
     assert problem.path == "efa-infra:jobs[0].kind"
     assert "add training-operator to efa-infra:eks.operators (it lists mpi-operator)" in problem.message
+
+
+def test_a_fleet_in_the_secondary_block_reaches_the_endpoints_only_through_a_rule_for_that_block():
+    doc = base_doc(network={"secondaryCidr": "100.64.0.0/16", "interfaceEndpoints": ["ecr.api"]})
+    doc["fleets"][0]["subnet"] = "secondary"
+    run = offline.run(settings_of(doc), "t")
+    assert run.error is None, run.error
+    need = ("node to interface endpoints (TCP 443)", "gpu-asg node")
+    verdicts = {(v.need.name, v.need.sender): v for v in flows.model(run.resources).verdicts()}
+    assert verdicts[need].allowed and verdicts[need].ingress.source == "efa-endpoints-https-secondary"
+    without = [r for r in run.resources if r.name != "efa-endpoints-https-secondary"]
+    assert not {(v.need.name, v.need.sender): v for v in flows.model(without).verdicts()}[need].allowed

@@ -12,7 +12,7 @@ import yaml
 
 from components import config, launch, offline
 from conftest import ROOT
-from test_launch import CRD_DIR, CRD_FILES, check_manifest, schema_versions
+from test_launch import CRD_DIR, CRD_FILES, check_manifest, pod_templates, schema_versions
 
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
 
@@ -31,8 +31,13 @@ def test_every_rendered_artifact_of_every_example_stack_checks_out(stack, tmp_pa
     for job in cfg.jobs:
         plan = launch.job_plan(cfg, job)
         if plan.target == "eks":
-            for doc in launch.render_manifests(cfg, job):
+            docs = launch.render_manifests(cfg, job)
+            for doc in docs:
                 check_manifest(doc, schema_versions(cfg))
+            if plan.efa_devices and plan.nodes > 1:  # EFA does not cross AZs: every node pod says so
+                pods = [t for d in docs for t in pod_templates(d) if t["metadata"]["labels"].get("app.kubernetes.io/component") == "node"]
+                assert pods and all(t["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                                    ["topologyKey"] == "topology.kubernetes.io/zone" for t in pods), (stack, job.name)
         else:
             script = tmp_path / f"{job.name}.sh"
             script.write_text(launch.render_node_script(cfg, job, stack=stack))
@@ -49,7 +54,8 @@ def test_ec2_jobs_become_ssm_documents_with_the_rendered_script():
     for job in cfg.jobs:
         d = docs[f"{job.name}-launch"]
         assert d.parent == job.name and d.inputs["documentType"] == "Command"
-        assert json.loads(d.inputs["content"]) == launch.ssm_document(launch.render_node_script(cfg, job, stack="p5-ec2"), job.name)
+        assert json.loads(d.inputs["content"]) == launch.ssm_document(launch.render_node_script(cfg, job, stack="p5-ec2"), job.name,
+                                                                      job.working_directory)
     assert run.outputs["jobs"]["nccl-efa"]["run"].startswith("aws ssm send-command --document-name <nccl-efa-launch.name> "
                                                               "--targets Key=tag:efa-infra:fleet,Values=p5")
 
@@ -65,11 +71,6 @@ def test_eks_jobs_export_manifests_and_apply_only_when_asked():
     applied = offline.run(settings, "prod")
     (group,) = applied.of_type("kubernetes:yaml/v2:ConfigGroup")
     assert group.name == "pretrain-manifests" and group.inputs["objs"][0]["kind"] == "PyTorchJob"
-    # The operators the job kinds need are installed with the cluster.
-    (training,) = applied.of_type("kubernetes:kustomize/v2:Directory")
-    (mpi,) = applied.of_type("kubernetes:yaml/v2:ConfigFile")
-    assert mpi.inputs["file"].endswith("/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml")
-    assert training.inputs["directory"] == "components/manifests/training-operator"  # relative to the project
 
 
 def test_the_training_operator_leaves_mpijobs_to_the_mpi_operator():

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components import config, launch
+from components import catalog, config, launch, ofi_platform, preflight
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
@@ -32,8 +32,8 @@ def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: b
     }
     spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
     if eks:
-        doc["eks"] = {"enabled": True}
-        doc["network"] = {"availabilityZones": ["us-east-1b"]}
+        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"],
+                      "operators": ["training-operator", "mpi-operator"]}
         spec.setdefault("image", "public.ecr.aws/example/train:1")
     doc["jobs"] = [spec]
     cfg = config.load(doc)
@@ -59,7 +59,7 @@ def node_containers(docs: list[dict]) -> list[dict]:
 # --- derived values ----------------------------------------------------------------
 
 TYPES = [
-    # type, EFA devices, accelerator, count, resource, RDMA read
+    # type, EFA devices, accelerator, count, resource, GPUDirect RDMA (aws-ofi-nccl's table)
     ("p4d.24xlarge", 4, "A100", 8, "nvidia.com/gpu", True),
     ("p5.48xlarge", 32, "H100", 8, "nvidia.com/gpu", True),
     ("p5en.48xlarge", 16, "H200", 8, "nvidia.com/gpu", True),
@@ -80,14 +80,8 @@ def test_plan_derives_devices_and_efa_env_per_type(itype, devices, accel, count,
     assert plan.hugepages == "5120Mi"
     assert plan.rdma is rdma
     env = plan.env
-    assert {k: env[k] for k in ("FI_PROVIDER", "FI_EFA_FORK_SAFE", "NCCL_BUFFSIZE", "NCCL_P2P_NET_CHUNKSIZE", "NCCL_DEBUG")} == {
-        "FI_PROVIDER": "efa", "FI_EFA_FORK_SAFE": "1", "NCCL_BUFFSIZE": "8388608",
-        "NCCL_P2P_NET_CHUNKSIZE": "524288", "NCCL_DEBUG": "INFO",
-    }
-    # Forcing RDMA on a device without RDMA read aborts: absent, not "0", on g6e.
-    assert env.get("FI_EFA_USE_DEVICE_RDMA") == ("1" if rdma else None)
-    assert "NCCL_NET" not in env
-    assert env["NCCL_SOCKET_IFNAME"] == "^lo,docker0"
+    # The plugin sets the provider, fork safety and buffer sizes itself; FI_EFA_USE_DEVICE_RDMA is decided at run time.
+    assert env == {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET", "NCCL_SOCKET_IFNAME": "^lo,docker0"}
 
     (container,) = node_containers(launch.render_manifests(cfg, job)[1:])
     res = container["resources"]
@@ -96,8 +90,10 @@ def test_plan_derives_devices_and_efa_env_per_type(itype, devices, accel, count,
     assert res["limits"][resource] == count
     assert res["limits"]["hugepages-2Mi"] == "5120Mi"
     assert "memory" in res["limits"]  # Kubernetes refuses hugepages without a memory or cpu limit
-    env_items = {e["name"]: e["value"] for e in container["env"]}
+    env_items = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env_items == env
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert downward == {"POD_NAME": "metadata.name", "NODE_NAME": "spec.nodeName"}  # named by the checks
 
 
 def test_plan_without_efa_is_the_tcp_baseline():
@@ -119,7 +115,7 @@ def test_job_env_overrides_the_derived_settings():
     plan = launch.job_plan(cfg, job)
     assert {k: plan.env[k] for k in override} == override
     (container,) = node_containers(launch.render_manifests(cfg, job))
-    assert {e["name"]: e["value"] for e in container["env"]}["NCCL_DEBUG"] == "WARN"
+    assert {e["name"]: e.get("value") for e in container["env"]}["NCCL_DEBUG"] == "WARN"
 
     cfg, job = stack({"env": override}, eks=False)
     script = launch.render_node_script(cfg, job, stack="dev")
@@ -204,7 +200,8 @@ def run_pod_command(command: list[str], env: dict[str, str], tmp_path: Path) -> 
 
 
 def test_indexed_job_ranks_pods_by_completion_index(tmp_path):
-    cfg, job = stack({"command": ["train.py", "--name", "it's $(x)"]}, instance_type="p4d.24xlarge")
+    # efaCheck false: no EFA devices here (tests/test_preflight.py runs the checks on stand-in devices).
+    cfg, job = stack({"command": ["train.py", "--name", "it's $(x)"], "efaCheck": False}, instance_type="p4d.24xlarge")
     service, batch = launch.render_manifests(cfg, job)
     assert service["spec"]["clusterIP"] == "None"
     assert (batch["spec"]["completionMode"], batch["spec"]["completions"], batch["spec"]["parallelism"]) == ("Indexed", 2, 2)
@@ -236,13 +233,15 @@ def test_pods_hold_a_whole_node_with_efa_shm_and_locked_memory():
 def test_devices_come_from_the_plugin_not_a_host_mount(kind):
     launcher = "nccl-tests" if kind == "mpijob" else "torchrun"
     cfg, job = stack({"kind": kind, "launcher": launcher})
-    text = json.dumps(launch.render_manifests(cfg, job))
-    assert "/dev/infiniband" not in text and "hostPath" not in text
+    docs = launch.render_manifests(cfg, job)
+    assert "hostPath" not in json.dumps(docs)
+    mounts = [m["mountPath"] for d in docs for t in pod_templates(d) for c in t["spec"]["containers"] for m in c.get("volumeMounts", [])]
+    assert mounts and not [m for m in mounts if m.startswith("/dev/infiniband")]
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_pytorchjob_master_and_workers(launcher, tmp_path):
-    cfg, job = stack({"kind": "pytorchjob", "launcher": launcher, "nodes": 3}, fleet={"nodes": {"desired": 3}})
+    cfg, job = stack({"kind": "pytorchjob", "launcher": launcher, "nodes": 3, "efaCheck": False}, fleet={"nodes": {"desired": 3}})
     (doc,) = launch.render_manifests(cfg, job)
     replicas = doc["spec"]["pytorchReplicaSpecs"]
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 2)
@@ -272,12 +271,13 @@ def test_mpijob_launcher_passes_the_env_to_every_rank():
     assert spec["mpiReplicaSpecs"]["Launcher"]["replicas"] == 1
     assert spec["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
     launcher = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
-    cmd = launcher["command"]
-    assert cmd[0] == "mpirun" and cmd[cmd.index("-np") + 1] == "16"
-    assert cmd[-9:] == ["all_reduce_perf", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
+    cmd = mpirun_line(launcher["command"])
+    assert cmd[:2] == ["efa_infra_watch", "mpirun"] and cmd[cmd.index("-np") + 1] == "16"
+    assert cmd[-9:] == ["$NCCL_TEST", "-b", "8", "-e", "2G", "-f", "2", "-g", "1"]
     exported = {cmd[i + 1] for i, a in enumerate(cmd) if a == "-x"}
-    assert {e["name"] for e in launcher["env"]} <= exported
-    assert "FI_EFA_USE_DEVICE_RDMA" in exported
+    assert {e["name"] for e in launcher["env"] if "value" in e} <= exported
+    # Set at run time, with a libfabric older than 1.18 only (tests/test_preflight.py).
+    assert "${FI_EFA_USE_DEVICE_RDMA:+-x" in cmd
     worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["vpc.amazonaws.com/efa"] == 16
     assert "resources" not in launcher
@@ -287,8 +287,15 @@ def test_nccl_tests_across_nodes_need_an_mpijob():
     with pytest.raises(config.ConfigError, match="use kind: mpijob"):
         stack({"launcher": "nccl-tests", "command": []})
     cfg, job = stack({"launcher": "nccl-tests", "command": [], "nodes": 1})
-    cmd = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]["containers"][0]["command"]
+    cmd = mpirun_line(launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]["containers"][0]["command"])
     assert cmd[cmd.index("-np") + 1] == "8" and "-H" not in cmd
+
+
+def mpirun_line(command: list[str]) -> list[str]:
+    """The words of the line of a container's shell command that starts mpirun, as shlex splits them."""
+    assert command[:2] == ["/bin/sh", "-c"]
+    (line,) = [ln for ln in command[2].splitlines() if " mpirun " in f" {ln} "]
+    return shlex.split(line)
 
 
 # --- every manifest against a real schema --------------------------------------------
@@ -425,3 +432,132 @@ def test_ssm_document_runs_the_script_with_bash(tmp_path):
         launch.ssm_document(f"echo {launch.SSM_HEREDOC}\n", "train")
     with pytest.raises(launch.LaunchError, match="document parameter"):
         launch.ssm_document("echo '{{ x }}'\n", "train")
+
+
+# --- the environment against aws-ofi-nccl's own table ----------------------------------
+
+
+def test_env_leaves_to_the_plugin_what_it_sets_on_every_efa_type():
+    types = [t for t in catalog.Catalog().efa_types()]
+    assert len(types) > 300
+    cfg = config.load({
+        "region": "us-east-1",
+        "clusters": [{"name": f"c{i}", "kind": "eks", "instanceType": t.name, "nodes": 2} for i, t in enumerate(types)],
+        "jobs": [{"name": f"j{i}", "fleet": f"c{i}", "launcher": "torchrun", "command": ["t.py"], "image": "x:1"}
+                 for i in range(len(types))],
+    })
+    seen = set()
+    for itype, job in zip(types, cfg.jobs):
+        plan = launch.job_plan(cfg, job)
+        entry = ofi_platform.platform(itype.name)
+        seen.add(entry.name if entry else None)
+        # Nothing the plugin fills in itself, nothing it leaves alone on purpose, no provider, no forced RDMA.
+        plugin = ofi_platform.plugin_sets(itype)
+        assert not set(plan.env) & (set(plugin) | {"FI_PROVIDER", "FI_EFA_FORK_SAFE", "FI_EFA_USE_DEVICE_RDMA"}), itype.name
+        assert plan.env == {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_SUBSYS": "INIT,NET", "NCCL_SOCKET_IFNAME": "^lo,docker0"}
+        # FI_EFA_USE_DEVICE_RDMA: only on the plugin's GPUDirect RDMA types, and only decided at run time.
+        assert plan.rdma is bool(entry and entry.gdr_required), itype.name
+        script = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]["containers"][0]["command"][2]
+        assert (preflight.DEVICE_RDMA.strip() in script) is plan.rdma
+    # Every entry of the table is reached but p-series, which is for P types after p6-b300 (p6e-gb200 on), none in the data.
+    table = {e["name"] for e in ofi_platform._table()["platforms"]}
+    assert seen == table - {"p-series"} | {None}
+
+
+@pytest.mark.parametrize("itype,entry,rdma,buffsize", [
+    ("p5.4xlarge", "p5.4xlarge", False, None),  # by type: not p5's entry
+    ("p5.48xlarge", "p5/p5e", True, "8388608"),
+    ("p5en.48xlarge", "p5en/p6-b200", True, "8388608"),
+    ("p6-b300.48xlarge", "p6-b300", True, "8388608"),
+    ("g5.48xlarge", "g5.48xlarge", False, None),
+    ("g6e.48xlarge", None, False, None),
+    ("trn2.48xlarge", "Trainium Family", True, None),
+])
+def test_the_table_as_encoded(itype, entry, rdma, buffsize):
+    t = catalog.get(itype)
+    got = ofi_platform.platform(itype)
+    assert (got.name if got else None, ofi_platform.uses_device_rdma(t)) == (entry, rdma)
+    assert ofi_platform.plugin_sets(t).get("NCCL_BUFFSIZE") == buffsize
+    # The Neuron build leaves FI_EFA_FORK_SAFE alone on purpose; the NVIDIA one sets it.
+    assert ("FI_EFA_FORK_SAFE" in ofi_platform.plugin_sets(t)) is (t.accelerator.kind == "gpu")
+
+
+def test_nccl_debug_is_a_job_key():
+    cfg, job = stack({"ncclDebug": "WARN", "efaCheck": False})
+    assert launch.job_plan(cfg, job).env == {"NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "^lo,docker0"}
+    with pytest.raises(config.ConfigError) as err:
+        stack({"ncclDebug": "WARN"})
+    (problem,) = err.value.problems
+    assert problem.path == "efa-infra:jobs[0].ncclDebug" and "efaCheck: false" in problem.message
+    cfg, job = stack({"ncclDebug": "WARN", "efa": False})  # the TCP baseline has no transport check
+    assert launch.job_plan(cfg, job).env["NCCL_DEBUG"] == "WARN"
+    with pytest.raises(config.ConfigError, match=r"jobs\[0\]\.ncclDebug: .*'TRACE'"):
+        stack({"ncclDebug": "TRACE"})
+
+
+# --- placement: one AZ, close in the network ------------------------------------------
+
+
+@pytest.mark.parametrize("kind,launcher", KINDS)
+def test_multi_node_efa_pods_share_one_az_and_prefer_close_nodes(kind, launcher):
+    cfg, job = stack({"kind": kind, "launcher": launcher})
+    (pod,) = node_pods(launch.render_manifests(cfg, job))
+    affinity = pod["spec"]["affinity"]["podAffinity"]
+    (same_az,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert same_az == {"labelSelector": {"matchLabels": pod["metadata"]["labels"]}, "topologyKey": "topology.kubernetes.io/zone"}
+    preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert [(p["podAffinityTerm"]["topologyKey"], p["weight"]) for p in preferred] == [
+        ("topology.k8s.aws/network-node-layer-3", 100), ("topology.k8s.aws/network-node-layer-2", 50),
+        ("topology.k8s.aws/network-node-layer-1", 25)]
+    assert all(p["podAffinityTerm"]["labelSelector"] == same_az["labelSelector"] for p in preferred)
+    # One node, or no EFA: nothing to keep together.
+    for one in ({"nodes": 1}, {"efa": False}):
+        if kind == "indexed-job" and launcher == "nccl-tests":
+            continue
+        cfg, job = stack({"kind": kind, "launcher": launcher, **one})
+        (pod,) = node_pods(launch.render_manifests(cfg, job))
+        assert "podAffinity" not in pod["spec"]["affinity"]
+
+
+def test_jobs_on_unmanaged_clusters_carry_the_same_az_rule():
+    cfg = config.load({
+        "region": "us-west-2",
+        "clusters": [{"name": "hp", "kind": "hyperpod", "instanceType": "ml.p5.48xlarge", "nodes": 4}],
+        "jobs": [{"name": "train", "fleet": "hp", "launcher": "torchrun", "command": ["train.py"], "image": "x:1"},
+                 {"name": "nccl", "fleet": "hp", "launcher": "nccl-tests", "kind": "mpijob", "image": "x:1", "nodes": 2}],
+    })
+    for job in cfg.jobs:
+        docs = launch.render_manifests(cfg, job)
+        (pod,) = node_pods(docs)
+        assert pod["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == \
+            "topology.kubernetes.io/zone"
+        for doc in docs:
+            check_manifest(doc, [K8S_VERSION])
+
+
+def node_pods(docs: list[dict]) -> list[dict]:
+    """The pod templates that hold a node, one per distinct template."""
+    out = []
+    for d in docs:
+        for t in pod_templates(d):
+            if t["metadata"]["labels"].get("app.kubernetes.io/component") == "node" and t not in out:
+                out.append(t)
+    return out
+
+
+# --- the working directory ----------------------------------------------------------
+
+
+def test_working_directory_is_where_the_launch_runs():
+    cfg, job = stack({"workingDirectory": "/fsx/team/run1"})
+    for c in node_containers(launch.render_manifests(cfg, job)):
+        assert c["workingDir"] == "/fsx/team/run1"
+    cfg, job = stack({"workingDirectory": "/fsx/team/run1"}, eks=False)
+    script = launch.render_node_script(cfg, job, stack="dev")
+    assert "WORKING_DIRECTORY=/fsx/team/run1" in script and 'cd "$WORKING_DIRECTORY" ||' in script
+    (step,) = launch.ssm_document(script, job.name, job.working_directory)["mainSteps"]
+    assert step["inputs"]["workingDirectory"] == "/fsx/team/run1"
+    (step,) = launch.ssm_document(script, job.name)["mainSteps"]
+    assert "workingDirectory" not in step["inputs"]
+    with pytest.raises(config.ConfigError, match=r"jobs\[0\]\.workingDirectory: .*'fsx/run'"):
+        stack({"workingDirectory": "fsx/run"})

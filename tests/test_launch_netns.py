@@ -19,6 +19,7 @@ from typing import Callable
 import pytest
 
 from components import config, launch
+from conftest import stand_in_devices
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -217,7 +218,7 @@ def test_missing_efa_devices_stop_the_launch(nodes, tmp_path):
     hosts = hostfile(tmp_path, list(SUBNET))
     res = run_on(nodes[:1], tmp_path, {"launcher": "torchrun", "command": command}, args=(str(hosts),))
     assert res[0].rc != 0
-    assert "EFA check failed: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
+    assert "EFA check failed on node 10.213.7.1: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
     assert "efaCheck: false" in res[0].log
     assert not results(out)  # nothing was launched
 
@@ -229,12 +230,13 @@ def test_efa_check_off_warns_and_runs(nodes, tmp_path):
     job = {"launcher": "torchrun", "command": command, "efaCheck": False, "nodes": 1, "env": {"NCCL_DEBUG": "WARN"}}
     res = run_on(nodes, tmp_path, job, args=(str(hosts),))
     assert_ok(res)
-    assert "warning: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
+    assert "warning: EFA check on node 10.213.7.1: expected 4 EFA devices (p4d.24xlarge), found 0" in res[0].log
     assert "the job runs on the first 1: nothing to do here" in res[1].log
     ranks = results(out)
     assert list(ranks) == [0]
     assert (ranks[0]["world"], ranks[0]["sum"]) == (1, 1.0)
-    assert ranks[0]["env"]["FI_PROVIDER"] == "efa" and ranks[0]["env"]["FI_EFA_USE_DEVICE_RDMA"] == "1"
+    # The plugin selects the provider itself; no libfabric here to say RDMA must be forced.
+    assert ranks[0]["env"]["FI_PROVIDER"] is None and ranks[0]["env"]["FI_EFA_USE_DEVICE_RDMA"] is None
     assert ranks[0]["env"]["NCCL_DEBUG"] == "WARN"
 
 
@@ -245,15 +247,14 @@ def private_mounts(setup: str):
     return wrap
 
 
-def fake_infiniband(count: int):
-    """`count` EFA-like devices in /sys/class/infiniband."""
-    devices = " ".join(f"/sys/class/infiniband/rdmap{i}s0" for i in range(count))
-    return private_mounts(f"mount -t tmpfs none /sys/class && mkdir -p /sys/class/infiniband {devices}")
+def fake_infiniband(count: int, gpus: int = 8):
+    """A node with `count` EFA devices and `gpus` GPUs (a p4d.24xlarge has 4 and 8)."""
+    return private_mounts(stand_in_devices(count, gpus))
 
 
 @pytest.mark.parametrize("devices,fi_info,message", [
-    (2, None, "expected 4 EFA devices (p4d.24xlarge), found 2 on"),
-    (4, "exit 1\n", "found 0 on 10.213.7.1 (4 in /sys/class/infiniband, but libfabric lists no efa provider"),
+    (2, None, "on node 10.213.7.1: expected 4 EFA devices (p4d.24xlarge), found 2 (2 in /dev/infiniband)"),
+    (4, "exit 1\n", "found 0 (4 in /dev/infiniband, but libfabric lists no efa provider"),
 ])
 def test_efa_check_counts_devices(nodes, tmp_path, devices, fi_info, message):
     if fi_info:
@@ -356,7 +357,8 @@ def calls(tmp_path: Path, name: str) -> list[list[str]]:
 
 def test_nccl_tests_start_every_rank_from_node_0_with_real_mpirun(nodes, tmp_path):
     aws_world(tmp_path, nodes)
-    stub(tmp_path, "fi_info", "exit 0\n")
+    # A libfabric older than 1.18 on a GPUDirect RDMA type: the one case FI_EFA_USE_DEVICE_RDMA=1 is set.
+    stub(tmp_path, "fi_info", 'if [ "$1" = --version ]; then echo "libfabric: 1.17.1amzn1.0"; fi\n')
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "rank.py").write_text(RANK)
@@ -372,7 +374,7 @@ def test_nccl_tests_start_every_rank_from_node_0_with_real_mpirun(nodes, tmp_pat
         assert f"inet {SUBNET[rank // 2]}/" in r["addrs"]
         assert r["args"] == ["-b", "8"]
         # The EFA settings reach the ranks on node b through mpirun, not through ssh's fresh environment.
-        assert r["env"] == {"OMPI_COMM_WORLD_SIZE": "4", "FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1",
+        assert r["env"] == {"OMPI_COMM_WORLD_SIZE": "4", "FI_PROVIDER": None, "FI_EFA_USE_DEVICE_RDMA": "1",
                             "NCCL_SOCKET_IFNAME": nodes[0].ifname, "NCCL_DEBUG": "INFO"}
     # One key, pushed to node b only, for the login user; node 0 logged in with it.
     assert [c[:2] for c in calls(tmp_path, "aws")] == [["ec2", "describe-instances"], ["ec2-instance-connect", "send-ssh-public-key"]]
@@ -514,3 +516,23 @@ def test_a_bad_node_list_fails_clearly(nodes, tmp_path, lines, message):
     res = run_on(nodes[:1], tmp_path, {"launcher": "nccl-tests", "efa": False}, args=(str(hosts),))
     assert res[0].rc != 0
     assert message in res[0].log
+
+
+# --- the working directory -----------------------------------------------------------
+
+
+def test_a_relative_command_runs_in_the_working_directory(nodes, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train.py").write_text(TRAIN)
+    out = tmp_path / "out"
+    out.mkdir()
+    hosts = hostfile(tmp_path, list(SUBNET))
+    job = {"launcher": "torchrun", "command": ["train.py", str(out), "torch"], "efa": False, "nodes": 1,
+           "workingDirectory": str(work)}
+    res = run_on(nodes[:1], tmp_path, job, args=(str(hosts),))  # started from the repository, not from work/
+    assert_ok(res)
+    assert list(results(out)) == [0]
+    res = run_on(nodes[:1], tmp_path, {**job, "workingDirectory": str(tmp_path / "nowhere")}, args=(str(hosts),))
+    assert res[0].rc != 0
+    assert f"cannot enter the job's workingDirectory {tmp_path / 'nowhere'} on 10.213.7.1" in res[0].log

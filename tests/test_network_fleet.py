@@ -80,7 +80,7 @@ def test_private_subnets_give_no_public_ips_and_are_sized_from_the_plan():
     private = run.one(SUBNET, "efa-private-us-east-1a").inputs
     public = run.one(SUBNET, "efa-public-us-east-1a").inputs
     assert private["mapPublicIpOnLaunch"] is False and public["mapPublicIpOnLaunch"] is False  # option: test_secure_defaults
-    assert private["cidrBlock"] == "10.30.0.0/24" and private["availabilityZone"] == "us-east-1a"
+    assert private["cidrBlock"] == "10.30.0.0/19" and private["availabilityZone"] == "us-east-1a"
     vpc = run.one("aws:ec2/vpc:Vpc").inputs
     assert vpc["enableDnsSupport"] and vpc["enableDnsHostnames"]
     services = {r.inputs["serviceName"]: r.inputs["vpcEndpointType"] for r in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")}
@@ -209,7 +209,7 @@ def p5_doc(nodes: int, layout: str = "ena-primary") -> dict:
 def test_2500_p5_nodes_plan_inside_a_slash_16():
     run = run_doc(p5_doc(2500))
     subnet = run.one(SUBNET, "efa-private-us-east-1a").inputs["cidrBlock"]
-    assert subnet == "10.0.0.0/20"  # 4,091 addresses for 2,500 nodes at 1 IP each
+    assert subnet == "10.0.0.0/19"  # us-east-1a: the first eighth of the /16, 8,187 addresses
     asg = run.one(ASG).inputs
     assert asg["maxSize"] == 2500
 
@@ -219,8 +219,9 @@ def test_a_fleet_that_cannot_fit_names_the_fleet_and_the_numbers():
         config.load(p5_doc(70000))
     (problem,) = err.value.problems
     assert problem.path == "efa-infra:fleets[0].nodes.max"
-    assert re.search(r"fleet 'p5' cannot fit: 70000 nodes x 1 private addresses each = 70000 in us-east-1a", problem.message)
-    assert "65531" in problem.message
+    assert re.search(r"fleet 'p5' cannot fit: 70000 nodes x 1 private addresses each = 70000; the private subnet", problem.message)
+    assert "the private subnet 10.0.0.0/19 of us-east-1a has room for 8187" in problem.message
+    assert "network.subnetCidrs.us-east-1a.private" in problem.message and "network.secondaryCidr" in problem.message
 
 
 def test_boot_script_is_valid_bash_and_counts_efa_devices_as_the_launch_does(tmp_path):

@@ -24,7 +24,7 @@ def test_dev_plan_json_has_resources_fleets_and_jobs():
     assert lt["parent"] == "gpu" and lt["inputs"]["instanceType"] == "g6.8xlarge"
     (gpu,) = doc["fleets"]
     assert (gpu["nodes"], gpu["efaDevicesPerNode"], gpu["privateIpsPerNode"]) == ({"min": 0, "desired": 2, "max": 2}, 1, 1)
-    assert gpu["subnet"]["need"] == 2 and gpu["subnet"]["capacity"] == 251
+    assert gpu["subnet"]["need"] == 2 and gpu["subnet"]["capacity"] == 507
 
 
 def test_dev_plan_text_shows_what_a_person_checks():
@@ -34,7 +34,7 @@ def test_dev_plan_text_shows_what_a_person_checks():
     assert "no AWS call was made" in out
     assert "1 of 1 devices per node, layout ena-primary" in out
     assert "EFA bandwidth     25 of 25 Gbps attached" in out
-    assert "room for 251, needs 2 at max nodes" in out
+    assert "room for 507, needs 2 at max nodes" in out
     assert "aws:ec2/launchTemplate:LaunchTemplate  gpu-lt" in out
     assert "<efa-vpc.id>" in out  # an AWS-assigned value shown as such
 

@@ -24,7 +24,7 @@ def run(**overrides) -> offline.Run:
 
 
 def eks_doc(**eks) -> dict:
-    return dict(network={"availabilityZones": ["us-east-1b"]}, eks={"enabled": True, **eks})
+    return dict(network={"availabilityZones": ["us-east-1b"]}, eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **eks})
 
 
 def test_flow_logs_go_to_a_log_group_of_ours_through_a_role_that_writes_only_there():

@@ -1,0 +1,139 @@
+"""Which transport NCCL used: public NCCL log excerpts (tests/data/nccl/transport,
+sources in its README) read by nccl-report and by the shell check that watches a
+job, which stops a job meant for EFA once NCCL shows it is not on EFA."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from components import nccl, nccl_log, preflight
+
+DATA = Path(__file__).resolve().parent / "data" / "nccl"
+LOGS = DATA / "transport"
+T = nccl_log.Transport
+OFI_TCP = "not the aws-ofi-nccl plugin: the run goes over TCP, not EFA"
+
+# file: what it says, and what is wrong for a p5en.48xlarge job (16 EFA devices)
+CASES = {
+    "efa_p5en.log": (T("Libfabric", None, "efa", 16), None),
+    "efa_p4d.log": (T(None, None, "efa", 4), None),  # no line names the network: nothing to judge
+    "efa_version_mpirun.log": (T("AWS Libfabric", "1.9.1-aws", None, None), None),
+    "cxi_provider.log": (T("AWS Libfabric", None, "cxi", 8), "NCCL uses the aws-ofi-nccl plugin with provider cxi, not efa"),
+    "socket_plugin_failed.log": (T(nccl_log.NO_PLUGIN_NETWORK, None, None, None),
+                                 f"NCCL uses its internal network (no net plugin loaded), {OFI_TCP}"),
+    "socket_no_plugin.log": (T(nccl_log.NO_PLUGIN_NETWORK, None, None, None), f"NCCL uses its internal network (no net plugin loaded), {OFI_TCP}"),
+    "socket_internal_plugin.log": (T(nccl_log.NO_PLUGIN_NETWORK, None, None, None), f"NCCL uses its internal network (no net plugin loaded), {OFI_TCP}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_log_names_the_transport(name):
+    want, problem = CASES[name]
+    got = nccl_log.transport((LOGS / name).read_text())
+    assert got == want
+    assert nccl_log.problem(got, 16) == problem
+
+
+def test_every_excerpt_is_covered_and_cited():
+    readme = (LOGS / "README.md").read_text()
+    assert sorted(p.name for p in LOGS.glob("*.log")) == sorted(CASES)
+    assert all(f"`{name}`" in readme for name in CASES)
+
+
+def test_fewer_nics_than_the_type_has_is_a_problem():
+    t = nccl_log.transport((LOGS / "efa_p5en.log").read_text())
+    assert nccl_log.problem(t, 32) == "the aws-ofi-nccl plugin found 16 EFA NICs, expected 32"
+    assert nccl_log.problem(t, 16) is None
+
+
+# --- the shell check ------------------------------------------------------------------
+
+
+def watch(tmp_path: Path, log: Path, *, expected: int = 16, strict: bool = True, then: str = "sleep 20") -> tuple[int, str, float]:
+    """Run a stand-in launcher that prints `log`, then `then`, then writes tmp_path/finished, under the check."""
+    launcher = f"cat {shlex.quote(str(log))}; {then}; touch {shlex.quote(str(tmp_path / 'finished'))}"
+    script = ("JOB=train\nEFA_WHERE='pod train-0 on node ip-10-0-0-1'\n"
+              + preflight.transport_check(efa_devices=expected, strict=strict)
+              + f"efa_infra_watch sh -c {shlex.quote(launcher)}\n")
+    start = time.monotonic()
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, problem) in CASES.items() if problem))
+def test_a_job_not_on_efa_is_stopped_with_the_reason(tmp_path, name):
+    rc, out, took = watch(tmp_path, LOGS / name)
+    assert rc == preflight.TRANSPORT_FAILED
+    assert (f"efa-infra[train]: error: EFA transport check failed on pod train-0 on node ip-10-0-0-1: "
+            f"{CASES[name][1]}. The job is stopped") in out
+    assert took < 15 and not (tmp_path / "finished").exists()  # stopped, not left to run over TCP
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (t, problem) in CASES.items() if not problem))
+def test_a_job_on_efa_runs_to_the_end_with_its_output_intact(tmp_path, name):
+    rc, out, _ = watch(tmp_path, LOGS / name, then="echo after; exit 7")
+    assert rc == 7  # the launcher's own status
+    assert "after" in out  # what the launcher printed after the verdict is passed on too
+    for line in (LOGS / name).read_text().splitlines():
+        assert line in out
+    if CASES[name][0].network:
+        assert "EFA transport check passed on pod train-0 on node ip-10-0-0-1: NCCL uses" in out
+    else:
+        assert "no NCCL line named the network" in out
+
+
+def test_the_check_counts_nics(tmp_path):
+    rc, out, _ = watch(tmp_path, LOGS / "efa_p5en.log", expected=32)
+    assert rc == preflight.TRANSPORT_FAILED
+    assert "the aws-ofi-nccl plugin found 16 EFA NICs, expected 32" in out
+    rc, out, _ = watch(tmp_path, LOGS / "efa_p5en.log", then="true")
+    assert rc == 0 and "NCCL uses Libfabric (aws-ofi-nccl version not logged), provider efa, 16 NICs" in out
+
+
+def test_with_efa_check_off_it_warns_and_the_job_goes_on(tmp_path):
+    rc, out, _ = watch(tmp_path, LOGS / "socket_no_plugin.log", strict=False, then="true")
+    assert rc == 0 and (tmp_path / "finished").exists()
+    assert "warning: EFA transport check on pod train-0 on node ip-10-0-0-1: NCCL uses its internal network" in out
+
+
+# --- nccl-report ------------------------------------------------------------------------
+
+
+def report_logs(tmp_path: Path, first: str, second: str) -> tuple[Path, Path]:
+    table = (DATA / "plain.log").read_text()
+    a, b = tmp_path / "efa.log", tmp_path / "tcp.log"
+    a.write_text((LOGS / first).read_text() + table)
+    b.write_text((LOGS / second).read_text() + table)
+    return a, b
+
+
+def test_nccl_report_shows_each_runs_transport(tmp_path, capsys):
+    efa, tcp = report_logs(tmp_path, "efa_version_mpirun.log", "socket_no_plugin.log")
+    assert nccl.cli([str(efa), str(tcp)]) == 0
+    out = capsys.readouterr().out
+    assert "  efa: AWS Libfabric, aws-ofi-nccl 1.9.1-aws, provider (not logged)" in out
+    assert "  tcp: its internal network (no net plugin loaded)" in out
+    assert "was meant for EFA" not in out  # the TCP baseline is the second run: no flag
+    assert nccl.cli([str(efa), str(tcp), "--json"]) == 0
+    runs = __import__("json").loads(capsys.readouterr().out)["runs"]
+    assert runs[0]["transport"]["plugin_version"] == "1.9.1-aws" and runs[0]["transport"]["meant_for_efa"]
+    assert runs[1]["transport"]["efa"] is False and runs[1]["transport"]["problem"] is None
+
+
+def test_nccl_report_flags_a_run_meant_for_efa_that_used_sockets(tmp_path, capsys):
+    efa, tcp = report_logs(tmp_path, "socket_plugin_failed.log", "socket_no_plugin.log")
+    assert nccl.cli([str(efa), str(tcp)]) == 0
+    out = capsys.readouterr().out
+    assert f"  ! efa was meant for EFA, but NCCL uses its internal network (no net plugin loaded), {OFI_TCP}" in out
+
+
+def test_nccl_report_checks_nics_against_the_fleet(tmp_path, capsys):
+    # p5-ec2's fleet is p5.48xlarge: 32 EFA devices; the p5en log found 16.
+    efa, tcp = report_logs(tmp_path, "efa_p5en.log", "socket_no_plugin.log")
+    assert nccl.cli([str(efa), str(tcp), "--stack", "p5-ec2", "--fleet", "p5"]) == 0
+    assert "  ! efa was meant for EFA, but the aws-ofi-nccl plugin found 16 EFA NICs, expected 32" in capsys.readouterr().out
