@@ -493,6 +493,11 @@ class JobConfig(Model):
         "(public.ecr.aws/example/train:2026.11) or a digest (...@sha256:<64 hex>); latest and untagged images are "
         "refused: the nodes of one job could run different images.",
     )
+    seccomp_profile: Literal["RuntimeDefault", "Unconfined"] = Field(
+        "RuntimeDefault",
+        description="On Kubernetes, the pods' seccomp profile: the container runtime's default filter, or Unconfined "
+        "for tools that make system calls it refuses (such as perf profiling).",
+    )
     namespace: str = Field(
         JOB_NAMESPACE, pattern=NAMESPACE_PATTERN,
         description="On Kubernetes, the namespace of the job's objects. Its Pod Security level must be privileged "

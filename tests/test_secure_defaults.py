@@ -162,3 +162,85 @@ def test_applied_manifests_wait_for_their_namespace():
     (group,) = r.of_type("kubernetes:yaml/v2:ConfigGroup")
     (ns,) = r.of_type("kubernetes:core/v1:Namespace")
     assert ns.urn in group.depends_on
+
+
+# --- jobs: what their pods may do --------------------------------------------------------------------------
+
+from components import launch, scan  # noqa: E402
+
+KINDS = [("indexed-job", "torchrun"), ("pytorchjob", "torchrun"), ("mpijob", "nccl-tests")]
+
+
+def manifests(job: dict | None = None, **eks) -> list[dict]:
+    cfg = config.load(base_doc(**eks_doc(operators=["training-operator", "mpi-operator"], **eks),
+                               fleets=[{"name": "gpu", "instanceType": "p5.48xlarge", "availabilityZone": "us-east-1a",
+                                        "nodes": {"desired": 2}}],
+                               jobs=[{**JOB, **(job or {})}]))
+    return launch.render_manifests(cfg, cfg.jobs[0])
+
+
+def pods(docs: list[dict]) -> dict[str, dict]:
+    """Every pod a job's objects make, by name: the Job's template, or the operator's pods."""
+    out = {}
+    for d in docs:
+        if d["kind"] == "Job":
+            out["node"] = d["spec"]["template"]["spec"]
+        for p in scan.operator_pods(d):
+            out[p["metadata"]["name"].removeprefix("train-")] = p["spec"]
+    return out
+
+
+def kind(k: str, launcher: str) -> dict:
+    return {"kind": k, "launcher": launcher, **({"command": []} if launcher == "nccl-tests" else {})}
+
+
+@pytest.mark.parametrize("k, launcher", KINDS)
+def test_every_pod_is_guaranteed_qos(k, launcher):
+    for name, spec in pods(manifests(kind(k, launcher))).items():
+        for c in spec["containers"]:
+            r = c["resources"]
+            assert r["requests"] == r["limits"] and {"cpu", "memory"} <= set(r["limits"]), (name, r)
+    if k == "mpijob":
+        launcher_pod = pods(manifests(kind(k, launcher)))["launcher"]
+        assert launcher_pod["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    node = next(s for n, s in pods(manifests(kind(k, launcher))).items() if n != "launcher")
+    assert node["containers"][0]["resources"]["limits"]["cpu"] == "172"  # 90% of a p5.48xlarge's 192 vCPUs
+
+
+@pytest.mark.parametrize("k, launcher", KINDS)
+def test_every_pod_has_least_privilege(k, launcher):
+    for name, spec in pods(manifests(kind(k, launcher))).items():
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}
+        (c,) = spec["containers"]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        caps = c["securityContext"]["capabilities"]
+        assert caps["drop"] == ["ALL"]
+        expected = ([] if name == "launcher" else ["IPC_LOCK", *launch.SSHD_CAPABILITIES] if k == "mpijob"
+                    else ["IPC_LOCK"])
+        assert caps.get("add", []) == expected, name
+
+
+def test_seccomp_can_be_unconfined():
+    for spec in pods(manifests({"seccompProfile": "Unconfined"})).values():
+        assert spec["securityContext"] == {"seccompProfile": {"type": "Unconfined"}}
+
+
+def test_mpi_workers_are_ready_when_sshd_listens():
+    worker = pods(manifests(kind("mpijob", "nccl-tests")))["worker"]["containers"][0]
+    assert worker["readinessProbe"] == {"tcpSocket": {"port": 22}, "periodSeconds": 5}
+    assert "/usr/sbin/sshd -De" in worker["command"][-1]  # sshd's own port: 22
+
+
+@pytest.mark.parametrize("k, launcher", KINDS)
+def test_every_object_goes_to_the_jobs_namespace(k, launcher):
+    assert {d["metadata"]["namespace"] for d in manifests(kind(k, launcher))} == {"efa-jobs"}
+    docs = manifests({**kind(k, launcher), "namespace": "research"}, namespaces=["research"])
+    assert {d["metadata"]["namespace"] for d in docs} == {"research"}
+
+
+def test_tags_are_pulled_always_and_digests_once():
+    assert {c["imagePullPolicy"] for s in pods(manifests()).values() for c in s["containers"]} == {"Always"}
+    digest = "public.ecr.aws/example/train@sha256:" + "0" * 64
+    (c,) = pods(manifests({"image": digest}))["node"]["containers"]
+    assert (c["image"], c["imagePullPolicy"]) == (digest, "IfNotPresent")
