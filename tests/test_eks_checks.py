@@ -67,8 +67,13 @@ def test_the_rules_agree_with_the_eks_api_model():
 
 @pytest.mark.parametrize("name", [*EKS_STACKS, "trainium"])
 def test_every_node_group_request_passes_eks_rules(runs, name):
+    catalog = config.load(config.document_from_settings(settings(name))).catalog()
     for node_group, template in requests(runs[name]):
         assert eks_rules.node_group_problems(node_group, template) == []
+        if template and not template.get("imageId"):  # the AMI type EKS offers for the node (rule ami-type-for-node)
+            itype = catalog.get(template["instanceType"])
+            kind = itype.accelerator.kind if itype.accelerator else None
+            assert node_group["amiType"] == eks_rules.ami_type(kind, itype.architecture)
 
 
 def broken(run: offline.Run, fleet_group: str, node_group: dict | None = None, template: dict | None = None) -> list[str]:
