@@ -27,6 +27,7 @@ POD_MEMORY_SHARE = 0.85
 # the kubelet's reserve and the node's daemons (VPC CNI, kube-proxy, device plugins).
 POD_CPU_SHARE = 0.9
 MIME_BOUNDARY = "==EFAINFRA=="
+DEVICE_WAIT = (180, 5)  # seconds a node waits for its devices to appear before the check fails, and between looks
 BOOT_CHECK_TAINT = "efa-infra/boot-check"  # on EKS nodes that fail the boot check; no job tolerates it
 # nodeadm-run (after cloud-init's scripts) reads NodeConfig drop-ins from here (amazon-eks-ami,
 # templates/al2023/runtime/rootfs/etc/systemd/system/nodeadm-run.service).
@@ -83,6 +84,7 @@ for attempt in 1 2 3 4 5; do  # the instance profile's credentials can lag the f
     break
   fi
   log "boot check: could not mark $instance unhealthy (attempt $attempt)"
+  if (( attempt == 5 )); then log "boot check: gave up; the node stays in service: replace it by hand"; fi
   sleep 10
 done"""
 
@@ -124,11 +126,18 @@ else
   log "hugepages: $have reserved, $want needed: left as they are"
 fi
 
-expected={node.efa_devices}
+# Device nodes appear as udev and the drivers get to them: wait a while before calling a node short.
+udevadm settle --timeout=60 >/dev/null 2>&1 || true
+{"nvidia-smi -L >/dev/null 2>&1 || true  # loads the driver and makes the /dev/nvidiaN nodes" if node.accelerator and node.accelerator[0] == "gpu" else ""}
+expected={node.efa_devices} waited=0
+while :; do
 {COUNT_EFA_DEVICES.strip()}
 missing=() seen=("EFA devices: $efa_seen, $expected expected")
 if (( efa_found < expected )); then missing+=("efa-$efa_found-of-$expected"); fi
-{accelerators}if (( ${{#missing[@]}} == 0 )); then
+{accelerators}if (( ${{#missing[@]}} == 0 || waited >= {DEVICE_WAIT[0]} )); then break; fi
+sleep {DEVICE_WAIT[1]}; waited=$((waited + {DEVICE_WAIT[1]}))
+done
+if (( ${{#missing[@]}} == 0 )); then
   log "boot check passed: ${{seen[*]}}"
 else
   reason=$(IFS=_; echo "${{missing[*]}}")

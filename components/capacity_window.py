@@ -48,9 +48,11 @@ def schedule(start: datetime, end: datetime, now: datetime) -> Schedule:
 
 def schedule_of_reservation(start: str, end: str, now: datetime) -> Schedule:
     """The same for a window read from the reservation at deploy time (AWS's RFC 3339 times). The
-    offline plan has no such times: its values AWS assigns pass through, the scale-up kept."""
+    offline plan has no such times: its values AWS assigns (`<...>`) pass through, the scale-up kept."""
+    if all(t.startswith("<") and t.endswith(">") for t in (start, end)):
+        return Schedule(start, end, start, f"{end} less {SCALE_DOWN_LEAD.seconds // 60} minutes", False)
     try:
         parsed = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start, end)]
     except ValueError:
-        return Schedule(start, end, start, f"{end} less {SCALE_DOWN_LEAD.seconds // 60} minutes", False)
+        raise WindowOver(f"the reservation's window {start} to {end} is not a pair of times") from None
     return schedule(parsed[0], parsed[1], now)

@@ -32,6 +32,7 @@ NAMESPACE = "efa-infra"
 SECTIONS = ("network", "fleets", "instanceTypes", "eks", "clusters", "jobs", "protect")
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
+TRANSPORT_LOGGING = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS"}  # what the transport check needs NCCL to print
 JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
 JOB_NAMESPACE = "efa-jobs"
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as Kubernetes names namespaces
@@ -862,6 +863,10 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
                                    f"(has {', '.join(sorted(existing.private_subnet_ids))})"))
     if cfg.eks.existing is not None and not cfg.eks.enabled:
         out.append(Problem(key_path(("eks", "enabled")), "must be true to join eks.existing"))
+    if cfg.eks.existing is not None and cfg.eks.node_monitoring_agent:
+        out.append(Problem(key_path(("eks", "nodeMonitoringAgent")),
+                           "a cluster this stack joins keeps its own add-ons: install the agent where the cluster is "
+                           "managed, or remove the key"))
     out.extend(_subnet_key_checks(cfg, fleets))
     cat = cfg.catalog()
     if cfg.eks.enabled:
@@ -908,6 +913,10 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             out.append(Problem(key_path(("jobs", j, "ncclDebug")),
                                "WARN hides the NCCL lines (INFO, subsystems INIT and NET) the EFA transport check reads; "
                                "use INFO, or set the job's efaCheck: false"))
+        for name in sorted(TRANSPORT_LOGGING & set(job.env) if job.efa and job.efa_check else ()):
+            out.append(Problem(key_path(("jobs", j, "env", name)),
+                               f"sets NCCL's logging ({name}={job.env[name]!r}), which the EFA transport check reads: "
+                               "use the job's ncclDebug key, or set its efaCheck: false"))
         if job.fleet in known and job.efa and not known[job.fleet].efa:
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "

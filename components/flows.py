@@ -135,7 +135,7 @@ def _id(resource) -> str:
 
 def model(resources: list) -> Model:
     """The groups, parties and needed flows of an offline plan's resources (objects with
-    .type, .name and .inputs, camelCase as the provider receives them)."""
+    .type, .name, .parent and .inputs, camelCase as the provider receives them); parties are named by fleet."""
     of = lambda typ: [r for r in resources if r.type == typ]  # noqa: E731
     groups: dict[str, Group] = {}
     for sg in of(SG):
@@ -188,10 +188,11 @@ def model(resources: list) -> Model:
         system = Party("system node", (eks_sg,), cidr, ("mng-default-sg", "pods-node-sg"))
         for ng in node_groups:
             lt_ref = ng.inputs.get("launchTemplate")
-            node = (Party(f"{ng.name} node", primary_groups(templates[lt_ref["id"]]), where(ng.inputs.get("subnetIds")), ("pods-node-sg",))
+            fleet = (ng.inputs.get("labels") or {}).get("efa-infra/fleet", ng.name)
+            node = (Party(f"{fleet} node", primary_groups(templates[lt_ref["id"]]), where(ng.inputs.get("subnetIds")), ("pods-node-sg",))
                     if lt_ref else system)
             if lt_ref:
-                fleets.append(ng.name)
+                fleets.append(fleet)
             parties[node.name] = node
             parties[node.name.replace(" node", " pod")] = Party(node.name.replace(" node", " pod"), node.groups, node.cidr, node.facts)
         parties.setdefault("system node", system)
@@ -199,8 +200,9 @@ def model(resources: list) -> Model:
     else:
         for asg in of(ASG):
             lt = templates[asg.inputs["launchTemplate"]["id"]]
-            parties[f"{asg.name} node"] = Party(f"{asg.name} node", primary_groups(lt), where(asg.inputs.get("vpcZoneIdentifiers")))
-            fleets.append(asg.name)
+            fleet = asg.parent or asg.name  # the fleet's component
+            parties[f"{fleet} node"] = Party(f"{fleet} node", primary_groups(lt), where(asg.inputs.get("vpcZoneIdentifiers")))
+            fleets.append(fleet)
     endpoints = [e for e in of(ENDPOINT) if e.inputs.get("vpcEndpointType") == "Interface"]
     if endpoints:
         parties["interface endpoints"] = Party("interface endpoints", tuple(endpoints[0].inputs.get("securityGroupIds") or []), cidr)

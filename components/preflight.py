@@ -143,19 +143,27 @@ nccl_transport_check() {{
   cat
 }}
 
+# The reader runs in the background and the shell waits: `wait` is what a trapped signal interrupts (a
+# foreground reader would hold it back), so a pod's or SSM's SIGTERM reaches the job at once.
+efa_infra_wait() {{
+  status=0
+  wait "$1" || status=$?
+  while [ "$status" -gt 128 ] && kill -0 "$1" 2>/dev/null; do status=0; wait "$1" || status=$?; done
+}}
+
 efa_infra_watch() {{
   fifo=$(mktemp -u "${{TMPDIR:-/tmp}}/efa-infra-nccl.XXXXXX")
   mkfifo "$fifo"
   "$@" >"$fifo" 2>&1 &
   pid=$!
   trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
-  verdict=0
-  nccl_transport_check <"$fifo" || verdict=$?
+  nccl_transport_check <"$fifo" &
+  efa_infra_wait $!
+  verdict=$status
   rm -f "$fifo"
   if [ "$verdict" -ne 0 ]; then kill -TERM "$pid" 2>/dev/null || true; fi
-  rc=0
-  wait "$pid" || rc=$?
+  efa_infra_wait "$pid"
   if [ "$verdict" -ne 0 ]; then return "$verdict"; fi
-  return "$rc"
+  return "$status"
 }}
 '''

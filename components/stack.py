@@ -63,6 +63,11 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
         except capacity_window.WindowOver as exc:
             problems.append(config_mod.Problem(at, f"Capacity Block {c.reservation_id}: {exc}"))
             continue
+        for key, got, want in (("instanceType", block.instance_type, f.instance_type),
+                               ("availabilityZone", block.availability_zone, f.availability_zone)):
+            if got and got != want:
+                problems.append(config_mod.Problem(config_mod.key_path(("fleets", i, key)),
+                                                   f"{want!r}, but Capacity Block {c.reservation_id} is for {got!r}"))
         if block.instance_count and f.nodes.maximum > block.instance_count:
             problems.append(config_mod.Problem(config_mod.key_path(("fleets", i, "nodes", "max")),
                                                f"{f.nodes.maximum} nodes, but block {c.reservation_id} holds {block.instance_count}"))

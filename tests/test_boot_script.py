@@ -37,7 +37,14 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
     (bin_dir / name).chmod(0o755)
 
 
-def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: int = 0, reserved_pages: int = 0) -> Boot:
+@pytest.fixture(autouse=True)
+def short_device_wait(monkeypatch):
+    """A node waits minutes for late device nodes; here a missing device is missing for good."""
+    monkeypatch.setattr(bootstrap, "DEVICE_WAIT", (2, 1))
+
+
+def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: int = 0, reserved_pages: int = 0,
+             script: str | None = None) -> Boot:
     pages = tmp_path / "nr_hugepages"
     pages.write_text(f"{reserved_pages}\n")
     upper, work, logs, bin_dir = (tmp_path / d for d in ("etc", "work", "log", "bin"))
@@ -46,6 +53,8 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
     stub(bin_dir, "systemctl", "exit 0")  # never re-exec the real systemd
     stub(bin_dir, "logger", "exit 0")
     stub(bin_dir, "fi_info", "exit 0")  # libfabric lists the efa provider
+    stub(bin_dir, "udevadm", "exit 0")
+    stub(bin_dir, "nvidia-smi", "exit 0")
     stub(bin_dir, "curl", f'''case "$*" in
   *api/token*) echo token ;;
   *meta-data/instance-id*) echo {INSTANCE} ;;
@@ -59,9 +68,9 @@ esac''')
         f"mount --bind {logs} /var/log",
         stand_in_devices(efa_devices, gpus),
     ])
-    script = tmp_path / "boot.sh"
-    script.write_text(bootstrap.boot_script(node))
-    result = subprocess.run(["unshare", "--mount", "sh", "-c", f"{setup} && PATH={bin_dir}:$PATH exec bash {script}"],
+    path = tmp_path / "boot.sh"
+    path.write_text(script or bootstrap.boot_script(node))
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", f"{setup} && PATH={bin_dir}:$PATH exec bash {path}"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     calls = bin_dir / "aws.calls"
@@ -165,3 +174,12 @@ def test_ec2_nodes_may_mark_health_only_in_their_own_group():
     assert not [r for r in off.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-health"]
     assert "aws autoscaling set-instance-health" not in bootstrap.boot_script(plan.build(config.load(
         base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}]))).fleets[0].boot)
+
+
+def test_devices_that_appear_late_are_waited_for(tmp_path):
+    """udev or the NVIDIA driver may make a device node after the script starts: the node is not called short."""
+    node = p5(efa_devices=2, accelerator=None)
+    late = "(sleep 1; mknod /dev/infiniband/uverbs1 c 231 193) &"
+    script = bootstrap.boot_script(node).replace("udevadm settle", late + "\nudevadm settle", 1)
+    boot = run_boot(tmp_path, node, efa_devices=1, script=script)
+    assert boot.aws_calls == [] and "boot check passed: EFA devices: 2 in /dev/infiniband" in boot.log

@@ -67,8 +67,13 @@ def test_the_rules_agree_with_the_eks_api_model():
 
 @pytest.mark.parametrize("name", [*EKS_STACKS, "trainium"])
 def test_every_node_group_request_passes_eks_rules(runs, name):
+    catalog = config.load(config.document_from_settings(settings(name))).catalog()
     for node_group, template in requests(runs[name]):
         assert eks_rules.node_group_problems(node_group, template) == []
+        if template and not template.get("imageId"):  # the AMI type EKS offers for the node (rule ami-type-for-node)
+            itype = catalog.get(template["instanceType"])
+            kind = itype.accelerator.kind if itype.accelerator else None
+            assert node_group["amiType"] == eks_rules.ami_type(kind, itype.architecture)
 
 
 def broken(run: offline.Run, fleet_group: str, node_group: dict | None = None, template: dict | None = None) -> list[str]:
@@ -238,7 +243,7 @@ def test_without_eks_cluster_group_on_gpu_nodes_pods_cannot_reach_coredns(runs):
 def test_a_flow_needs_both_an_egress_and_an_ingress_rule(runs):
     resources = [r for r in runs["prod"].resources if r.name != "efa-endpoints-https"]
     verdicts = {(v.need.name, v.need.sender): v for v in flows.model(resources).verdicts()}
-    v = verdicts[("node to interface endpoints (TCP 443)", "p5-nodes node")]
+    v = verdicts[("node to interface endpoints (TCP 443)", "p5 node")]
     assert not v.allowed and v.egress is not None and v.ingress is None
 
 
@@ -248,12 +253,12 @@ def test_plan_shows_the_flows():
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     coredns = next(f for f in doc["flows"] if f["flow"] == "pod to CoreDNS (UDP 53)")
-    assert coredns == {"flow": "pod to CoreDNS (UDP 53)", "from": "p5-nodes pod", "to": "system pod", "allowed": True,
+    assert coredns == {"flow": "pod to CoreDNS (UDP 53)", "from": "p5 pod", "to": "system pod", "allowed": True,
                        "egress": "efa-efa-out-world", "ingress": "eks-cluster-sg"}
     text = subprocess.run([sys.executable, "-m", "components", "plan", "--stack", "prod"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert "Network flows the cluster needs (all allowed)" in text
-    assert "ok      pod to CoreDNS (UDP 53): p5-nodes pod -> system pod" in text
+    assert "ok      pod to CoreDNS (UDP 53): p5 pod -> system pod" in text
 
 
 # --- operators and the checkout path ----------------------------------------------------
@@ -286,7 +291,7 @@ def test_a_fleet_in_the_secondary_block_reaches_the_endpoints_only_through_a_rul
     doc["fleets"][0]["subnet"] = "secondary"
     run = offline.run(settings_of(doc), "t")
     assert run.error is None, run.error
-    need = ("node to interface endpoints (TCP 443)", "gpu-asg node")
+    need = ("node to interface endpoints (TCP 443)", "gpu node")
     verdicts = {(v.need.name, v.need.sender): v for v in flows.model(run.resources).verdicts()}
     assert verdicts[need].allowed and verdicts[need].ingress.source == "efa-endpoints-https-secondary"
     without = [r for r in run.resources if r.name != "efa-endpoints-https-secondary"]

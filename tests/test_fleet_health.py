@@ -174,3 +174,18 @@ def test_a_block_read_at_deploy_time_that_is_over_stops_the_run_before_anything_
     lookups[offline.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), "instanceCount": 2}
     run = offline.run(settings, "t", lookups)
     assert "efa-infra:fleets[0].nodes.max: 4 nodes, but block cr-0a1b2c3d4e5f60718 holds 2" in run.error
+
+
+@pytest.mark.parametrize("answer, key, message", [
+    ({"instanceType": "p5.48xlarge"}, "instanceType", "'p5en.48xlarge', but Capacity Block cr-0a1b2c3d4e5f60718 is for 'p5.48xlarge'"),
+    ({"availabilityZone": "us-east-1b"}, "availabilityZone", "'us-east-1a', but Capacity Block cr-0a1b2c3d4e5f60718 is for 'us-east-1b'"),
+    ({"startDate": "soon", "endDate": "later"}, "capacity.reservationId", "is not a pair of times"),
+])
+def test_a_block_read_at_deploy_time_must_be_the_fleets(answer, key, message):
+    settings = settings_of(base_doc(fleets=[block_fleet()]))
+    lookups = offline.stand_in_lookups(settings)
+    lookups[offline.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), **answer}
+    run = offline.run(settings, "t", lookups)
+    assert f"efa-infra:fleets[0].{key}: " in run.error and message in run.error
+    assert run.resources == []
+

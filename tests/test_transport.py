@@ -4,7 +4,9 @@ job, which stops a job meant for EFA once NCCL shows it is not on EFA."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -137,3 +139,25 @@ def test_nccl_report_checks_nics_against_the_fleet(tmp_path, capsys):
     efa, tcp = report_logs(tmp_path, "efa_p5en.log", "socket_no_plugin.log")
     assert nccl.cli([str(efa), str(tcp), "--stack", "p5-ec2", "--fleet", "p5"]) == 0
     assert "  ! efa was meant for EFA, but the aws-ofi-nccl plugin found 16 EFA NICs, expected 32" in capsys.readouterr().out
+
+
+def test_a_sigterm_to_the_launch_reaches_the_job_at_once(tmp_path):
+    """A pod's deletion, an SSM cancel or a block's end sends SIGTERM to the launch shell: the job
+    must get it while its output is being watched, so its own handler (a checkpoint) runs."""
+    # Past NCCL's lines, so the check has passed and the rest of the output is being copied.
+    job = (f"trap 'echo job-got-term; exit 0' TERM; cat {shlex.quote(str(LOGS / 'efa_p5en.log'))}; echo started; "
+           "while :; do sleep 0.1; done")
+    script = ("JOB=train\nEFA_WHERE=node\n" + preflight.transport_check(efa_devices=16, strict=True)
+              + f"efa_infra_watch sh -c {shlex.quote(job)}\n")
+    shell = subprocess.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        while shell.stdout.readline().strip() != "started":
+            pass
+        sent = time.monotonic()
+        shell.send_signal(signal.SIGTERM)
+        out, _ = shell.communicate(timeout=10)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)  # the job and its watcher, when the signal did not get through
+    assert "job-got-term" in out and time.monotonic() - sent < 3
