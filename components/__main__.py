@@ -2,6 +2,7 @@
 
     plan          what `pulumi up` would build for a stack, run under Pulumi's mocks
     render        write every job's launch artifacts (manifests, node scripts)
+    scan-inputs   write what an IaC scanner (checkov) reads of a stack, with its config
     diff          what a change to a stack file creates, updates, replaces and deletes
     validate      check stack configs; exit 1 naming each problem by stack and key
     types         the EFA-capable instance types and their layouts
@@ -44,10 +45,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if run.error:
         print(f"error: {run.error}", file=sys.stderr)
         return 1
+    if args.format == "terraform-plan":
+        from . import terraform_plan
+
+        print(json.dumps(terraform_plan.export(run.resources, cfg.region, name), indent=2))
+        return 0
     clusters = {c.name for c in cfg.clusters}
     jobs = [report.job_facts(launch.job_plan(cfg, j), j.fleet in clusters) for j in cfg.jobs]
     doc = report.plan_document(plan.build(cfg), name, run.resources, jobs, run.outputs.get("capacityWindows"))
-    print(json.dumps(doc, indent=2) if args.json else report.render_text(doc))
+    print(json.dumps(doc, indent=2) if args.json or args.format == "json" else report.render_text(doc))
     return 0
 
 
@@ -71,6 +77,15 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(out / filename)
     if not cfg.jobs:
         print(f"stack {name} has no jobs")
+    return 0
+
+
+def cmd_scan_inputs(args: argparse.Namespace) -> int:
+    from . import scan
+
+    path, name = stack_file(args)
+    for file in scan.write_inputs(path, name, Path(args.out)):
+        print(file)
     return 0
 
 
@@ -192,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
     where.add_argument("--config", help="path of a stack file")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
+    p.add_argument("--format", choices=["text", "json", "terraform-plan"], default="text",
+                   help="terraform-plan: the plan as Terraform plan JSON (terraform show -json), for IaC scanners")
     p.set_defaults(func=cmd_plan)
     r = sub.add_parser("render", help="write every job's launch artifacts")
     where = r.add_mutually_exclusive_group(required=True)
@@ -200,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", help="path of a stack file")
     r.add_argument("--out", required=True, help="directory to write into")
     r.set_defaults(func=cmd_render)
+    si = sub.add_parser("scan-inputs", help="write a stack's Terraform-plan export, manifests and checkov config")
+    where = si.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
+    where.add_argument("--config", help="path of a stack file")
+    si.add_argument("--out", required=True, help="directory to write into")
+    si.set_defaults(func=cmd_scan_inputs)
     d = sub.add_parser("diff", help="what a change to a stack would create, update, replace, delete (offline)")
     where = d.add_mutually_exclusive_group(required=True)
     where.add_argument("--stack", help="stack name: the changed side is stacks/Pulumi.<name>.yaml as it is now")

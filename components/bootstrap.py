@@ -23,6 +23,9 @@ HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepag
 # Share of the node's memory (after hugepages) a pod may use; the rest is left
 # to the kubelet, system daemons and device plugins, so the pod stays schedulable.
 POD_MEMORY_SHARE = 0.85
+# Likewise the vCPUs a whole-node pod asks for (requests = limits: Guaranteed QoS); the rest stays with
+# the kubelet's reserve and the node's daemons (VPC CNI, kube-proxy, device plugins).
+POD_CPU_SHARE = 0.9
 MIME_BOUNDARY = "==EFAINFRA=="
 DEVICE_WAIT = (180, 5)  # seconds a node waits for its devices to appear before the check fails, and between looks
 BOOT_CHECK_TAINT = "efa-infra/boot-check"  # on EKS nodes that fail the boot check; no job tolerates it
@@ -84,6 +87,11 @@ for attempt in 1 2 3 4 5; do  # the instance profile's credentials can lag the f
   if (( attempt == 5 )); then log "boot check: gave up; the node stays in service: replace it by hand"; fi
   sleep 10
 done"""
+
+
+def pod_cpus(node_vcpus: int) -> int:
+    """The whole vCPUs a pod holding a whole node asks for."""
+    return max(1, int(node_vcpus * POD_CPU_SHARE))
 
 
 def boot_script(node: Node) -> str:

@@ -34,6 +34,10 @@ NAME_PATTERN = r"^[a-z][a-z0-9-]{0,23}$"
 MIN_VPC_CNI = (1, 18, 4)  # first VPC CNI release that handles efa-only interfaces
 TRANSPORT_LOGGING = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS"}  # what the transport check needs NCCL to print
 JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
+JOB_NAMESPACE = "efa-jobs"
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as Kubernetes names namespaces
+# An image reference's tag: after the last ':' that follows the last '/' (a registry's :port comes before a '/').
+IMAGE_TAG = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
 
 class Model(BaseModel):
@@ -67,6 +71,38 @@ class ExistingNetwork(Model):
     def _one_vpc(self) -> "ExistingNetwork":
         if (self.vpc_id is None) == (self.vpc_name is None):
             raise ValueError("give exactly one of vpcId and vpcName")
+        return self
+
+
+# CloudWatch Logs' retention values (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653)
+EKS_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+
+
+class FlowLogsConfig(Model):
+    destination: Literal["cloud-watch-logs", "s3", "none"] = Field(
+        "cloud-watch-logs",
+        description="Where the VPC's flow logs (all traffic) go: cloud-watch-logs (a log group of the stack's, written "
+        "through a role that may write only to it), s3 (the bucket in bucketArn), or none.",
+    )
+    bucket_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:s3:::[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="For destination s3: the bucket, optionally with a /prefix, e.g. arn:aws:s3:::my-flow-logs/vpc; "
+        "its bucket policy must let delivery.logs.amazonaws.com write to it.",
+    )
+    retention_days: int = Field(365, description="For destination cloud-watch-logs: days the log group keeps flow logs.")
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch Logs keeps logs for one of {', '.join(map(str, LOG_RETENTION_DAYS))} days")
+        return v
+
+    @model_validator(mode="after")
+    def _bucket_with_s3(self) -> "FlowLogsConfig":
+        if (self.destination == "s3") != (self.bucket_arn is not None):
+            raise ValueError("bucketArn goes with destination s3, and only with it")
         return self
 
 
@@ -138,6 +174,12 @@ class NetworkConfig(Model):
     availability_zones: list[str] = Field(
         default_factory=list,
         description="AZs that get subnets besides the fleets' and the cluster's own (eks.availabilityZones).",
+    )
+    flow_logs: FlowLogsConfig = Field(default_factory=FlowLogsConfig, description="The VPC's flow logs.")
+    public_ip_on_launch: bool = Field(
+        False,
+        description="Public subnets give instances launched in them a public IPv4 address. Default false: only the NAT "
+        "gateways live there, and they have Elastic IPs; true for a team that launches hosts such as bastions there.",
     )
 
     @model_validator(mode="after")
@@ -253,6 +295,12 @@ class FleetConfig(Model):
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
     ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
     root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
+    metadata_hop_limit: int = Field(
+        1, ge=1, le=64,
+        description="The instance metadata service's hop limit (IMDSv2 is required). 1 (default): only processes on the "
+        "node itself reach it, so containers, which sit one hop further, cannot take the node role's credentials "
+        "(the VPC CNI and device plugins use the host's network); 2 for containers that need the node's metadata.",
+    )
     boot_check: bool = Field(
         True,
         description="Take out a node that boots with fewer EFA devices or accelerators than its type has: on plain EC2 "
@@ -358,6 +406,17 @@ class EksConfig(Model):
         default_factory=list,
         description="CIDRs allowed to reach a public API endpoint. Empty (default): the endpoint is private only.",
     )
+    log_types: list[Literal[EKS_LOG_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EKS_LOG_TYPES),
+        description="Control-plane log types EKS sends to CloudWatch Logs (its log group /aws/eks/<cluster>/cluster). "
+        "Default: all five; [] for none.",
+    )
+    namespaces: list[str] = Field(
+        default_factory=lambda: [JOB_NAMESPACE],
+        description="Namespaces the stack creates in its cluster for jobs (jobs[].namespace), labelled with the Pod "
+        "Security level EFA jobs need: privileged (IPC_LOCK is outside baseline). A cluster setting, kept whatever "
+        "jobs are listed: removing one deletes it and everything in it.",
+    )
     node_monitoring_agent: bool | None = Field(
         None,
         description="Install the EKS node monitoring agent add-on, which reports GPU, Neuron, network and kernel faults "
@@ -369,6 +428,14 @@ class EksConfig(Model):
         "mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
         "operator deletes its CRDs and with them every job of that kind in the cluster.",
     )
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces(cls, v: list[str]) -> list[str]:
+        bad = [ns for ns in v if not re.fullmatch(NAMESPACE_PATTERN, ns) or ns == "default" or ns.startswith("kube-")]
+        if bad:
+            raise ValueError(f"{bad}: namespaces to create are DNS labels (a-z, 0-9, '-'), not default or kube-*")
+        return v
 
     @field_validator("vpc_cni_version")
     @classmethod
@@ -421,9 +488,39 @@ class JobConfig(Model):
         description="The training script and its arguments, e.g. [train.py, --epochs, '3'] (torchrun, accelerate), "
         "or the nccl-tests binary and its arguments (default: all_reduce_perf -b 8 -e 2G -f 2 -g 1).",
     )
-    image: str | None = Field(None, description="Container image; required for jobs on EKS.")
+    image: str | None = Field(
+        None,
+        description="Container image; required for jobs on Kubernetes. A dated or versioned tag "
+        "(public.ecr.aws/example/train:2026.11) or a digest (...@sha256:<64 hex>); latest and untagged images are "
+        "refused: the nodes of one job could run different images.",
+    )
+    seccomp_profile: Literal["RuntimeDefault", "Unconfined"] = Field(
+        "RuntimeDefault",
+        description="On Kubernetes, the pods' seccomp profile: the container runtime's default filter, or Unconfined "
+        "for tools that make system calls it refuses (such as perf profiling).",
+    )
+    namespace: str = Field(
+        JOB_NAMESPACE, pattern=NAMESPACE_PATTERN,
+        description="On Kubernetes, the namespace of the job's objects. Its Pod Security level must be privileged "
+        "(IPC_LOCK, which EFA needs, is outside baseline). On an EKS cluster the stack creates, it must be listed in "
+        "eks.namespaces, which the stack creates so labelled; elsewhere it must exist.",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables; they override the derived EFA settings.")
     nodes: int | None = Field(None, ge=1, description="Nodes to run on (at most the fleet's max). Default: the fleet's desired count.")
+
+    @field_validator("image")
+    @classmethod
+    def _pinned_image(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        ref = IMAGE_TAG.match(v)
+        if ref is None:
+            raise ValueError("not an image reference such as public.ecr.aws/example/train:2026.11 or repo@sha256:<64 hex>")
+        if not ref["digest"] and ref["tag"] in (None, "latest"):
+            raise ValueError(f"{'the tag latest' if ref['tag'] else 'an image without a tag (so latest)'} does not pin the "
+                             f"image: the nodes of one job could pull different ones; give a dated or versioned tag ({ref['repo']}:2026.11) or a digest "
+                             f"({ref['repo']}@sha256:...)")
+        return v
 
     @field_validator("env")
     @classmethod
@@ -799,8 +896,13 @@ def _stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs:
             node_type, efa_node = (clusters[job.fleet].ec2_type, True) if job.fleet in clusters else (known[job.fleet].instance_type, known[job.fleet].efa)
             if node_type in cat:
                 out.extend(_shm_checks(j, job.shm_size, cat.get(node_type), efa_node))
+        managed = cfg.eks.enabled and cfg.eks.existing is None and job.fleet in known
+        if managed and job.namespace != "default" and job.namespace not in cfg.eks.namespaces:
+            out.append(Problem(key_path(("jobs", j, "namespace")),
+                               f"{job.namespace!r} is not a namespace the stack creates: add it to "
+                               f"{key_path(('eks', 'namespaces'))} (it lists {', '.join(cfg.eks.namespaces) or 'none'})"))
         operator = JOB_OPERATORS.get(job.kind)
-        if operator and cfg.eks.enabled and cfg.eks.existing is None and job.fleet in known and operator not in cfg.eks.operators:
+        if operator and managed and operator not in cfg.eks.operators:
             out.append(Problem(key_path(("jobs", j, "kind")),
                                f"kind {job.kind} needs the {operator} in the cluster: add {operator} to "
                                f"{key_path(('eks', 'operators'))} (it lists {', '.join(cfg.eks.operators) or 'none'})"))

@@ -33,6 +33,9 @@ NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")
 # the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
 TRAINING_OPERATOR = "components/manifests/training-operator"
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
+# Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
+# (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).
+JOB_POD_SECURITY = {"pod-security.kubernetes.io/enforce": "privileged"}
 
 
 def ami_type(fp: FleetPlan) -> str | None:
@@ -69,6 +72,7 @@ class EfaCluster(pulumi.ComponentResource):
     node_security_group_id: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
+    namespaces: list[k8s.core.v1.Namespace]  # the jobs' namespaces, on a cluster the stack creates
     node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
@@ -123,6 +127,11 @@ class EfaCluster(pulumi.ComponentResource):
         on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
         if device_plugins:
             self._device_plugins(name, plan, on_k8s)
+        # A cluster setting like the operators: deleting a namespace deletes every job in it.
+        self.namespaces = [] if existing is not None else [
+            k8s.core.v1.Namespace(f"{name}-ns-{ns}", metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=JOB_POD_SECURITY), opts=on_k8s)
+            for ns in cfg.namespaces
+        ]
         # Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind.
         if "training-operator" in cfg.operators:
             k8s.kustomize.v2.Directory(
@@ -136,9 +145,19 @@ class EfaCluster(pulumi.ComponentResource):
                         vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
         cfg = plan.config.eks
         self.name = f"{stack}-{name}"
+        account = aws.get_caller_identity_output().account_id
         key = aws.kms.Key(
             f"{name}-secrets",
-            aws.kms.KeyArgs(description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags),
+            aws.kms.KeyArgs(
+                description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags,
+                # Said outright rather than left to KMS: the account administers the key, through IAM policies
+                # (KMS's default key policy); EKS uses it through the cluster role's grants.
+                policy=account.apply(lambda account_id: json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Sid": "AccountAdministersThroughIam", "Effect": "Allow",
+                                   "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"}, "Action": "kms:*", "Resource": "*"}],
+                })),
+            ),
             opts=child,
         )
         cluster = eks.Cluster(
@@ -153,6 +172,7 @@ class EfaCluster(pulumi.ComponentResource):
                 endpoint_public_access=bool(cfg.public_access_cidrs),
                 public_access_cidrs=cfg.public_access_cidrs or None,
                 encryption_config_key_arn=key.arn,
+                enabled_cluster_log_types=cfg.log_types or None,
                 skip_default_node_group=True,
                 # No groups of pulumi-eks's own: the control plane, the system nodes (no launch template) and, through
                 # their launch templates, the fleets' nodes all carry EKS's cluster group, which admits itself.

@@ -188,8 +188,8 @@ class EfaFleet(pulumi.ComponentResource):
                 metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                     http_endpoint="enabled",
                     http_tokens="required",
-                    # Containers on the node sit one hop further away.
-                    http_put_response_hop_limit=2,
+                    # 1: containers, one hop further away, cannot reach the node role's credentials.
+                    http_put_response_hop_limit=f.metadata_hop_limit,
                 ),
                 block_device_mappings=[
                     aws.ec2.LaunchTemplateBlockDeviceMappingArgs(

@@ -28,7 +28,9 @@ class Job(pulumi.ComponentResource):
     outputs: dict
 
     def __init__(self, job: JobConfig, cfg: StackConfig, stack: str, k8s_provider=None,
-                 tags: dict[str, str] | None = None, opts: pulumi.ResourceOptions | None = None):
+                 tags: dict[str, str] | None = None, namespaces: list[pulumi.Resource] | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        """`namespaces`: what applied manifests wait for (the namespaces the stack creates)."""
         super().__init__("efa-infra:index:Job", job.name, None, opts)
         plan = launch.job_plan(cfg, job)
         if plan.target == "ec2":
@@ -54,7 +56,7 @@ class Job(pulumi.ComponentResource):
 
                 k8s.yaml.v2.ConfigGroup(
                     f"{job.name}-manifests", k8s.yaml.v2.ConfigGroupArgs(objs=manifests),
-                    opts=pulumi.ResourceOptions(parent=self, provider=k8s_provider),
+                    opts=pulumi.ResourceOptions(parent=self, provider=k8s_provider, depends_on=namespaces or []),
                 )
             self.outputs = {"manifests": manifests}
         self.register_outputs(self.outputs)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from . import ofi_platform, preflight
-from .bootstrap import HUGEPAGES_MIB, pod_memory_gib
+from .bootstrap import HUGEPAGES_MIB, pod_cpus, pod_memory_gib
 from .config import JobConfig, StackConfig
 from .plan import EFA_LABEL, FLEET_TAG, STACK_TAG, job_target
 
@@ -41,6 +41,16 @@ K8S_SOCKET_IFNAME = "^lo,docker0"
 # MPI is only the bootstrap for nccl-tests: keep it on TCP, off the EFA devices.
 MPI_TRANSPORT = ("--bind-to", "none", "--mca", "pml", "^cm,ucx", "--mca", "btl", "tcp,self",
                  "--mca", "btl_tcp_if_exclude", "lo,docker0")
+# What EFA needs of the container: to lock (register) memory with the device.
+EFA_CAPABILITIES = ("IPC_LOCK",)
+# What the MPI workers' sshd needs on top, all in the runtime's default set: port 22, privilege separation
+# (chroot, setuid/setgid), the session's tty and key files (chown, fowner, dac_override), login records, and
+# ending sessions (sshd(8), "Privilege separation"; containerd's default capabilities).
+SSHD_CAPABILITIES = ("AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID",
+                     "SYS_CHROOT")
+SSHD_PORT = 22
+# mpirun only starts and watches the ranks: a small, fixed share, so the launcher is never evicted first.
+LAUNCHER_RESOURCES = {"cpu": "1", "memory": "2Gi"}
 
 
 class LaunchError(ValueError):
@@ -64,7 +74,8 @@ class JobPlan:
     accelerator_kind: str | None  # gpu, neuron
     accelerator_count: int  # per node
     hugepages: str | None  # hugepages-2Mi per pod, with EFA
-    memory: str | None  # pod memory, with EFA: Kubernetes wants memory or cpu beside hugepages
+    memory: str  # what a pod holding the node may use (limit = request)
+    cpu: str  # likewise its vCPUs
     shm_size: str  # /dev/shm in the pods
     env: dict[str, str]  # NCCL settings, then job.env; on EC2 the script adds the socket interface
     rdma: bool  # GPUDirect RDMA type: FI_EFA_USE_DEVICE_RDMA=1 at run time, with libfabric < 1.18 only
@@ -73,6 +84,8 @@ class JobPlan:
     node_selector: dict[str, str]  # on Kubernetes: the labels of the target's nodes
     command: tuple[str, ...]
     port: int
+    namespace: str
+    seccomp_profile: str
 
     @property
     def processes(self) -> int:
@@ -103,7 +116,8 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         accelerator_kind=accel.kind if accel else None,
         accelerator_count=accel.count if accel else 0,
         hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
-        memory=f"{room}Gi" if job.efa else None,
+        memory=f"{room}Gi",
+        cpu=str(pod_cpus(itype.vcpus)),
         shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room // 2)}Gi",
         env=_env(job, target.platform),
         rdma=rdma,
@@ -111,6 +125,8 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         working_directory=job.working_directory,
         command=tuple(job.command) or (NCCL_TESTS_COMMAND if job.launcher == "nccl-tests" else ()),
         port=job.port,
+        namespace=job.namespace,
+        seccomp_profile=job.seccomp_profile,
     )
 
 
@@ -197,6 +213,28 @@ def _labels(plan: JobPlan, component: str | None = None) -> dict[str, str]:
     return labels
 
 
+def _meta(plan: JobPlan) -> dict:
+    """Metadata of the job's own objects."""
+    return {"name": plan.job, "namespace": plan.namespace, "labels": _labels(plan)}
+
+
+def _image(image: str) -> dict:
+    """The image and its pull policy: a tag is checked against the registry at each start, so that every node of
+    the job runs what the tag names now; a digest never changes."""
+    return {"image": image, "imagePullPolicy": "IfNotPresent" if "@sha256:" in image else "Always"}
+
+
+def _hardened(plan: JobPlan, spec: dict, container: dict, capabilities: tuple[str, ...] = ()) -> None:
+    """Least privilege for a pod and its container: no service-account token (nothing here calls the API), the
+    runtime's seccomp filter, no privilege escalation, no capability beyond `capabilities`."""
+    spec["automountServiceAccountToken"] = False
+    spec["securityContext"] = {"seccompProfile": {"type": plan.seccomp_profile}}
+    caps: dict = {"drop": ["ALL"]}
+    if capabilities:
+        caps["add"] = list(capabilities)
+    container["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": caps}
+
+
 def _placement(plan: JobPlan) -> dict:
     """Pod spec fields that put a pod on the fleet's nodes."""
     spec: dict = {"nodeSelector": dict(plan.node_selector)}
@@ -245,28 +283,28 @@ esac'''
     return resolve + "\n" + _run(plan, mpirun)
 
 
-def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with_env: bool = True) -> dict:
-    """The template of a pod that holds one whole node: its devices, /dev/shm and locked memory."""
-    resources: dict = {}
+def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with_env: bool = True,
+              capabilities: tuple[str, ...] = EFA_CAPABILITIES) -> dict:
+    """The template of a pod that holds one whole node: its devices, CPUs and memory (requests = limits, so
+    Guaranteed QoS), /dev/shm and locked memory."""
+    resources: dict = {"cpu": plan.cpu, "memory": plan.memory}
     if plan.efa_devices:
         resources[EFA_RESOURCE] = plan.efa_devices
     if plan.accelerator_resource:
         resources[plan.accelerator_resource] = plan.accelerator_count
     if plan.hugepages:
         resources["hugepages-2Mi"] = plan.hugepages
-        resources["memory"] = plan.memory
-    container: dict = {"name": name, "image": job.image, "command": command}
+    container: dict = {"name": name, **_image(job.image), "command": command}
     env = (_env_list(plan) if with_env else []) + (_WHERE if plan.efa_devices else [])
     if env:
         container["env"] = env
     if plan.working_directory:
         container["workingDir"] = plan.working_directory
-    if resources:
-        container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
-    # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
-    container["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+    container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     spec = _placement(plan)
+    # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
+    _hardened(plan, spec, container, capabilities if plan.efa_devices else tuple(c for c in capabilities if c not in EFA_CAPABILITIES))
     # The device requests keep one pod per node, except on a type without devices.
     spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
         "labelSelector": {"matchLabels": _labels(plan, "node")},
@@ -300,7 +338,7 @@ def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": service, "labels": _labels(plan)},
+            "metadata": _meta(plan),
             "spec": {
                 "clusterIP": "None",
                 "selector": {JOB_LABEL: plan.job},
@@ -312,7 +350,7 @@ def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
         {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {"name": plan.job, "labels": _labels(plan)},
+            "metadata": _meta(plan),
             "spec": {
                 "completionMode": "Indexed",
                 "completions": plan.nodes,
@@ -336,7 +374,7 @@ def _pytorchjob(plan: JobPlan, job: JobConfig) -> dict:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": plan.job, "labels": _labels(plan)},
+        "metadata": _meta(plan),
         "spec": {"runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "Running"}, "pytorchReplicaSpecs": replicas},
     }
 
@@ -349,16 +387,21 @@ def _mpijob(plan: JobPlan, job: JobConfig) -> dict:
     # its own libfabric, the workers' (same image).
     rdma = preflight.FIND_FI_INFO.strip("\n") + preflight.DEVICE_RDMA if plan.rdma else ""
     command = _pod_script(plan, rdma + _nccl_tests_pod(plan, ["PATH", "LD_LIBRARY_PATH", *plan.env]), check_node=False)
-    launcher = {"name": "launcher", "image": job.image, "command": command,
-                "env": _env_list(plan) + (_WHERE if plan.efa_devices else [])}
+    launcher = {"name": "launcher", **_image(job.image), "command": command,
+                "env": _env_list(plan) + (_WHERE if plan.efa_devices else []),
+                "resources": {"requests": dict(LAUNCHER_RESOURCES), "limits": dict(LAUNCHER_RESOURCES)}}
     if plan.working_directory:
         launcher["workingDir"] = plan.working_directory
     launcher_pod = {"metadata": {"labels": _labels(plan, "launcher")}, "spec": {**_placement(plan), "containers": [launcher]}}
-    worker_pod = _node_pod(plan, job, "worker", _pod_script(plan, "exec /usr/sbin/sshd -De"), with_env=False)
+    _hardened(plan, launcher_pod["spec"], launcher)
+    worker_pod = _node_pod(plan, job, "worker", _pod_script(plan, "exec /usr/sbin/sshd -De"), with_env=False,
+                           capabilities=EFA_CAPABILITIES + SSHD_CAPABILITIES)
+    # Ready once sshd listens: the launcher, created when the workers are ready, then does not race it.
+    worker_pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": SSHD_PORT}, "periodSeconds": 5}
     return {
         "apiVersion": "kubeflow.org/v2beta1",
         "kind": "MPIJob",
-        "metadata": {"name": plan.job, "labels": _labels(plan)},
+        "metadata": _meta(plan),
         "spec": {
             "slotsPerWorker": plan.procs_per_node,
             "mpiImplementation": "OpenMPI",

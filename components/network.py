@@ -5,10 +5,13 @@ and a private one in the secondary CIDR block if the stack has one), NAT for
 egress, an S3 gateway endpoint, optional interface endpoints,
 and the EFA security group: all traffic to and from itself, egress to the
 world, nothing inbound from outside (EC2 User Guide, "Prepare an EFA-enabled
-security group").
+security group"). A VPC it creates also gets flow logs and an emptied default
+security group.
 """
 
 from __future__ import annotations
+
+import json
 
 import pulumi
 import pulumi_aws as aws
@@ -83,6 +86,10 @@ class EfaNetwork(pulumi.ComponentResource):
             aws.ec2.VpcArgs(cidr_block=net.vpc_cidr, enable_dns_support=True, enable_dns_hostnames=True, tags=tagged("vpc")),
             opts=child,
         )
+        # Nothing here uses the default group: emptied, so that an interface created without a group gets no traffic.
+        aws.ec2.DefaultSecurityGroup(f"{name}-default", aws.ec2.DefaultSecurityGroupArgs(vpc_id=vpc.id, tags=tagged("default")),
+                                     opts=child)
+        EfaNetwork._flow_logs(name, net.flow_logs, vpc, tagged, child)
         igw = aws.ec2.InternetGateway(f"{name}-igw", aws.ec2.InternetGatewayArgs(vpc_id=vpc.id, tags=tagged("igw")), opts=child)
         public_rt = aws.ec2.RouteTable(
             f"{name}-public",
@@ -110,8 +117,9 @@ class EfaNetwork(pulumi.ComponentResource):
                     vpc_id=vpc_ids[s.kind],
                     cidr_block=s.cidr,
                     availability_zone=s.az,
-                    # Instances with several interfaces cannot get a public IPv4 address.
-                    map_public_ip_on_launch=s.kind == "public",
+                    # Instances with several interfaces cannot get a public IPv4 address; the NAT gateways,
+                    # the public subnets' only tenants by default, have Elastic IPs.
+                    map_public_ip_on_launch=s.kind == "public" and net.public_ip_on_launch,
                     tags={**tagged(f"{s.kind}-{s.az}"), "efa-infra:subnet": s.kind},
                 ),
                 opts=child,
@@ -191,3 +199,47 @@ class EfaNetwork(pulumi.ComponentResource):
                 )
 
         return vpc.id, {key: subnet.id for key, subnet in subnets.items() if key[0] != "public"}
+
+    @staticmethod
+    def _flow_logs(name: str, cfg, vpc: aws.ec2.Vpc, tagged, child: pulumi.ResourceOptions) -> None:
+        """Flow logs of all the VPC's traffic: to a log group of ours, which the flow-logs service writes to through a
+        role that may write only there (and that only this account's flow logs may assume), or to the team's bucket."""
+        if cfg.destination == "none":
+            return
+        args = dict(vpc_id=vpc.id, traffic_type="ALL", log_destination_type=cfg.destination, tags=tagged("flow-logs"))
+        if cfg.destination == "s3":
+            aws.ec2.FlowLog(f"{name}-flow-logs", aws.ec2.FlowLogArgs(log_destination=cfg.bucket_arn, **args), opts=child)
+            return
+        group = aws.cloudwatch.LogGroup(
+            f"{name}-flow-logs", aws.cloudwatch.LogGroupArgs(retention_in_days=cfg.retention_days, tags=tagged("flow-logs")), opts=child,
+        )
+        account = aws.get_caller_identity_output().account_id
+        role = aws.iam.Role(
+            f"{name}-flow-logs",
+            aws.iam.RoleArgs(
+                assume_role_policy=account.apply(lambda account_id: json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}, "Action": "sts:AssumeRole",
+                                   "Condition": {"StringEquals": {"aws:SourceAccount": account_id}}}],
+                })),
+                tags=tagged("flow-logs"),
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-flow-logs",
+            aws.iam.RolePolicyArgs(
+                role=role.id,
+                policy=group.arn.apply(lambda arn: json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                         "Resource": f"{arn}:*"},
+                        # DescribeLogGroups takes no resource (Service Authorization Reference, CloudWatch Logs).
+                        {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+                    ],
+                })),
+            ),
+            opts=child,
+        )
+        aws.ec2.FlowLog(f"{name}-flow-logs", aws.ec2.FlowLogArgs(log_destination=group.arn, iam_role_arn=role.arn, **args), opts=child)

@@ -41,11 +41,15 @@ class Registered:
     custom: bool
     inputs: dict
     protect: bool = False
+    # Which resources each input came from (the engine's property dependencies): input name -> URNs.
+    dependencies: dict[str, list[str]] = field(default_factory=dict)
+    depends_on: list[str] = field(default_factory=list)  # every resource it waits for, depends_on included
 
 
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
 GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
+GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 GET_CAPACITY_BLOCK = "aws:ec2/getCapacityBlockReservation:getCapacityBlockReservation"
 
 
@@ -55,7 +59,7 @@ def filter_values(args: dict, name: str) -> list[str]:
 
 
 def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
-    """Answers for the existing resources a stack names, standing in for AWS's:
+    """Answers for the existing resources a stack names, and the caller's account, standing in for AWS's:
     each one exists, each subnet private, in the AZ it is listed under, with room to spare. The
     plan marks them; the real checks happen when `pulumi up` reads the real ones."""
     doc = config.document_from_settings(engine_settings(settings))
@@ -64,6 +68,8 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
     vpc = existing.get("vpcId") or placeholder(f"vpc Name={existing.get('vpcName')}", "id")
     cluster = ((doc.get("eks") or {}).get("existing") or {}).get("clusterName")
     return {
+        GET_CALLER_IDENTITY: lambda args: {"accountId": placeholder("aws", "accountId"), "arn": placeholder("aws", "callerArn"),
+                                           "userId": placeholder("aws", "userId"), "id": placeholder("aws", "accountId")},
         GET_VPCS: lambda args: {"ids": [vpc]},
         GET_SUBNETS: lambda args: {"ids": filter_values(args, "subnet-id")},
         GET_CLUSTERS: lambda args: {"names": [cluster] if cluster else []},
@@ -120,12 +126,16 @@ class PlanMonitor(pmocks.MockMonitor):
     def __init__(self, mocks: PlanMocks):
         super().__init__(mocks)
         self.order: list[tuple[str, str, str, str]] = []  # (urn, parent urn, type, name)
+        self.dependencies: dict[str, dict[str, list[str]]] = {}  # urn -> input name -> URNs it depends on
+        self.depends_on: dict[str, list[str]] = {}
         self.protected: set[str] = set()  # urns registered with protect
 
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             self.order.append((response.urn, request.parent, request.type, request.name))
+            self.dependencies[response.urn] = {k: list(v.urns) for k, v in request.propertyDependencies.items() if v.urns}
+            self.depends_on[response.urn] = list(request.dependencies)
             if request.protect:
                 self.protected.add(response.urn)
         return response
@@ -192,5 +202,6 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
-        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, urn in monitor.protected))
+        resources.append(Registered(typ, name, urn, names.get(parent), parent_urn, custom, inputs, urn in monitor.protected,
+                                    monitor.dependencies[urn], monitor.depends_on[urn]))
     return Run(resources, captured, error)

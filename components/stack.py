@@ -148,7 +148,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             outputs["capacityWindows"] = {n: dataclasses.asdict(w) for n, w in windows.items()}
     if cfg.jobs:
         outputs["jobs"] = {
-            j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags).outputs for j in cfg.jobs
+            j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
+                        namespaces=cluster.namespaces if cluster else None).outputs for j in cfg.jobs
         }
     return outputs
 

@@ -2,7 +2,8 @@
 # The pipeline of .github/workflows/infra.yml, for CI systems other than GitHub Actions.
 #
 #   scripts/pipeline.sh check          validate every stack, plan each offline (out/plan-<stack>.json, the
-#                                      artifacts), run the tests; no credentials, no Pulumi CLI
+#                                      artifacts), scan each with checkov (out/scan/<stack>), run the tests;
+#                                      no credentials, no Pulumi CLI
 #   scripts/pipeline.sh diff [BASE_REF] on pull requests: what each stack file changes against BASE_REF (default
 #                                      origin/main), offline; fails when the network or the cluster would be replaced
 #                                      or deleted (ALLOW_REPLACE=1 to accept), diffs in out/diff-<stack>.json
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 usage() {
   cat >&2 <<'EOF'
-usage: scripts/pipeline.sh check            validate, plan every stack offline, run the tests
+usage: scripts/pipeline.sh check            validate, plan and scan every stack offline, run the tests
        scripts/pipeline.sh diff [BASE_REF]  what each stack file changes against BASE_REF (default origin/main)
        scripts/pipeline.sh preview STACK    pulumi preview with the policy pack
        scripts/pipeline.sh up STACK         pulumi up with the policy pack
@@ -42,7 +43,18 @@ check() {
     venv/bin/python -m components plan --config "stacks/Pulumi.$stack.yaml" --json > "out/plan-$stack.json"
     echo "offline plan: out/plan-$stack.json"
   done
+  scan
   venv/bin/python -m pytest -q
+}
+
+scan() {  # checkov over each stack's Terraform-plan export and manifests; checkov-skips.yaml lists the skipped checks
+  python3 -m venv venv-checkov && venv-checkov/bin/pip install -r requirements-checkov.txt
+  local stack status=0
+  for stack in $(stacks); do
+    venv/bin/python -m components scan-inputs --config "stacks/Pulumi.$stack.yaml" --out "out/scan/$stack" > /dev/null
+    venv-checkov/bin/checkov --config-file "out/scan/$stack/checkov.yaml" -d "out/scan/$stack" || status=1
+  done
+  return $status
 }
 
 diff_stacks() {  # diff_stacks BASE_REF

@@ -102,22 +102,24 @@ def test_plan_without_efa_is_the_tcp_baseline():
     assert plan.env["NCCL_NET"] == "Socket"
     assert not [k for k in plan.env if k.startswith("FI_")]
     assert "NCCL_BUFFSIZE" not in plan.env
-    assert (plan.efa_devices, plan.hugepages, plan.memory, plan.rdma) == (0, None, None, False)
+    assert (plan.efa_devices, plan.hugepages, plan.rdma) == (0, None, False)
     docs = launch.render_manifests(cfg, job)
     (container,) = node_containers(docs)
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    # The whole node still: its GPUs, 90% of its 192 vCPUs, and what the memory budget leaves.
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": 8, "cpu": "172", "memory": "1736Gi"}
     assert docs[1]["spec"]["template"]["spec"]["nodeSelector"] == {"efa-infra/fleet": "gpu"}
 
 
 def test_job_env_overrides_the_derived_settings():
     override = {"NCCL_DEBUG": "WARN", "FI_EFA_USE_DEVICE_RDMA": "0", "NCCL_SOCKET_IFNAME": "eth0", "EXTRA": "a b"}
-    cfg, job = stack({"env": override})
+    # Quieting NCCL leaves the transport check nothing to read: only with the check off (config refuses it otherwise).
+    cfg, job = stack({"env": override, "efaCheck": False})
     plan = launch.job_plan(cfg, job)
     assert {k: plan.env[k] for k in override} == override
     (container,) = node_containers(launch.render_manifests(cfg, job))
     assert {e["name"]: e.get("value") for e in container["env"]}["NCCL_DEBUG"] == "WARN"
 
-    cfg, job = stack({"env": override}, eks=False)
+    cfg, job = stack({"env": override, "efaCheck": False}, eks=False)
     script = launch.render_node_script(cfg, job, stack="dev")
     exports = [line for line in script.splitlines() if line.startswith("export ")]
     # The script's own interface choice comes first, so job.env wins.
@@ -157,13 +159,14 @@ def test_a_tcp_job_runs_on_a_type_without_efa():
     plan = launch.job_plan(cfg, job)
     assert (plan.efa_devices, plan.procs_per_node, plan.env["NCCL_NET"]) == (0, 1, "Socket")
     pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
-    assert "resources" not in pod["containers"][0]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "6Gi"}  # no devices, still the node
+    assert "add" not in pod["containers"][0]["securityContext"]["capabilities"]  # no EFA: no IPC_LOCK
 
 
 @pytest.mark.parametrize("instance_type,efa,shm,memory", [
     ("p5.48xlarge", True, "64Gi", "1736Gi"),  # (2,048 GiB - 5 GiB of hugepages) x 85%
     ("g6.8xlarge", True, "52Gi", "104Gi"),  # half the pod's memory: less than 64Gi
-    ("m5.large", False, "3Gi", None),  # 8 GiB x 85% = 6Gi: no hugepages without EFA
+    ("m5.large", False, "3Gi", "6Gi"),  # 8 GiB x 85% = 6Gi: no hugepages without EFA
 ])
 def test_default_shm_fits_the_pod(instance_type, efa, shm, memory):
     cfg, job = stack({"efa": efa}, instance_type=instance_type, fleet={"efa": efa})
@@ -280,7 +283,7 @@ def test_mpijob_launcher_passes_the_env_to_every_rank():
     assert "${FI_EFA_USE_DEVICE_RDMA:+-x" in cmd
     worker = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["vpc.amazonaws.com/efa"] == 16
-    assert "resources" not in launcher
+    assert launcher["resources"]["requests"] == launcher["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
 
 
 def test_nccl_tests_across_nodes_need_an_mpijob():

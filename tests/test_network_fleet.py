@@ -79,7 +79,7 @@ def test_private_subnets_give_no_public_ips_and_are_sized_from_the_plan():
     run = run_stack("p5-ec2")
     private = run.one(SUBNET, "efa-private-us-east-1a").inputs
     public = run.one(SUBNET, "efa-public-us-east-1a").inputs
-    assert private["mapPublicIpOnLaunch"] is False and public["mapPublicIpOnLaunch"] is True
+    assert private["mapPublicIpOnLaunch"] is False and public["mapPublicIpOnLaunch"] is False  # option: test_secure_defaults
     assert private["cidrBlock"] == "10.30.0.0/19" and private["availabilityZone"] == "us-east-1a"
     vpc = run.one("aws:ec2/vpc:Vpc").inputs
     assert vpc["enableDnsSupport"] and vpc["enableDnsHostnames"]
