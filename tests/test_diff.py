@@ -15,7 +15,8 @@ import pulumi_aws as aws
 import pytest
 import yaml
 
-from components import config, diff, offline
+from components.planning import config
+from components.offline import diff, mocks
 from conftest import ROOT, base_doc, settings_of
 
 PROD = ROOT / "stacks" / "Pulumi.prod.yaml"
@@ -24,7 +25,7 @@ PROD = ROOT / "stacks" / "Pulumi.prod.yaml"
 def changes_between(before: dict, after: dict, stack: str = "t") -> list[diff.Change]:
     runs = []
     for doc in (before, after):
-        run = offline.run(settings_of(doc), stack)
+        run = mocks.run(settings_of(doc), stack)
         assert run.error is None, run.error
         runs.append(run.resources)
     return diff.compare(*runs)
@@ -171,9 +172,9 @@ def registered_types() -> set[str]:
     types = set()
     for path in (ROOT / "stacks").glob("Pulumi.*.yaml"):
         s = config.read_stack_file(path)
-        types |= {r.type for r in offline.run(s, path.stem.removeprefix("Pulumi.")).resources}
+        types |= {r.type for r in mocks.run(s, path.stem.removeprefix("Pulumi.")).resources}
     secondary = base_doc(network={"secondaryCidr": "100.64.0.0/16", "interfaceEndpoints": ["sts"]})
-    return types | {r.type for r in offline.run(settings_of(secondary), "t").resources}
+    return types | {r.type for r in mocks.run(settings_of(secondary), "t").resources}
 
 
 def test_every_registered_type_has_replace_facts_or_only_groups_resources():

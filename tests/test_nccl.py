@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components import nccl
+from components.offline import nccl
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "nccl"
@@ -251,7 +251,7 @@ def test_cli_writes_png(capsys, tmp_path, efa_tcp):
 
 def test_matplotlib_only_imported_for_plot():
     probe = (
-        "import sys; from components import nccl; "
+        "import sys; from components.offline import nccl; "
         f"assert nccl.cli([{str(DATA / 'plain.log')!r}, '--json']) == 0; "
         "sys.exit('matplotlib' in sys.modules)"
     )

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from components import nccl, nccl_log, preflight
+from components.offline import nccl
+from components.planning import nccl_log, preflight
 
 DATA = Path(__file__).resolve().parent / "data" / "nccl"
 LOGS = DATA / "transport"

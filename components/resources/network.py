@@ -16,7 +16,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from .plan import StackPlan
+from ..planning.plan import StackPlan
 
 
 class EfaNetwork(pulumi.ComponentResource):

@@ -20,9 +20,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import config, efa, nccl_log
+from ..planning import config, efa, nccl_log
 
-STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
+STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
 
 # mpirun --tag-output starts every line with "[jobid,rank]<stdout>:" (or <stderr>).
 _MPI_TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")

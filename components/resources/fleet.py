@@ -15,9 +15,9 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from . import bootstrap
-from .capacity_window import Schedule
-from .plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
+from ..planning import bootstrap
+from ..planning.capacity_window import Schedule
+from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
 
 def _b64(text: str) -> str:

@@ -17,11 +17,11 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from . import eks_rules
-from .existing import ClusterFacts, kubeconfig
-from .capacity_window import Schedule
+from ..planning import eks_rules
+from ..planning.existing import ClusterFacts, kubeconfig
+from ..planning.capacity_window import Schedule
 from .fleet import block_schedules, node_role, window_sizes
-from .plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
+from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
