@@ -195,9 +195,9 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 
 def cmd_nccl(argv: list[str]) -> int:
-    from .offline import nccl
+    from .offline import nccl_report
 
-    return nccl.cli(argv)
+    return nccl_report.cli(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
