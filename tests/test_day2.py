@@ -1,7 +1,7 @@
 """Day 2 on every example stack: each everyday change touches only what it names.
 
 Each change is run through the program under Pulumi's mocks and compared with the
-stack as committed by `components.diff` (replacement from the provider's ForceNew
+stack as committed by `components.offline.diff` (replacement from the provider's ForceNew
 facts). For each, the exact resources that change are asserted, and that nothing of
 the network, the cluster or another fleet is replaced or deleted.
 """

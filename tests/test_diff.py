@@ -140,7 +140,7 @@ def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_pat
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "base")
-    addressing = repo / "components" / "addressing.py"
+    addressing = repo / "components" / "planning" / "addressing.py"
     addressing.write_text(addressing.read_text().replace("PUBLIC_PREFIX = 26", "PUBLIC_PREFIX = 27"))
     git("commit", "-qam", "smaller public subnets")
     result = subprocess.run([sys.executable, "-m", "components", "diff", "--stack", "dev", "--base-ref", "HEAD~1", "--json"],

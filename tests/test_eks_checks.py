@@ -1,7 +1,7 @@
 """What EKS, Helm and the network will do with the EKS stacks, not only the shape
-of each request: EKS's node group rules (components/eks_rules.py), the device
+of each request: EKS's node group rules (components/planning/eks_rules.py), the device
 plugins' effective Helm values against each node's labels and taints
-(tests/scheduling.py), and the flows the security groups allow (components/flows.py).
+(tests/scheduling.py), and the flows the security groups allow (components/offline/flows.py).
 Each check runs on every EKS stack, and a broken variant shows it can fail."""
 
 from __future__ import annotations
