@@ -1,5 +1,5 @@
 """The Pulumi program: `pulumi up -s <env>` runs this with stacks/Pulumi.<env>.yaml."""
 
-from components.stack import main
+from components.resources.stack import main
 
 main()

@@ -33,20 +33,21 @@ def stack_file(args: argparse.Namespace) -> tuple[Path, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from . import config, launch, plan, report
+    from .planning import config, launch, plan
+    from .offline import report
 
     path, name = stack_file(args)
     cfg = config.load_file(path)  # a clean error before Pulumi is even imported
     settings = config.read_stack_file(path)
 
-    from . import offline  # imports Pulumi and the AWS SDK modules the program uses
+    from .offline import mocks  # imports Pulumi and the AWS SDK modules the program uses
 
-    run = offline.run(settings, name)
+    run = mocks.run(settings, name)
     if run.error:
         print(f"error: {run.error}", file=sys.stderr)
         return 1
     if args.format == "terraform-plan":
-        from . import terraform_plan
+        from .offline import terraform_plan
 
         print(json.dumps(terraform_plan.export(run.resources, cfg.region, name), indent=2))
         return 0
@@ -58,7 +59,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from . import config, launch
+    from .planning import config, launch
 
     path, name = stack_file(args)
     cfg = config.load_file(path)
@@ -81,7 +82,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_scan_inputs(args: argparse.Namespace) -> int:
-    from . import scan
+    from .offline import scan
 
     path, name = stack_file(args)
     for file in scan.write_inputs(path, name, Path(args.out)):
@@ -94,7 +95,8 @@ def committed_resources(ref: str, rel: Path, name: str) -> tuple[list | None, st
     on that commit's file, run offline in a copy of the tree (None: the file did not exist there)."""
     import tempfile
 
-    from . import config, diff
+    from .planning import config
+    from .offline import diff
 
     source = f"{rel.as_posix()} at {ref}"
     known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True)
@@ -116,7 +118,8 @@ def committed_resources(ref: str, rel: Path, name: str) -> tuple[list | None, st
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from . import config, diff
+    from .planning import config
+    from .offline import diff
 
     path, name = stack_file(args)
     after = config.read_stack_file(path)
@@ -132,11 +135,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
                                                      "give the committed one with --base FILE")], str(path)) from None
         base_resources, base = committed_resources(args.base_ref, rel, name)
 
-    from . import offline
+    from .offline import mocks
 
     runs = []
     for settings in ([before] if args.base else []) + [after]:
-        run = offline.run(settings, name)
+        run = mocks.run(settings, name)
         if run.error:
             print(f"error: {run.error}", file=sys.stderr)
             return 1
@@ -162,7 +165,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from . import config
+    from .planning import config
 
     paths = [Path(p) for p in args.files] or sorted(STACKS.glob("Pulumi.*.yaml"))
     failed = 0
@@ -180,8 +183,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_types(args: argparse.Namespace) -> int:
-    from . import efa
-    from .catalog import Catalog
+    from .planning import efa
+    from .planning.catalog import Catalog
 
     for itype in Catalog().efa_types():
         s = efa.summarize(itype, efa.interfaces(itype, args.layout))
@@ -192,9 +195,9 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 
 def cmd_nccl(argv: list[str]) -> int:
-    from . import nccl
+    from .offline import nccl_report
 
-    return nccl.cli(argv)
+    return nccl_report.cli(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("nccl-report", help="compare nccl-tests logs (see: nccl-report --help)")
     args = parser.parse_args(argv)
 
-    from .config import ConfigError
+    from .planning.config import ConfigError
 
     try:
         return args.func(args)

@@ -43,8 +43,8 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UnknownValueError
 
-from components import catalog
-from components.efa import EFA_TYPES
+from components.planning import catalog
+from components.planning.efa import EFA_TYPES
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 AUTOSCALING_GROUP = "aws:autoscaling/group:Group"

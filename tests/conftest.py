@@ -57,15 +57,15 @@ STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (R
 
 
 def stack_settings(name: str) -> dict:
-    from components import config
+    from components.planning import config
 
     return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
 
 
 def register(settings: dict, stack: str) -> list:
     """What the program registers for these settings under the mocks (it must run clean)."""
-    from components import offline
+    from components.offline import mocks
 
-    run = offline.run(settings, stack)
+    run = mocks.run(settings, stack)
     assert run.error is None, run.error
     return run.resources

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from components import addressing, config, diff, offline
+from components.planning import addressing, config
+from components.offline import diff, mocks
 from conftest import ROOT, base_doc, settings_of
 
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -121,10 +122,10 @@ def test_eks_names_its_own_azs():
 # --- the secondary CIDR block --------------------------------------------------------
 
 
-def secondary_run() -> offline.Run:
+def secondary_run() -> mocks.Run:
     doc = base_doc(network={"vpcCidr": "10.0.0.0/20", "secondaryCidr": "100.64.0.0/16"},
                    fleets=[fleet("big", "us-east-1a", 2000, subnet="secondary"), fleet("small", "us-east-1a", 4)])
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     return run
 
@@ -149,8 +150,8 @@ def test_a_fleet_sent_to_a_secondary_block_needs_one():
 
 
 def test_adding_a_secondary_block_replaces_nothing():
-    before = offline.run(settings_of(base_doc(network={"vpcCidr": "10.0.0.0/20"})), "t").resources
-    after = offline.run(settings_of(base_doc(network={"vpcCidr": "10.0.0.0/20", "secondaryCidr": "100.64.0.0/16"})), "t").resources
+    before = mocks.run(settings_of(base_doc(network={"vpcCidr": "10.0.0.0/20"})), "t").resources
+    after = mocks.run(settings_of(base_doc(network={"vpcCidr": "10.0.0.0/20", "secondaryCidr": "100.64.0.0/16"})), "t").resources
     changes = diff.compare(before, after)
     assert {c.action for c in changes} == {"create"}
     assert {c.name for c in changes} == {"efa-secondary", "efa-secondary-us-east-1a"}
@@ -160,7 +161,7 @@ def test_adding_a_secondary_block_replaces_nothing():
 
 
 def protected(doc_or_settings: dict, stack: str) -> set[tuple[str, str]]:
-    run = offline.run(doc_or_settings, stack)
+    run = mocks.run(doc_or_settings, stack)
     assert run.error is None, run.error
     return {(r.type, r.name) for r in run.resources if r.protect}
 

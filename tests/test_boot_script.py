@@ -15,7 +15,8 @@ import boto3
 import moto
 import pytest
 
-from components import bootstrap, config, offline, plan
+from components.planning import bootstrap, config, plan
+from components.offline import mocks
 from conftest import base_doc, settings_of, stand_in_devices
 
 # awsome-distributed-training shows `hugepages-2Mi: 21122Mi` on a p4de node: what the AMI and the EFA installer reserve.
@@ -153,7 +154,7 @@ def test_an_eks_node_missing_a_device_registers_with_the_boot_check_taint(tmp_pa
 
 
 def test_ec2_nodes_may_mark_health_only_in_their_own_group():
-    run = offline.run(settings_of(base_doc()), "research")
+    run = mocks.run(settings_of(base_doc()), "research")
     (health,) = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-health"]
     (statement,) = json.loads(health.inputs["policy"])["Statement"]
     assert statement["Action"] == "autoscaling:SetInstanceHealth"
@@ -170,7 +171,7 @@ def test_ec2_nodes_may_mark_health_only_in_their_own_group():
         broken["Statement"][0]["Action"] = "autoscaling SetInstanceHealth"
         with pytest.raises(iam.exceptions.MalformedPolicyDocumentException):  # the check is real
             iam.put_role_policy(RoleName="node", PolicyName="broken", PolicyDocument=json.dumps(broken))
-    off = offline.run(settings_of(base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}])), "research")
+    off = mocks.run(settings_of(base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}])), "research")
     assert not [r for r in off.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-health"]
     assert "aws autoscaling set-instance-health" not in bootstrap.boot_script(plan.build(config.load(
         base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}]))).fleets[0].boot)

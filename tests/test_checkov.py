@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from components import scan
+from components.offline import scan
 from tests.conftest import ROOT
 
 CHECKOV = ROOT / "venv-checkov" / "bin" / "checkov"

@@ -9,7 +9,8 @@ import sys
 import pytest
 import yaml
 
-from components import config, offline
+from components.planning import config
+from components.offline import mocks
 from conftest import ROOT, base_doc, settings_of
 
 
@@ -85,7 +86,7 @@ def test_invalid_config_names_the_key_and_registers_nothing(case, doc, key):
         config.load(doc)
     assert any(p.path == key or p.path.startswith(key + ".") or p.path.startswith(key + "[") for p in err.value.problems), err.value
     # The program under Pulumi's mocks: the clean error `pulumi up` prints, and zero resources.
-    run = offline.run(settings_of(doc), "test")
+    run = mocks.run(settings_of(doc), "test")
     assert run.error and key in run.error
     assert "Traceback" not in run.error
     assert run.resources == []
@@ -146,7 +147,7 @@ def test_a_declared_instance_type_is_used_for_the_layout():
                              {"index": 1, "maximumNetworkInterfaces": 2, "interfaceTypes": ["interface", "efa", "efa-only"], "baselineBandwidthGbps": 400}],
             "accelerator": {"kind": "gpu", "name": "X200", "count": 8}}
     cfg = config.load(base_doc(instanceTypes={"p9.48xlarge": spec}, fleets=[fleet(instanceType="p9.48xlarge")]))
-    from components import efa
+    from components.planning import efa
     assert efa.network_interfaces(cfg.catalog().get("p9.48xlarge")) == [
         {"NetworkCardIndex": 0, "DeviceIndex": 0, "InterfaceType": "interface"},
         {"NetworkCardIndex": 0, "DeviceIndex": 1, "InterfaceType": "efa-only"},
@@ -156,7 +157,7 @@ def test_a_declared_instance_type_is_used_for_the_layout():
 
 def test_engine_config_arrives_as_json_text():
     """Under `pulumi up` structured values reach the program as JSON strings."""
-    settings = offline.engine_settings(settings_of(base_doc()))
+    settings = mocks.engine_settings(settings_of(base_doc()))
     assert isinstance(settings["efa-infra:fleets"], str)
     cfg = config.load(config.document_from_settings(settings))
     assert cfg.fleets[0].instance_type == "g6.8xlarge"

@@ -1,7 +1,7 @@
 """Day 2 on every example stack: each everyday change touches only what it names.
 
 Each change is run through the program under Pulumi's mocks and compared with the
-stack as committed by `components.diff` (replacement from the provider's ForceNew
+stack as committed by `components.offline.diff` (replacement from the provider's ForceNew
 facts). For each, the exact resources that change are asserted, and that nothing of
 the network, the cluster or another fleet is replaced or deleted.
 """
@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import pytest
 
-from components import diff, offline
+from components.offline import diff, mocks
 from conftest import STACKS, register, stack_settings
 
 F, J, NET, EKS = "efa-infra:fleets", "efa-infra:jobs", "efa-infra:network", "efa-infra:eks"
@@ -30,14 +30,14 @@ def base(stack: str) -> tuple:
     return tuple(register(settings(stack), stack))
 
 
-def day2(stack: str, change) -> tuple[list[diff.Change], list[offline.Registered]]:
+def day2(stack: str, change) -> tuple[list[diff.Change], list[mocks.Registered]]:
     s = copy.deepcopy(settings(stack))
     change(s)
     after = register(s, stack)
     return diff.compare(list(base(stack)), after), list(base(stack)) + after
 
 
-def owner(r: offline.Registered, fleets: set[str]) -> str:
+def owner(r: mocks.Registered, fleets: set[str]) -> str:
     """What a resource belongs to: 'network', 'cluster', 'fleet:<name>' or 'job:<name>'."""
     if r.type == NODEGROUP and r.name.removesuffix("-nodes") in fleets:
         return f"fleet:{r.name.removesuffix('-nodes')}"

@@ -15,7 +15,8 @@ import pulumi_aws as aws
 import pytest
 import yaml
 
-from components import config, diff, offline
+from components.planning import config
+from components.offline import diff, mocks
 from conftest import ROOT, base_doc, settings_of
 
 PROD = ROOT / "stacks" / "Pulumi.prod.yaml"
@@ -24,7 +25,7 @@ PROD = ROOT / "stacks" / "Pulumi.prod.yaml"
 def changes_between(before: dict, after: dict, stack: str = "t") -> list[diff.Change]:
     runs = []
     for doc in (before, after):
-        run = offline.run(settings_of(doc), stack)
+        run = mocks.run(settings_of(doc), stack)
         assert run.error is None, run.error
         runs.append(run.resources)
     return diff.compare(*runs)
@@ -139,7 +140,7 @@ def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_pat
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "base")
-    addressing = repo / "components" / "addressing.py"
+    addressing = repo / "components" / "planning" / "addressing.py"
     addressing.write_text(addressing.read_text().replace("PUBLIC_PREFIX = 26", "PUBLIC_PREFIX = 27"))
     git("commit", "-qam", "smaller public subnets")
     result = subprocess.run([sys.executable, "-m", "components", "diff", "--stack", "dev", "--base-ref", "HEAD~1", "--json"],
@@ -171,9 +172,9 @@ def registered_types() -> set[str]:
     types = set()
     for path in (ROOT / "stacks").glob("Pulumi.*.yaml"):
         s = config.read_stack_file(path)
-        types |= {r.type for r in offline.run(s, path.stem.removeprefix("Pulumi.")).resources}
+        types |= {r.type for r in mocks.run(s, path.stem.removeprefix("Pulumi.")).resources}
     secondary = base_doc(network={"secondaryCidr": "100.64.0.0/16", "interfaceEndpoints": ["sts"]})
-    return types | {r.type for r in offline.run(settings_of(secondary), "t").resources}
+    return types | {r.type for r in mocks.run(settings_of(secondary), "t").resources}
 
 
 def test_every_registered_type_has_replace_facts_or_only_groups_resources():

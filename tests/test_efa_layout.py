@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components import catalog, efa
-from components.efa import EfaLayoutError, network_interfaces
+from components.planning import catalog, efa
+from components.planning.efa import EfaLayoutError, network_interfaces
 
 
 def check_layout(raw: dict, interfaces: list[dict]) -> list[str]:

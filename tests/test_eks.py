@@ -6,7 +6,8 @@ import base64
 
 import pytest
 
-from components import config, efa, offline
+from components.planning import config, efa
+from components.offline import mocks
 from conftest import ROOT, base_doc, settings_of
 
 NODEGROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -16,8 +17,8 @@ EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}
 
 
 @pytest.fixture(scope="module")
-def prod() -> offline.Run:
-    run = offline.run(config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml"), "prod")
+def prod() -> mocks.Run:
+    run = mocks.run(config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml"), "prod")
     assert run.error is None, run.error
     return run
 
@@ -76,7 +77,7 @@ def test_cluster_endpoint_auth_and_encryption(prod):
 
 def test_public_endpoint_only_for_listed_cidrs():
     doc = base_doc(eks={**EKS, "publicAccessCidrs": ["203.0.113.0/24"]})
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     cluster = run.one("eks:index:Cluster").inputs
     assert cluster["endpointPublicAccess"] is True and cluster["publicAccessCidrs"] == ["203.0.113.0/24"]
 
@@ -84,7 +85,7 @@ def test_public_endpoint_only_for_listed_cidrs():
 def test_trainium_fleet_gets_the_neuron_ami_and_taint():
     doc = base_doc(eks=EKS,
                    fleets=[{"name": "trn", "instanceType": "trn2.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     ng = run.one(NODEGROUP, "trn-nodes").inputs
     assert ng["amiType"] == "AL2023_x86_64_NEURON"
@@ -101,5 +102,5 @@ def test_trainium_fleet_gets_the_neuron_ami_and_taint():
 
 
 def test_plain_ec2_stacks_create_no_cluster():
-    run = offline.run(settings_of(base_doc()), "t")
+    run = mocks.run(settings_of(base_doc()), "t")
     assert run.of_type("eks:index:Cluster") == [] and run.of_type(NODEGROUP) == []

@@ -1,7 +1,7 @@
 """What EKS, Helm and the network will do with the EKS stacks, not only the shape
-of each request: EKS's node group rules (components/eks_rules.py), the device
+of each request: EKS's node group rules (components/planning/eks_rules.py), the device
 plugins' effective Helm values against each node's labels and taints
-(tests/scheduling.py), and the flows the security groups allow (components/flows.py).
+(tests/scheduling.py), and the flows the security groups allow (components/offline/flows.py).
 Each check runs on every EKS stack, and a broken variant shows it can fail."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import scheduling
-from components import config, eks_rules, flows, offline
+from components.planning import config, eks_rules
+from components.offline import flows, mocks
 from conftest import ROOT, base_doc, settings_of
 
 NODEGROUP, LT, RELEASE = "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate", "kubernetes:helm.sh/v3:Release"
@@ -34,14 +35,14 @@ def settings(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[str, offline.Run]:
-    out = {name: offline.run(settings(name), name) for name in [*EKS_STACKS, "trainium"]}
+def runs() -> dict[str, mocks.Run]:
+    out = {name: mocks.run(settings(name), name) for name in [*EKS_STACKS, "trainium"]}
     for name, run in out.items():
         assert run.error is None, f"{name}: {run.error}"
     return out
 
 
-def requests(run: offline.Run) -> list[tuple[dict, dict | None]]:
+def requests(run: mocks.Run) -> list[tuple[dict, dict | None]]:
     """Each node group request with the launch template it names."""
     templates = {f"<{lt.name}.id>": lt.inputs for lt in run.of_type(LT)}
     return [(ng.inputs, templates.get((ng.inputs.get("launchTemplate") or {}).get("id"))) for ng in run.of_type(NODEGROUP)]
@@ -76,7 +77,7 @@ def test_every_node_group_request_passes_eks_rules(runs, name):
             assert node_group["amiType"] == eks_rules.ami_type(kind, itype.architecture)
 
 
-def broken(run: offline.Run, fleet_group: str, node_group: dict | None = None, template: dict | None = None) -> list[str]:
+def broken(run: mocks.Run, fleet_group: str, node_group: dict | None = None, template: dict | None = None) -> list[str]:
     ng, lt = next((n, t) for n, t in requests(run) if t is not None and n["launchTemplate"]["id"] == f"<{fleet_group}-lt.id>")
     return eks_rules.node_group_problems({**ng, **(node_group or {})}, {**lt, **(template or {})})
 
@@ -138,7 +139,7 @@ def test_config_refuses_taints_eks_would_refuse(taints, key, message):
     with pytest.raises(config.ConfigError) as err:
         config.load(doc)
     assert any(p.path == f"efa-infra:fleets[0].{key}" and message in p.message for p in err.value.problems), err.value
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error and run.resources == []
 
 
@@ -154,7 +155,7 @@ def test_helm_merge_rules():
         "nodeAffinity": {"required": ["ours"]}}
 
 
-def nodes(run: offline.Run) -> dict[str, tuple[dict, list[dict], dict]]:
+def nodes(run: mocks.Run) -> dict[str, tuple[dict, list[dict], dict]]:
     """Each node group's node as the scheduler sees it: the labels EKS applies plus those the kubelet sets
     itself (Kubernetes "Well-Known Labels": instance type, architecture), and its taints in Kubernetes form."""
     to_k8s = {v: k for k, v in eks_rules.TAINT_EFFECTS.items()}
@@ -167,7 +168,7 @@ def nodes(run: offline.Run) -> dict[str, tuple[dict, list[dict], dict]]:
     return out
 
 
-def plugin_pods(run: offline.Run, releases: list | None = None) -> dict[str, dict[str, int]]:
+def plugin_pods(run: mocks.Run, releases: list | None = None) -> dict[str, dict[str, int]]:
     """DaemonSet pods per node kind and chart: the chart's defaults merged with the values we send."""
     counts: dict[str, dict[str, int]] = {}
     for name, (labels, taints, _) in nodes(run).items():
@@ -214,7 +215,7 @@ FLOW_STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p 
 
 @pytest.mark.parametrize("name", FLOW_STACKS)
 def test_every_flow_a_training_cluster_needs_is_allowed(name):
-    run = offline.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
+    run = mocks.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
     model = flows.model(run.resources)
     assert model.needs
     blocked = [flows.describe(v) for v in model.verdicts() if not v.allowed]
@@ -266,7 +267,7 @@ def test_plan_shows_the_flows():
 
 def test_operators_stay_when_the_last_job_of_their_kind_goes():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
-    run = offline.run({k: v for k, v in settings.items() if k != "efa-infra:jobs"}, "prod")
+    run = mocks.run({k: v for k, v in settings.items() if k != "efa-infra:jobs"}, "prod")
     assert run.error is None, run.error
     (training,) = run.of_type("kubernetes:kustomize/v2:Directory")
     (mpi,) = run.of_type("kubernetes:yaml/v2:ConfigFile")
@@ -289,7 +290,7 @@ def test_a_job_whose_operator_is_not_installed_is_a_config_error():
 def test_a_fleet_in_the_secondary_block_reaches_the_endpoints_only_through_a_rule_for_that_block():
     doc = base_doc(network={"secondaryCidr": "100.64.0.0/16", "interfaceEndpoints": ["ecr.api"]})
     doc["fleets"][0]["subnet"] = "secondary"
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     need = ("node to interface endpoints (TCP 443)", "gpu node")
     verdicts = {(v.need.name, v.need.sender): v for v in flows.model(run.resources).verdicts()}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from components import config, launch, offline
+from components.planning import config, launch
+from components.offline import mocks
 from conftest import ROOT, base_doc, settings_of
 from test_launch import check_manifest, pod_templates, schema_versions
 
@@ -22,7 +23,7 @@ def doc(nodes_max: int = 4, eks: dict | None = None) -> dict:
 
 
 def lookups(vpcs: dict | None = None, clusters: tuple[str, ...] = ("ml-shared",), subnets_missing: tuple[str, ...] = (),
-            **subnet_a) -> offline.Lookups:
+            **subnet_a) -> mocks.Lookups:
     """AWS's answers: the VPC (by id, or by Name tag in `vpcs`) and both subnets exist,
     private and roomy, subnet A changed as given; `subnets_missing` do not exist."""
     subnets = {
@@ -38,15 +39,15 @@ def lookups(vpcs: dict | None = None, clusters: tuple[str, ...] = ("ml-shared",)
     def get_vpcs(args: dict) -> dict:
         if "tags" in args:
             return {"ids": named.get(args["tags"]["Name"], [])}
-        return {"ids": [v for v in offline.filter_values(args, "vpc-id") if v == VPC]}
+        return {"ids": [v for v in mocks.filter_values(args, "vpc-id") if v == VPC]}
 
     return {
-        offline.GET_VPCS: get_vpcs,
+        mocks.GET_VPCS: get_vpcs,
         # A list lookup leaves out what does not exist; the single lookup would fail on it.
-        offline.GET_SUBNETS: lambda args: {"ids": [s for s in offline.filter_values(args, "subnet-id") if s in subnets]},
-        offline.GET_SUBNET: lambda args: subnets[args["id"]],
-        offline.GET_CLUSTERS: lambda args: {"names": list(clusters)},
-        offline.GET_CLUSTER: lambda args: {
+        mocks.GET_SUBNETS: lambda args: {"ids": [s for s in mocks.filter_values(args, "subnet-id") if s in subnets]},
+        mocks.GET_SUBNET: lambda args: subnets[args["id"]],
+        mocks.GET_CLUSTERS: lambda args: {"names": list(clusters)},
+        mocks.GET_CLUSTER: lambda args: {
             "name": args["name"], "version": "1.32", "endpoint": "https://ABC.gr7.us-east-1.eks.amazonaws.com",
             "certificateAuthorities": [{"data": "LS0tLS1CRUdJTg=="}],
             "vpcConfig": {"clusterSecurityGroupId": "sg-0ccccccccccccccc0"},
@@ -56,7 +57,7 @@ def lookups(vpcs: dict | None = None, clusters: tuple[str, ...] = ("ml-shared",)
 
 
 def test_fleet_uses_the_given_subnet_and_only_the_missing_parts_are_created():
-    run = offline.run(settings_of(doc()), "byo", lookups())
+    run = mocks.run(settings_of(doc()), "byo", lookups())
     assert run.error is None, run.error
     types = {r.type for r in run.resources}
     assert not types & {"aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/natGateway:NatGateway", "aws:ec2/internetGateway:InternetGateway"}
@@ -75,7 +76,7 @@ def test_fleet_uses_the_given_subnet_and_only_the_missing_parts_are_created():
     ({"vpcId": "vpc-0ffffffffffffffff"}, f"{SUBNET_A} is in vpc-0ffffffffffffffff, not in the stack's VPC {VPC}"),
 ], ids=["public", "wrong-az", "full", "other-vpc"])
 def test_a_bad_subnet_is_a_clean_error_naming_subnet_and_fleet_and_nothing_is_registered(answer, message):
-    run = offline.run(settings_of(doc()), "byo", lookups(**answer))
+    run = mocks.run(settings_of(doc()), "byo", lookups(**answer))
     assert run.error is not None and message in run.error
     assert "efa-infra:network.existing.privateSubnetIds.us-east-1a" in run.error
     assert "Traceback" not in run.error
@@ -99,7 +100,7 @@ def named_vpc() -> dict:
      "eks.existing.clusterName", "no EKS cluster 'ml-shard' in us-east-1; did you mean ml-shared?"),
 ], ids=["no-subnet", "no-vpc-by-name", "two-vpcs-by-name", "no-vpc-by-id", "no-cluster"])
 def test_what_does_not_exist_is_a_clean_error_and_nothing_is_registered(settings, answers, key, message):
-    run = offline.run(settings_of(settings), "byo", lookups(**answers))
+    run = mocks.run(settings_of(settings), "byo", lookups(**answers))
     assert run.error is not None and f"efa-infra:{key}: {message}" in run.error
     assert "Traceback" not in run.error
     assert run.resources == []
@@ -108,7 +109,7 @@ def test_what_does_not_exist_is_a_clean_error_and_nothing_is_registered(settings
 def test_every_missing_resource_is_named_at_once():
     settings = named_vpc()
     settings["eks"] = {"enabled": True, "existing": {"clusterName": "other"}}
-    run = offline.run(settings_of(settings), "byo", lookups(subnets_missing=(SUBNET_A, SUBNET_B), clusters=()))
+    run = mocks.run(settings_of(settings), "byo", lookups(subnets_missing=(SUBNET_A, SUBNET_B), clusters=()))
     assert run.error is not None
     for key in ("vpcName", "privateSubnetIds.us-east-1a", "privateSubnetIds.us-east-1b"):
         assert f"efa-infra:network.existing.{key}:" in run.error
@@ -129,7 +130,7 @@ def test_existing_network_config_is_checked_before_any_lookup():
 
 def test_node_groups_join_an_existing_cluster():
     # On EKS a node takes an address per pod too: 4 g6.8xlarge nodes need 848.
-    run = offline.run(settings_of(doc(eks={"enabled": True, "existing": {"clusterName": "ml-shared"}})), "byo",
+    run = mocks.run(settings_of(doc(eks={"enabled": True, "existing": {"clusterName": "ml-shared"}})), "byo",
                       lookups(availableIpAddressCount=1000))
     assert run.error is None, run.error
     assert run.of_type("eks:index:Cluster") == [] and run.of_type("aws:kms/key:Key") == []
@@ -144,7 +145,7 @@ def test_node_groups_join_an_existing_cluster():
 
 def test_hyperpod_jobs_stack_registers_no_aws_resource_and_requests_p5_devices():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.hyperpod-jobs.yaml")
-    run = offline.run(settings, "hyperpod-jobs")
+    run = mocks.run(settings, "hyperpod-jobs")
     assert run.error is None, run.error
     assert [r.type for r in run.resources] == ["efa-infra:index:Job", "efa-infra:index:Job"]
     cfg = config.load_file(ROOT / "stacks" / "Pulumi.hyperpod-jobs.yaml")

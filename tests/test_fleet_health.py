@@ -11,7 +11,8 @@ import botocore.session
 import botocore.validate
 import pytest
 
-from components import capacity_window, config, offline
+from components.planning import capacity_window, config
+from components.offline import mocks
 from conftest import ROOT, base_doc, settings_of
 
 NODEGROUP, ADDON, SCHEDULE, ASG = ("aws:eks/nodeGroup:NodeGroup", "aws:eks/addon:Addon", "aws:autoscaling/schedule:Schedule",
@@ -26,8 +27,8 @@ def valid(service: str, operation: str, params: dict) -> None:
     assert not report.has_errors(), report.generate_report()
 
 
-def stack_run(name: str) -> offline.Run:
-    run = offline.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
+def stack_run(name: str) -> mocks.Run:
+    run = mocks.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
     assert run.error is None, run.error
     return run
 
@@ -60,7 +61,7 @@ def test_accelerator_node_groups_repair_their_nodes_and_the_cluster_runs_the_mon
 def test_node_health_can_be_turned_off():
     doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "nodeMonitoringAgent": False})
     doc["fleets"][0].update(autoRepair=False, bootCheck=False)
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     assert "nodeRepairConfig" not in run.one(NODEGROUP, "gpu-nodes").inputs
     assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["vpc-cni"]
@@ -69,7 +70,7 @@ def test_node_health_can_be_turned_off():
 def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
     doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]},
                    fleets=[{"name": "cpu", "instanceType": "c6in.32xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     assert "nodeRepairConfig" not in run.one(NODEGROUP, "cpu-nodes").inputs
     assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["vpc-cni"]
@@ -80,7 +81,7 @@ def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
 
 def test_an_ec2_block_fleet_waits_for_its_block_and_leaves_before_it_ends():
     start, end = at(24), at(24 * 8)
-    run = offline.run(settings_of(base_doc(fleets=[block_fleet(start=start, end=end)])), "t")
+    run = mocks.run(settings_of(base_doc(fleets=[block_fleet(start=start, end=end)])), "t")
     assert run.error is None, run.error
     asg = run.one(ASG).inputs
     assert (asg["minSize"], asg["desiredCapacity"], asg["maxSize"]) == (0, 0, 4)  # nothing can launch before the start
@@ -99,7 +100,7 @@ def test_an_ec2_block_fleet_waits_for_its_block_and_leaves_before_it_ends():
 
 
 def test_a_block_that_has_started_runs_its_nodes_with_no_scale_up_in_the_past():
-    run = offline.run(settings_of(base_doc(fleets=[block_fleet(start=at(-2), end=at(20))])), "t")
+    run = mocks.run(settings_of(base_doc(fleets=[block_fleet(start=at(-2), end=at(20))])), "t")
     assert run.error is None, run.error
     asg = run.one(ASG).inputs
     assert (asg["minSize"], asg["desiredCapacity"]) == (1, 4)
@@ -108,7 +109,7 @@ def test_a_block_that_has_started_runs_its_nodes_with_no_scale_up_in_the_past():
 
 def test_on_eks_the_node_group_scales_up_at_the_start_and_eks_scales_it_down():
     doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}, fleets=[block_fleet(start=at(24), end=at(48))])
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     ng = run.one(NODEGROUP, "h200-nodes").inputs
     assert ng["scalingConfig"] == {"minSize": 0, "desiredSize": 0, "maxSize": 4} and ng["capacityType"] == "CAPACITY_BLOCK"
@@ -152,7 +153,7 @@ def test_a_window_that_cannot_be_used_is_a_config_error(capacity, key, message):
     with pytest.raises(config.ConfigError) as err:
         config.load(copy.deepcopy(doc))
     assert any(p.path == f"efa-infra:fleets[0].{key}" and message in p.message for p in err.value.problems), err.value
-    run = offline.run(settings_of(doc), "t")
+    run = mocks.run(settings_of(doc), "t")
     assert run.error and run.resources == []
 
 
@@ -166,13 +167,13 @@ def test_window_keys_need_a_capacity_block():
 
 def test_a_block_read_at_deploy_time_that_is_over_stops_the_run_before_anything_is_created():
     settings = settings_of(base_doc(fleets=[block_fleet()]))
-    lookups = offline.stand_in_lookups(settings)
-    lookups[offline.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(-48), "endDate": at(-24), "instanceCount": 4}
-    run = offline.run(settings, "t", lookups)
+    lookups = mocks.stand_in_lookups(settings)
+    lookups[mocks.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(-48), "endDate": at(-24), "instanceCount": 4}
+    run = mocks.run(settings, "t", lookups)
     assert "efa-infra:fleets[0].capacity.reservationId: Capacity Block cr-0a1b2c3d4e5f60718: the block ends at" in run.error
     assert run.resources == []
-    lookups[offline.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), "instanceCount": 2}
-    run = offline.run(settings, "t", lookups)
+    lookups[mocks.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), "instanceCount": 2}
+    run = mocks.run(settings, "t", lookups)
     assert "efa-infra:fleets[0].nodes.max: 4 nodes, but block cr-0a1b2c3d4e5f60718 holds 2" in run.error
 
 
@@ -183,9 +184,9 @@ def test_a_block_read_at_deploy_time_that_is_over_stops_the_run_before_anything_
 ])
 def test_a_block_read_at_deploy_time_must_be_the_fleets(answer, key, message):
     settings = settings_of(base_doc(fleets=[block_fleet()]))
-    lookups = offline.stand_in_lookups(settings)
-    lookups[offline.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), **answer}
-    run = offline.run(settings, "t", lookups)
+    lookups = mocks.stand_in_lookups(settings)
+    lookups[mocks.GET_CAPACITY_BLOCK] = lambda args: {"id": args["id"], "startDate": at(1), "endDate": at(30), **answer}
+    run = mocks.run(settings, "t", lookups)
     assert f"efa-infra:fleets[0].{key}: " in run.error and message in run.error
     assert run.resources == []
 

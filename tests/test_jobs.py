@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from components import config, launch, offline
+from components.planning import config, launch
+from components.offline import mocks
 from conftest import ROOT
 from test_launch import CRD_DIR, CRD_FILES, check_manifest, pod_templates, schema_versions
 
@@ -46,7 +47,7 @@ def test_every_rendered_artifact_of_every_example_stack_checks_out(stack, tmp_pa
 
 def test_ec2_jobs_become_ssm_documents_with_the_rendered_script():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.p5-ec2.yaml")
-    run = offline.run(settings, "p5-ec2")
+    run = mocks.run(settings, "p5-ec2")
     assert run.error is None, run.error
     cfg = config.load_file(ROOT / "stacks" / "Pulumi.p5-ec2.yaml")
     docs = {r.name: r for r in run.of_type("aws:ssm/document:Document")}
@@ -62,13 +63,13 @@ def test_ec2_jobs_become_ssm_documents_with_the_rendered_script():
 
 def test_eks_jobs_export_manifests_and_apply_only_when_asked():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
-    run = offline.run(settings, "prod")
+    run = mocks.run(settings, "prod")
     assert run.error is None, run.error
     assert run.of_type("kubernetes:yaml/v2:ConfigGroup") == []
     assert run.outputs["jobs"]["pretrain"]["manifests"][0]["kind"] == "PyTorchJob"
     jobs = settings["efa-infra:jobs"]
     settings = {**settings, "efa-infra:jobs": [{**jobs[0], "apply": True}, jobs[1]]}
-    applied = offline.run(settings, "prod")
+    applied = mocks.run(settings, "prod")
     (group,) = applied.of_type("kubernetes:yaml/v2:ConfigGroup")
     assert group.name == "pretrain-manifests" and group.inputs["objs"][0]["kind"] == "PyTorchJob"
 

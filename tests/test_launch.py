@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components import catalog, config, launch, ofi_platform, preflight
+from components.planning import catalog, config, launch, ofi_platform, preflight
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}

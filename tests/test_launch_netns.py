@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from components import config, launch
+from components.planning import config, launch
 from conftest import stand_in_devices
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components import nccl
+from components.offline import nccl_report, nccl_tests
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "nccl"
@@ -28,7 +28,7 @@ EFA_VS_TCP = {
 
 
 def run_cli(capsys, *argv):
-    code = nccl.cli([str(a) for a in argv])
+    code = nccl_report.cli([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -72,7 +72,7 @@ def efa_tcp(tmp_path):
 
 
 def test_plain_log():
-    run = nccl.load_run(DATA / "plain.log")
+    run = nccl_tests.load_run(DATA / "plain.log")
     assert run.label == "plain"
     assert [r.size_bytes for r in run.rows] == [1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30]
     r = row(run, 16 << 20)
@@ -84,13 +84,13 @@ def test_plain_log():
 
 
 def test_mpirun_prefixes_and_interleaved_rank_output():
-    tagged, plain = nccl.load_run(DATA / "mpirun.log"), nccl.load_run(DATA / "plain.log")
+    tagged, plain = nccl_tests.load_run(DATA / "mpirun.log"), nccl_tests.load_run(DATA / "plain.log")
     assert tagged.rows == plain.rows
     assert tagged.footer_avg_busbw_gbps == plain.footer_avg_busbw_gbps == 1.99993
 
 
 def test_unchecked_run_prints_na_and_all_gather_has_no_redop():
-    run = nccl.load_run(DATA / "all_gather_na.log")
+    run = nccl_tests.load_run(DATA / "all_gather_na.log")
     assert {r.wrong for r in run.rows} == {None}
     assert {r.redop for r in run.rows} == {"none"}
     r = row(run, 64 << 20)
@@ -98,7 +98,7 @@ def test_unchecked_run_prints_na_and_all_gather_has_no_redop():
 
 
 def test_trailing_spaces_and_tabs():
-    run = nccl.load_run(DATA / "trailing_spaces.log")
+    run = nccl_tests.load_run(DATA / "trailing_spaces.log")
     assert len(run.rows) == 3
     r = row(run, 64 << 20)
     assert (r.oop_time_us, r.oop_busbw_gbps, r.ip_busbw_gbps, r.wrong) == (542.5, 92.77, 93.10, 0)
@@ -106,7 +106,7 @@ def test_trailing_spaces_and_tabs():
 
 
 def test_integer_times():
-    run = nccl.load_run(DATA / "integer_times.log")
+    run = nccl_tests.load_run(DATA / "integer_times.log")
     r = row(run, 2 << 30)
     assert (r.oop_time_us, r.ip_time_us) == (52054.0, 51964.0)
     assert r.oop_busbw_gbps == 77.35
@@ -114,7 +114,7 @@ def test_integer_times():
 
 def test_average_without_footer_is_mean_of_both_placements(capsys):
     # integer_times.log was cut short before the footer.
-    run = nccl.load_run(DATA / "integer_times.log")
+    run = nccl_tests.load_run(DATA / "integer_times.log")
     assert run.footer_avg_busbw_gbps is None
     both = [63.81, 63.95, 71.22, 71.50, 75.34, 75.51, 77.35, 77.49]
     assert run.avg_busbw_gbps == pytest.approx(sum(both) / len(both))
@@ -126,7 +126,7 @@ def test_average_without_footer_is_mean_of_both_placements(capsys):
 
 
 def test_per_iteration_columns_are_skipped_by_name():
-    run = nccl.load_run(DATA / "per_iter.log")
+    run = nccl_tests.load_run(DATA / "per_iter.log")
     r = row(run, 64 << 20)
     # Fixed positions would read in-place i_min/i_max here instead.
     assert (r.oop_time_us, r.oop_algbw_gbps, r.oop_busbw_gbps) == (291.50, 230.22, 402.89)
@@ -135,7 +135,7 @@ def test_per_iteration_columns_are_skipped_by_name():
 
 
 def test_timestamp_column():
-    run = nccl.load_run(DATA / "timestamps.log")
+    run = nccl_tests.load_run(DATA / "timestamps.log")
     assert [(r.type, r.ip_busbw_gbps) for r in run.rows] == [("bfloat16", 61.45), ("bfloat16", 233.80)]
 
 
@@ -156,23 +156,23 @@ def test_broken_log_names_file_and_line(capsys):
 def test_bad_values_and_units(old, new, message):
     text = (DATA / "plain.log").read_text()
     assert text.count(old) == 1
-    with pytest.raises(nccl.ReportError) as exc:
-        nccl.parse_log(text.replace(old, new), "plain.log")
+    with pytest.raises(nccl_tests.ReportError) as exc:
+        nccl_tests.parse_log(text.replace(old, new), "plain.log")
     assert str(exc.value) == message
 
 
 def test_logs_without_rows(tmp_path):
-    with pytest.raises(nccl.ReportError, match=r"no_rows.log: no data rows after the results header on line 8"):
-        nccl.load_run(DATA / "no_rows.log")
+    with pytest.raises(nccl_tests.ReportError, match=r"no_rows.log: no data rows after the results header on line 8"):
+        nccl_tests.load_run(DATA / "no_rows.log")
     (tmp_path / "dmesg.log").write_text("NCCL version 2.21.5+cuda12.4\n1 warning\n")
-    with pytest.raises(nccl.ReportError, match=r"dmesg.log: not an nccl-tests log"):
-        nccl.load_run(tmp_path / "dmesg.log")
+    with pytest.raises(nccl_tests.ReportError, match=r"dmesg.log: not an nccl-tests log"):
+        nccl_tests.load_run(tmp_path / "dmesg.log")
 
 
 def test_repeated_size_is_refused():
     text = (DATA / "plain.log").read_text()
-    with pytest.raises(nccl.ReportError, match=r"twice.log: line 28: size 1048576 again \(first on line 10\)"):
-        nccl.parse_log(text + text, "twice.log")
+    with pytest.raises(nccl_tests.ReportError, match=r"twice.log: line 28: size 1048576 again \(first on line 10\)"):
+        nccl_tests.parse_log(text + text, "twice.log")
 
 
 # --- the comparison -------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_efa_over_tcp_speedups(capsys, efa_tcp):
     table = {" ".join(cells[:2]): cells[2:] for cells in (line.split() for line in out.splitlines()) if len(cells) >= 3}
     assert table["size efa"] == ["tcp", "efa", "vs", "tcp"]
     for size, (efa, tcp, up) in EFA_VS_TCP.items():
-        assert table[nccl.human_size(size)] == [f"{efa:.2f}", f"{tcp:.2f}", up]
+        assert table[nccl_report.human_size(size)] == [f"{efa:.2f}", f"{tcp:.2f}", up]
     assert table["8 B"] == ["0.00", "0.00", "-"]
 
 
@@ -219,7 +219,7 @@ def test_labels(capsys, tmp_path):
 
 
 def test_human_sizes():
-    assert [nccl.human_size(n) for n in (8, 1024, 3 << 20, 2 << 30, 1048512)] == [
+    assert [nccl_report.human_size(n) for n in (8, 1024, 3 << 20, 2 << 30, 1048512)] == [
         "8 B", "1 KiB", "3 MiB", "2 GiB", "1048512 B"]  # all_gather sizes need not be powers of 2
 
 
@@ -227,8 +227,8 @@ def test_human_sizes():
 
 
 def test_plot_figure(tmp_path, efa_tcp):
-    runs = [nccl.load_run(p) for p in efa_tcp]
-    fig = nccl.plot(runs, tmp_path / "bw.png")
+    runs = [nccl_tests.load_run(p) for p in efa_tcp]
+    fig = nccl_report.plot(runs, tmp_path / "bw.png")
     (ax,) = fig.axes
     assert "message size" in ax.get_xlabel() and "GB/s" in ax.get_ylabel() and ax.get_title()
     assert ax.get_xscale() == "log"
@@ -251,8 +251,8 @@ def test_cli_writes_png(capsys, tmp_path, efa_tcp):
 
 def test_matplotlib_only_imported_for_plot():
     probe = (
-        "import sys; from components import nccl; "
-        f"assert nccl.cli([{str(DATA / 'plain.log')!r}, '--json']) == 0; "
+        "import sys; from components.offline import nccl_report; "
+        f"assert nccl_report.cli([{str(DATA / 'plain.log')!r}, '--json']) == 0; "
         "sys.exit('matplotlib' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
@@ -291,14 +291,14 @@ def test_stack_file_problems(tmp_path):
     fleet = "  efa-infra:fleets:\n    - {name: gpu, instanceType: g6.8xlarge, availabilityZone: us-east-1a, nodes: {desired: 2}%s}\n"
     (tmp_path / "Pulumi.tcp.yaml").write_text("config:\n  aws:region: us-east-1\n" + fleet % ", efa: false")
     (tmp_path / "Pulumi.bad.yaml").write_text("config:\n  aws:region: us-east-1\n" + fleet % ", nodes: {desired: -1}")
-    with pytest.raises(nccl.ReportError, match="fleet gpu of stack tcp has efa: false"):
-        nccl.line_rate("tcp", "gpu", tmp_path)
-    with pytest.raises(nccl.ReportError, match=r"problem.* in .*Pulumi.bad.yaml"):  # config.ConfigError's own text
-        nccl.line_rate("bad", "gpu", tmp_path)
+    with pytest.raises(nccl_tests.ReportError, match="fleet gpu of stack tcp has efa: false"):
+        nccl_report.line_rate("tcp", "gpu", tmp_path)
+    with pytest.raises(nccl_tests.ReportError, match=r"problem.* in .*Pulumi.bad.yaml"):  # config.ConfigError's own text
+        nccl_report.line_rate("bad", "gpu", tmp_path)
 
 
 def test_python_m_components_routes_here(efa_tcp):
-    # The one end-to-end run: components/__main__.py hands nccl-report to nccl.cli.
+    # The one end-to-end run: components/__main__.py hands nccl-report to nccl_report.cli.
     done = subprocess.run([sys.executable, "-m", "components", "nccl-report", *map(str, efa_tcp)],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -13,7 +13,8 @@ import botocore.validate
 import moto
 import pytest
 
-from components import config, efa, offline
+from components.planning import config, efa
+from components.offline import mocks
 from conftest import ROOT, base_doc, settings_of
 
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -25,14 +26,14 @@ SUBNET = "aws:ec2/subnet:Subnet"
 EXAMPLES = ["dev", "p5-ec2"]
 
 
-def run_doc(doc: dict, stack: str = "test") -> offline.Run:
-    run = offline.run(settings_of(doc), stack)
+def run_doc(doc: dict, stack: str = "test") -> mocks.Run:
+    run = mocks.run(settings_of(doc), stack)
     assert run.error is None, run.error
     return run
 
 
-def run_stack(name: str) -> offline.Run:
-    run = offline.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
+def run_stack(name: str) -> mocks.Run:
+    run = mocks.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml"), name)
     assert run.error is None, run.error
     return run
 
@@ -154,13 +155,13 @@ def to_api(value, key: str = ""):
         return int(value)
     if value in ("true", "false"):
         return value == "true"
-    if offline.is_placeholder(value):
+    if mocks.is_placeholder(value):
         kind = "arn" if value.endswith(".arn>") else "sg" if "efa-efa" in value else "subnet"
         return FAKE_IDS[kind]
     return value
 
 
-def launch_template_data(lt: offline.Registered) -> dict:
+def launch_template_data(lt: mocks.Registered) -> dict:
     inputs = {k: v for k, v in lt.inputs.items() if k not in ("description", "tags")}
     return to_api(inputs)
 
@@ -228,7 +229,7 @@ def test_boot_script_is_valid_bash_and_counts_efa_devices_as_the_launch_does(tmp
     import base64
     import subprocess
 
-    from components.bootstrap import COUNT_EFA_DEVICES
+    from components.planning.bootstrap import COUNT_EFA_DEVICES
 
     run = run_stack("p5-ec2")
     script = base64.b64decode(run.one(LT, "p5-lt").inputs["userData"]).decode()

@@ -27,7 +27,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
-from components import offline
+from components.offline import mocks
 from conftest import ROOT, STACKS, base_doc, register, settings_of, stack_settings
 from policy.policies import (
     AUTOSCALING_GROUP,
@@ -47,7 +47,7 @@ IMDS, EBS, EFA_SG, EKS_PROD = "launch-template-imdsv2", "launch-template-ebs-enc
 
 
 @pytest.fixture(scope="module")
-def stacks() -> dict[str, list[offline.Registered]]:
+def stacks() -> dict[str, list[mocks.Registered]]:
     return {name: register(stack_settings(name), name) for name in STACKS}
 
 
@@ -86,12 +86,12 @@ def messages(found, policy: str) -> str:
     return "\n".join(m for name, m in found if name == policy)
 
 
-def one(resources, typ: str, name: str | None = None) -> offline.Registered:
+def one(resources, typ: str, name: str | None = None) -> mocks.Registered:
     (found,) = [r for r in resources if r.type == typ and (name is None or r.name == name)]
     return found
 
 
-def variant(stacks, name: str) -> list[offline.Registered]:
+def variant(stacks, name: str) -> list[mocks.Registered]:
     return copy.deepcopy(stacks[name])
 
 
@@ -267,7 +267,7 @@ def test_ebs_fires_on_an_unencrypted_volume(stacks, encrypted):
 # --- 6. the EFA security group -----------------------------------------------------------
 
 
-def world_ingress(kind: str, efa_group: offline.Registered) -> offline.Registered:
+def world_ingress(kind: str, efa_group: mocks.Registered) -> mocks.Registered:
     """An ingress from anywhere onto the EFA group, written in each way pulumi-aws allows."""
     group_id = f"<{efa_group.name}.id>"
     rules = {
@@ -276,7 +276,7 @@ def world_ingress(kind: str, efa_group: offline.Registered) -> offline.Registere
         "legacy": (LEGACY_RULE, {"securityGroupId": group_id, "type": "ingress", "protocol": "tcp", "fromPort": 22.0, "toPort": 22.0, "cidrBlocks": ["0.0.0.0/0"]}),
     }
     typ, inputs = rules[kind]
-    return offline.Registered(typ, "ssh-from-anywhere", efa_group.urn + "-ssh", efa_group.parent, efa_group.parent_urn, True, inputs)
+    return mocks.Registered(typ, "ssh-from-anywhere", efa_group.urn + "-ssh", efa_group.parent, efa_group.parent_urn, True, inputs)
 
 
 @pytest.mark.parametrize("kind", ["vpc-ipv4", "vpc-ipv6", "legacy"])
@@ -324,7 +324,7 @@ def engine_view(resources, deployed: bool) -> list[PolicyResource]:
     assigns is unknown (reading it raises) and the property dependencies name the resource
     each value comes from; once deployed, every resource has its `id` and references hold it."""
     def sources(value) -> list[str]:
-        if offline.is_placeholder(value):
+        if mocks.is_placeholder(value):
             return [value[1:-1].rsplit(".", 1)[0]]
         items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
         return [name for v in items for name in sources(v)]
@@ -334,7 +334,7 @@ def engine_view(resources, deployed: bool) -> list[PolicyResource]:
             return {k: resolve(v) for k, v in value.items()}
         if isinstance(value, list):
             return [resolve(v) for v in value]
-        if offline.is_placeholder(value):
+        if mocks.is_placeholder(value):
             name, attr = value[1:-1].rsplit(".", 1)
             return f"{attr}-of-{name}" if deployed else UNKNOWN_STRING_VALUE
         return value
@@ -371,7 +371,7 @@ def test_stack_policies_find_references_as_the_engine_shows_them(stacks, deploye
 # --- 7. the EKS endpoint in prod ------------------------------------------------------------
 
 
-def prod_with_public_endpoint(cidrs: list[str]) -> list[offline.Registered]:
+def prod_with_public_endpoint(cidrs: list[str]) -> list[mocks.Registered]:
     settings = stack_settings("prod")
     settings["efa-infra:eks"] = {**settings["efa-infra:eks"], "publicAccessCidrs": cidrs}
     return register(settings, "prod")
@@ -398,7 +398,7 @@ def test_eks_endpoint_fires_on_eks_defaults_and_on_the_aws_cluster(stacks):
     del cluster.inputs["endpointPublicAccess"]  # pulumi-eks's default: public, to 0.0.0.0/0
     assert "public to the world (no publicAccessCidrs)" in messages(violations(resources), EKS_PROD)
 
-    aws_cluster = offline.Registered(EKS_CLUSTER, "raw", cluster.urn + "-raw", None, None, True,
+    aws_cluster = mocks.Registered(EKS_CLUSTER, "raw", cluster.urn + "-raw", None, None, True,
                                      {"vpcConfig": {"endpointPublicAccess": "true", "publicAccessCidrs": ["0.0.0.0/0"]}})
     assert fired(violations([aws_cluster])) == {EKS_PROD}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components import config, launch
+from components.planning import config, launch
 from conftest import stand_in_devices
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from components import config
+from components.planning import config
 from conftest import ROOT, base_doc, settings_of
 
 SCHEMA = ROOT / "schema" / "stack-config.schema.json"

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from components import config, offline
+from components.planning import config
+from components.offline import mocks
 from conftest import base_doc, settings_of
 
 FLOW_LOG, LOG_GROUP = "aws:ec2/flowLog:FlowLog", "aws:cloudwatch/logGroup:LogGroup"
@@ -17,8 +18,8 @@ DEFAULT_SG, SUBNET, LT = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup", "a
 EKS, KEY = "eks:index:Cluster", "aws:kms/key:Key"
 
 
-def run(**overrides) -> offline.Run:
-    r = offline.run(settings_of(base_doc(**overrides)), "t")
+def run(**overrides) -> mocks.Run:
+    r = mocks.run(settings_of(base_doc(**overrides)), "t")
     assert r.error is None, r.error
     return r
 
@@ -92,7 +93,7 @@ def test_imds_hop_limit_is_one_unless_asked():
     assert run().one(LT).inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
     doc = base_doc()
     doc["fleets"][0]["metadataHopLimit"] = 2
-    r = offline.run(settings_of(doc), "t")
+    r = mocks.run(settings_of(doc), "t")
     assert r.one(LT).inputs["metadataOptions"]["httpPutResponseHopLimit"] == 2
     doc["fleets"][0]["metadataHopLimit"] = 0
     with pytest.raises(config.ConfigError, match=r"fleets\[0\].metadataHopLimit"):
@@ -166,7 +167,8 @@ def test_applied_manifests_wait_for_their_namespace():
 
 # --- jobs: what their pods may do --------------------------------------------------------------------------
 
-from components import launch, scan  # noqa: E402
+from components.planning import launch  # noqa: E402
+from components.offline import scan  # noqa: E402
 
 KINDS = [("indexed-job", "torchrun"), ("pytorchjob", "torchrun"), ("mpijob", "nccl-tests")]
 

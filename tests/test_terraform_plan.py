@@ -12,7 +12,8 @@ from functools import lru_cache
 
 import pytest
 
-from components import config, offline, terraform_plan
+from components.planning import config
+from components.offline import mocks, terraform_plan
 from tests.conftest import ROOT
 
 META = json.loads((ROOT / "tests" / "data" / "pulumi-aws-bridge-metadata.json").read_text())
@@ -81,8 +82,8 @@ def test_nested_blocks_are_the_sdks_nested_types():
 
 
 @lru_cache(maxsize=None)
-def exported(stack: str) -> tuple[offline.Run, dict]:
-    run = offline.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml"), stack)
+def exported(stack: str) -> tuple[mocks.Run, dict]:
+    run = mocks.run(config.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml"), stack)
     assert not run.error
     return run, terraform_plan.export(run.resources, config.load_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml").region, stack)
 
@@ -139,10 +140,10 @@ def test_the_eks_cluster_is_what_pulumi_eks_creates():
 def test_an_input_without_a_terraform_name_is_refused():
     run, _ = exported("dev")
     vpc = run.one("aws:ec2/vpc:Vpc")
-    broken = offline.Registered(vpc.type, vpc.name, vpc.urn, None, None, True, {**vpc.inputs, "newInput": 1})
+    broken = mocks.Registered(vpc.type, vpc.name, vpc.urn, None, None, True, {**vpc.inputs, "newInput": 1})
     with pytest.raises(terraform_plan.ExportError, match="newInput"):
         terraform_plan.export([broken], "us-east-1", "dev")
-    alien = offline.Registered("aws:sqs/queue:Queue", "q", "urn:q", None, None, True, {})
+    alien = mocks.Registered("aws:sqs/queue:Queue", "q", "urn:q", None, None, True, {})
     with pytest.raises(terraform_plan.ExportError, match="aws:sqs/queue:Queue"):
         terraform_plan.export([alien], "us-east-1", "dev")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from components import nccl, nccl_log, preflight
+from components.offline import nccl_report
+from components.planning import nccl_log, preflight
 
 DATA = Path(__file__).resolve().parent / "data" / "nccl"
 LOGS = DATA / "transport"
@@ -116,12 +117,12 @@ def report_logs(tmp_path: Path, first: str, second: str) -> tuple[Path, Path]:
 
 def test_nccl_report_shows_each_runs_transport(tmp_path, capsys):
     efa, tcp = report_logs(tmp_path, "efa_version_mpirun.log", "socket_no_plugin.log")
-    assert nccl.cli([str(efa), str(tcp)]) == 0
+    assert nccl_report.cli([str(efa), str(tcp)]) == 0
     out = capsys.readouterr().out
     assert "  efa: AWS Libfabric, aws-ofi-nccl 1.9.1-aws, provider (not logged)" in out
     assert "  tcp: its internal network (no net plugin loaded)" in out
     assert "was meant for EFA" not in out  # the TCP baseline is the second run: no flag
-    assert nccl.cli([str(efa), str(tcp), "--json"]) == 0
+    assert nccl_report.cli([str(efa), str(tcp), "--json"]) == 0
     runs = __import__("json").loads(capsys.readouterr().out)["runs"]
     assert runs[0]["transport"]["plugin_version"] == "1.9.1-aws" and runs[0]["transport"]["meant_for_efa"]
     assert runs[1]["transport"]["efa"] is False and runs[1]["transport"]["problem"] is None
@@ -129,7 +130,7 @@ def test_nccl_report_shows_each_runs_transport(tmp_path, capsys):
 
 def test_nccl_report_flags_a_run_meant_for_efa_that_used_sockets(tmp_path, capsys):
     efa, tcp = report_logs(tmp_path, "socket_plugin_failed.log", "socket_no_plugin.log")
-    assert nccl.cli([str(efa), str(tcp)]) == 0
+    assert nccl_report.cli([str(efa), str(tcp)]) == 0
     out = capsys.readouterr().out
     assert f"  ! efa was meant for EFA, but NCCL uses its internal network (no net plugin loaded), {OFI_TCP}" in out
 
@@ -137,7 +138,7 @@ def test_nccl_report_flags_a_run_meant_for_efa_that_used_sockets(tmp_path, capsy
 def test_nccl_report_checks_nics_against_the_fleet(tmp_path, capsys):
     # p5-ec2's fleet is p5.48xlarge: 32 EFA devices; the p5en log found 16.
     efa, tcp = report_logs(tmp_path, "efa_p5en.log", "socket_no_plugin.log")
-    assert nccl.cli([str(efa), str(tcp), "--stack", "p5-ec2", "--fleet", "p5"]) == 0
+    assert nccl_report.cli([str(efa), str(tcp), "--stack", "p5-ec2", "--fleet", "p5"]) == 0
     assert "  ! efa was meant for EFA, but the aws-ofi-nccl plugin found 16 EFA NICs, expected 32" in capsys.readouterr().out
 
 

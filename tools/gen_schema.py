@@ -16,7 +16,7 @@ OUT = ROOT / "schema" / "stack-config.schema.json"
 
 
 def render() -> str:
-    from components.config import stack_file_schema
+    from components.planning.config import stack_file_schema
 
     return json.dumps(stack_file_schema(), indent=2) + "\n"
 

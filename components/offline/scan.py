@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from . import config, launch, offline, terraform_plan
+from ..planning import config, launch
+from . import mocks, terraform_plan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SKIPS = ROOT / "checkov-skips.yaml"
 PLAN_FILE, MANIFESTS, CONFIG_FILE = "plan.tf.json", "manifests", "checkov.yaml"
 # The operators' resources and where they keep their replicas' pod templates.
@@ -48,7 +49,7 @@ def checkov_config() -> dict:
 def write_inputs(path: Path, stack: str, out: Path) -> list[Path]:
     """Write the scan inputs of the stack file `path` under `out`; returns the files written."""
     cfg = config.load_file(path)
-    run = offline.run(config.read_stack_file(path), stack)
+    run = mocks.run(config.read_stack_file(path), stack)
     if run.error:
         raise config.ConfigError([config.Problem(str(path), run.error)], str(path))
     out.mkdir(parents=True, exist_ok=True)

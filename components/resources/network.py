@@ -16,7 +16,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from .plan import StackPlan
+from ..planning.plan import StackPlan
 
 
 class EfaNetwork(pulumi.ComponentResource):
@@ -37,41 +37,7 @@ class EfaNetwork(pulumi.ComponentResource):
         else:
             self.vpc_id, self.subnet_ids = self._create_vpc(name, plan, tagged, child)
         self.private_subnet_ids = {az: sid for (kind, az), sid in self.subnet_ids.items() if kind == "private"}
-
-        sg = aws.ec2.SecurityGroup(
-            f"{name}-efa",
-            aws.ec2.SecurityGroupArgs(
-                vpc_id=self.vpc_id,
-                description="EFA: all traffic within the group; egress to anywhere",
-                tags=tagged("efa"),
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupIngressRule(
-            f"{name}-efa-in-self",
-            aws.vpc.SecurityGroupIngressRuleArgs(
-                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
-                description="EFA: all traffic from the group itself",
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-efa-out-self",
-            aws.vpc.SecurityGroupEgressRuleArgs(
-                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
-                description="EFA: all traffic to the group itself",
-            ),
-            opts=child,
-        )
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-efa-out-world",
-            aws.vpc.SecurityGroupEgressRuleArgs(
-                security_group_id=sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1",
-                description="Egress for image and data pulls",
-            ),
-            opts=child,
-        )
-        self.security_group_id = sg.id
+        self.security_group_id = self._efa_security_group(name, self.vpc_id, tagged, child)
         self.register_outputs({
             "vpcId": self.vpc_id,
             "privateSubnetIds": self.private_subnet_ids,
@@ -80,7 +46,20 @@ class EfaNetwork(pulumi.ComponentResource):
 
     @staticmethod
     def _create_vpc(name: str, plan: StackPlan, tagged, child: pulumi.ResourceOptions):
+        """The VPC, its subnets and routes, NAT and endpoints; returns its id and its private subnets' ids."""
         net = plan.config.network
+        vpc = EfaNetwork._vpc(name, net, tagged, child)
+        igw, public_rt = EfaNetwork._internet_route(name, vpc, tagged, child)
+        azs = sorted({s.az for s in plan.subnets})
+        subnets = EfaNetwork._subnets(name, plan, vpc, azs, public_rt, tagged, child)
+        nats = EfaNetwork._nat_gateways(name, net, azs, subnets, igw, tagged, child)
+        private_rts = EfaNetwork._private_routes(name, vpc, azs, subnets, nats, tagged, child)
+        EfaNetwork._endpoints(name, plan, vpc, azs, subnets, private_rts, tagged, child)
+        return vpc.id, {key: subnet.id for key, subnet in subnets.items() if key[0] != "public"}
+
+    @staticmethod
+    def _vpc(name: str, net, tagged, child: pulumi.ResourceOptions) -> aws.ec2.Vpc:
+        """The VPC, its default security group emptied, and its flow logs."""
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             aws.ec2.VpcArgs(cidr_block=net.vpc_cidr, enable_dns_support=True, enable_dns_hostnames=True, tags=tagged("vpc")),
@@ -90,6 +69,11 @@ class EfaNetwork(pulumi.ComponentResource):
         aws.ec2.DefaultSecurityGroup(f"{name}-default", aws.ec2.DefaultSecurityGroupArgs(vpc_id=vpc.id, tags=tagged("default")),
                                      opts=child)
         EfaNetwork._flow_logs(name, net.flow_logs, vpc, tagged, child)
+        return vpc
+
+    @staticmethod
+    def _internet_route(name: str, vpc: aws.ec2.Vpc, tagged, child: pulumi.ResourceOptions):
+        """The internet gateway and the public subnets' route table to it."""
         igw = aws.ec2.InternetGateway(f"{name}-igw", aws.ec2.InternetGatewayArgs(vpc_id=vpc.id, tags=tagged("igw")), opts=child)
         public_rt = aws.ec2.RouteTable(
             f"{name}-public",
@@ -100,7 +84,14 @@ class EfaNetwork(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        return igw, public_rt
 
+    @staticmethod
+    def _subnets(name: str, plan: StackPlan, vpc: aws.ec2.Vpc, azs: list[str], public_rt: aws.ec2.RouteTable, tagged,
+                 child: pulumi.ResourceOptions) -> dict[tuple[str, str], aws.ec2.Subnet]:
+        """Every subnet of the address plan by (kind, AZ), in the secondary CIDR block for kind secondary;
+        the public ones routed to the internet gateway."""
+        net = plan.config.network
         vpc_ids = {"private": vpc.id, "public": vpc.id}
         if net.secondary_cidr:
             block = aws.ec2.VpcIpv4CidrBlockAssociation(
@@ -124,14 +115,18 @@ class EfaNetwork(pulumi.ComponentResource):
                 ),
                 opts=child,
             )
-        azs = sorted({s.az for s in plan.subnets})
         for az in azs:
             aws.ec2.RouteTableAssociation(
                 f"{name}-public-{az}",
                 aws.ec2.RouteTableAssociationArgs(subnet_id=subnets[("public", az)].id, route_table_id=public_rt.id),
                 opts=child,
             )
+        return subnets
 
+    @staticmethod
+    def _nat_gateways(name: str, net, azs: list[str], subnets: dict, igw: aws.ec2.InternetGateway, tagged,
+                      child: pulumi.ResourceOptions) -> dict[str, aws.ec2.NatGateway]:
+        """One NAT gateway for the VPC or one per AZ, each with its Elastic IP in its AZ's public subnet."""
         nat_azs = azs if net.nat_gateways == "per-az" else [net.nat_availability_zone or azs[0]]
         nats = {}
         for az in nat_azs:
@@ -141,9 +136,16 @@ class EfaNetwork(pulumi.ComponentResource):
                 aws.ec2.NatGatewayArgs(allocation_id=eip.id, subnet_id=subnets[("public", az)].id, tags=tagged(f"nat-{az}")),
                 opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[igw])),
             )
+        return nats
+
+    @staticmethod
+    def _private_routes(name: str, vpc: aws.ec2.Vpc, azs: list[str], subnets: dict, nats: dict[str, aws.ec2.NatGateway],
+                        tagged, child: pulumi.ResourceOptions) -> list[aws.ec2.RouteTable]:
+        """Per AZ a route table to its NAT gateway (else the one gateway), for its private and secondary subnets."""
+        first_nat = next(iter(nats.values()))
         private_rts = []
         for az in azs:
-            nat = nats.get(az, nats[nat_azs[0]])
+            nat = nats.get(az, first_nat)
             rt = aws.ec2.RouteTable(
                 f"{name}-private-{az}",
                 aws.ec2.RouteTableArgs(
@@ -161,8 +163,14 @@ class EfaNetwork(pulumi.ComponentResource):
                         opts=child,
                     )
             private_rts.append(rt)
+        return private_rts
 
-        region = plan.config.region
+    @staticmethod
+    def _endpoints(name: str, plan: StackPlan, vpc: aws.ec2.Vpc, azs: list[str], subnets: dict,
+                   private_rts: list[aws.ec2.RouteTable], tagged, child: pulumi.ResourceOptions) -> None:
+        """The S3 gateway endpoint on the private route tables; the interface endpoints asked for, with their
+        group that takes HTTPS from the VPC's blocks."""
+        net, region = plan.config.network, plan.config.region
         aws.ec2.VpcEndpoint(
             f"{name}-s3",
             aws.ec2.VpcEndpointArgs(
@@ -171,34 +179,33 @@ class EfaNetwork(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        if net.interface_endpoints:
-            endpoint_sg = aws.ec2.SecurityGroup(
-                f"{name}-endpoints",
-                aws.ec2.SecurityGroupArgs(vpc_id=vpc.id, description="Interface endpoints: HTTPS from the VPC", tags=tagged("endpoints")),
-                opts=child,
-            )
-            for rule, cidr in (("https", net.vpc_cidr), ("https-secondary", net.secondary_cidr)):
-                if cidr:
-                    aws.vpc.SecurityGroupIngressRule(
-                        f"{name}-endpoints-{rule}",
-                        aws.vpc.SecurityGroupIngressRuleArgs(
-                            security_group_id=endpoint_sg.id, cidr_ipv4=cidr, ip_protocol="tcp", from_port=443, to_port=443,
-                            description="HTTPS from the VPC",
-                        ),
-                        opts=child,
-                    )
-            for service in net.interface_endpoints:
-                aws.ec2.VpcEndpoint(
-                    f"{name}-{service.replace('.', '-')}",
-                    aws.ec2.VpcEndpointArgs(
-                        vpc_id=vpc.id, service_name=f"com.amazonaws.{region}.{service}", vpc_endpoint_type="Interface",
-                        private_dns_enabled=True, security_group_ids=[endpoint_sg.id],
-                        subnet_ids=[subnets[("private", az)].id for az in azs], tags=tagged(service),
+        if not net.interface_endpoints:
+            return
+        endpoint_sg = aws.ec2.SecurityGroup(
+            f"{name}-endpoints",
+            aws.ec2.SecurityGroupArgs(vpc_id=vpc.id, description="Interface endpoints: HTTPS from the VPC", tags=tagged("endpoints")),
+            opts=child,
+        )
+        for rule, cidr in (("https", net.vpc_cidr), ("https-secondary", net.secondary_cidr)):
+            if cidr:
+                aws.vpc.SecurityGroupIngressRule(
+                    f"{name}-endpoints-{rule}",
+                    aws.vpc.SecurityGroupIngressRuleArgs(
+                        security_group_id=endpoint_sg.id, cidr_ipv4=cidr, ip_protocol="tcp", from_port=443, to_port=443,
+                        description="HTTPS from the VPC",
                     ),
                     opts=child,
                 )
-
-        return vpc.id, {key: subnet.id for key, subnet in subnets.items() if key[0] != "public"}
+        for service in net.interface_endpoints:
+            aws.ec2.VpcEndpoint(
+                f"{name}-{service.replace('.', '-')}",
+                aws.ec2.VpcEndpointArgs(
+                    vpc_id=vpc.id, service_name=f"com.amazonaws.{region}.{service}", vpc_endpoint_type="Interface",
+                    private_dns_enabled=True, security_group_ids=[endpoint_sg.id],
+                    subnet_ids=[subnets[("private", az)].id for az in azs], tags=tagged(service),
+                ),
+                opts=child,
+            )
 
     @staticmethod
     def _flow_logs(name: str, cfg, vpc: aws.ec2.Vpc, tagged, child: pulumi.ResourceOptions) -> None:
@@ -243,3 +250,41 @@ class EfaNetwork(pulumi.ComponentResource):
             opts=child,
         )
         aws.ec2.FlowLog(f"{name}-flow-logs", aws.ec2.FlowLogArgs(log_destination=group.arn, iam_role_arn=role.arn, **args), opts=child)
+
+    @staticmethod
+    def _efa_security_group(name: str, vpc_id: pulumi.Input[str], tagged, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """All traffic from and to the group itself, egress to the world, nothing inbound from outside."""
+        sg = aws.ec2.SecurityGroup(
+            f"{name}-efa",
+            aws.ec2.SecurityGroupArgs(
+                vpc_id=vpc_id,
+                description="EFA: all traffic within the group; egress to anywhere",
+                tags=tagged("efa"),
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-efa-in-self",
+            aws.vpc.SecurityGroupIngressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic from the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-self",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, referenced_security_group_id=sg.id, ip_protocol="-1",
+                description="EFA: all traffic to the group itself",
+            ),
+            opts=child,
+        )
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-efa-out-world",
+            aws.vpc.SecurityGroupEgressRuleArgs(
+                security_group_id=sg.id, cidr_ipv4="0.0.0.0/0", ip_protocol="-1",
+                description="Egress for image and data pulls",
+            ),
+            opts=child,
+        )
+        return sg.id

@@ -16,20 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# The kinds a change must never replace or delete unasked; the same kinds are marked protected.
-PROTECTED_TYPES = {
-    "aws:ec2/vpc:Vpc": "VPC",
-    "aws:ec2/vpcIpv4CidrBlockAssociation:VpcIpv4CidrBlockAssociation": "VPC CIDR block",
-    "aws:ec2/subnet:Subnet": "subnet",
-    "aws:ec2/natGateway:NatGateway": "NAT gateway",
-    "eks:index:Cluster": "EKS cluster",
-    "aws:eks/nodeGroup:NodeGroup": "node group",
-}
+from ..planning.plan import PROTECTED_TYPES
 
-
-FACTS = Path(__file__).resolve().parent / "data" / "replace_facts.json"
+FACTS = Path(__file__).resolve().parent.parent / "data" / "replace_facts.json"
 ACTIONS = ("create", "update", "replace", "delete")
-PLACEHOLDER = re.compile(r"<([^<>]+?)\.[A-Za-z]+>")  # offline.placeholder: <name.attr>
+PLACEHOLDER = re.compile(r"<([^<>]+?)\.[A-Za-z]+>")  # mocks.placeholder: <name.attr>
 
 
 @lru_cache(maxsize=1)
@@ -54,7 +45,7 @@ def replace_inputs(typ: str) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Resource:
-    """A registered resource as the diff sees it (offline.Registered has these fields)."""
+    """A registered resource as the diff sees it (mocks.Registered has these fields)."""
 
     type: str
     name: str

@@ -13,9 +13,9 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from . import launch
-from .config import JobConfig, StackConfig
-from .plan import FLEET_TAG, STACK_TAG
+from ..planning import launch
+from ..planning.config import JobConfig, StackConfig
+from ..planning.plan import FLEET_TAG, STACK_TAG
 
 
 def send_command(document: str, fleet: str, stack: str) -> str:

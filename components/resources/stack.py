@@ -13,12 +13,11 @@ from datetime import datetime, timezone
 import pulumi
 import pulumi.runtime.config as runtime_config
 
-from . import capacity_window
-from . import config as config_mod
-from . import diff as diff_mod
-from . import existing as existing_mod
-from . import plan as plan_mod
-from .capacity_window import Schedule
+from ..planning import capacity_window
+from ..planning import config as config_mod
+from ..planning import existing as existing_mod
+from ..planning import plan as plan_mod
+from ..planning.capacity_window import Schedule
 from .fleet import EfaFleet
 from .job import Job
 from .network import EfaNetwork
@@ -102,7 +101,7 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
 
 def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
     """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups) protected."""
-    if args.type_ not in diff_mod.PROTECTED_TYPES:
+    if args.type_ not in plan_mod.PROTECTED_TYPES:
         return None
     return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
 

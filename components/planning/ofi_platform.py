@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .catalog import InstanceType
 
-DATA_FILE = Path(__file__).resolve().parent / "data" / "aws_ofi_nccl_platforms.json"
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "aws_ofi_nccl_platforms.json"
 
 
 @dataclass(frozen=True)

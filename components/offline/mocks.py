@@ -17,8 +17,8 @@ import pulumi
 from pulumi.runtime import mocks as pmocks
 from pulumi.runtime.proto import resource_pb2
 
-from . import config
-from . import stack as stack_mod
+from ..planning import config
+from ..resources import stack as stack_mod
 
 PROJECT = "efa-infra"
 

@@ -55,7 +55,7 @@ SMALLEST_SUBNET_PREFIX = 28
 KINDS = ("private", "public", "secondary")  # secondary: private, in the VPC's secondary CIDR block
 
 
-VPC_CIDR_RULES = Path(__file__).resolve().parent / "data" / "vpc_cidr_rules.json"
+VPC_CIDR_RULES = Path(__file__).resolve().parent.parent / "data" / "vpc_cidr_rules.json"
 
 
 @lru_cache(maxsize=1)

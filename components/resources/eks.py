@@ -17,11 +17,11 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from . import eks_rules
-from .existing import ClusterFacts, kubeconfig
-from .capacity_window import Schedule
+from ..planning import eks_rules
+from ..planning.existing import ClusterFacts, kubeconfig
+from ..planning.capacity_window import Schedule
 from .fleet import block_schedules, node_role, window_sizes
-from .plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
+from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
@@ -83,44 +83,15 @@ class EfaCluster(pulumi.ComponentResource):
         super().__init__("efa-infra:index:EfaCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg = plan.config.eks
-        role = node_role(f"{name}-node", tags, child)
-        attachments = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-node-{policy}",
-                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{policy}"),
-                opts=child,
-            )
-            for policy in NODE_POLICIES
-        ]
-        self.node_role = role
-
+        self.node_role, attachments = self._node_role(name, tags, child)
         if existing is not None:
-            self.name = existing.name
-            self.node_security_group_id = pulumi.Output.from_input(existing.security_group_id)  # EKS's cluster group
-            self.kubeconfig = pulumi.Output.secret(json.dumps(kubeconfig(existing, plan.config.region)))
-            self.node_join = existing.node_join()
-            # Managed node groups of a cluster we did not create need their role let in.
-            access = aws.eks.AccessEntry(
-                f"{name}-node-access",
-                aws.eks.AccessEntryArgs(cluster_name=self.name, principal_arn=role.arn, type="EC2_LINUX", tags=tags),
-                opts=child,
-            )
-            ready: list[pulumi.Resource] = [access]
+            ready: list[pulumi.Resource] = [self._join_existing(name, plan, existing, tags, child)]
             device_plugins = cfg.existing.device_plugins
         else:
             cluster = self._create_cluster(name, plan, stack, private_subnet_ids, vpc_id, tags, child)
+            self._system_nodes(name, private_subnet_ids, tags, [cluster, *attachments])
             ready = [cluster]
             device_plugins = True
-            aws.eks.NodeGroup(
-                f"{name}-system",
-                aws.eks.NodeGroupArgs(
-                    cluster_name=self.name, node_role_arn=role.arn, subnet_ids=list(private_subnet_ids.values()),
-                    instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
-                    scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
-                    labels={"efa-infra/role": "system"}, tags=tags,
-                ),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster, *attachments]),
-            )
         self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
         self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig),
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=ready))
@@ -132,14 +103,50 @@ class EfaCluster(pulumi.ComponentResource):
             k8s.core.v1.Namespace(f"{name}-ns-{ns}", metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=JOB_POD_SECURITY), opts=on_k8s)
             for ns in cfg.namespaces
         ]
-        # Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind.
-        if "training-operator" in cfg.operators:
-            k8s.kustomize.v2.Directory(
-                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
-            )
-        if "mpi-operator" in cfg.operators:
-            k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
+        self._operators(name, cfg.operators, on_k8s)
         self.register_outputs({"clusterName": self.name, "kubeconfig": self.kubeconfig})
+
+    @staticmethod
+    def _node_role(name: str, tags: dict[str, str], child: pulumi.ResourceOptions) -> tuple[aws.iam.Role, list[aws.iam.RolePolicyAttachment]]:
+        """The role of every node group's nodes, with EKS's worker, registry and CNI policies."""
+        role = node_role(f"{name}-node", tags, child)
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}",
+                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=f"arn:aws:iam::aws:policy/{policy}"),
+                opts=child,
+            )
+            for policy in NODE_POLICIES
+        ]
+        return role, attachments
+
+    def _join_existing(self, name: str, plan: StackPlan, existing: ClusterFacts, tags: dict[str, str],
+                       child: pulumi.ResourceOptions) -> aws.eks.AccessEntry:
+        """The existing cluster's facts, and the access entry that lets the node role in."""
+        self.name = existing.name
+        self.node_security_group_id = pulumi.Output.from_input(existing.security_group_id)  # EKS's cluster group
+        self.kubeconfig = pulumi.Output.secret(json.dumps(kubeconfig(existing, plan.config.region)))
+        self.node_join = existing.node_join()
+        # Managed node groups of a cluster we did not create need their role let in.
+        return aws.eks.AccessEntry(
+            f"{name}-node-access",
+            aws.eks.AccessEntryArgs(cluster_name=self.name, principal_arn=self.node_role.arn, type="EC2_LINUX", tags=tags),
+            opts=child,
+        )
+
+    def _system_nodes(self, name: str, private_subnet_ids: dict[str, pulumi.Input[str]], tags: dict[str, str],
+                      after: list[pulumi.Resource]) -> None:
+        """The node group for cluster add-ons (CoreDNS, controllers), off the GPU nodes."""
+        aws.eks.NodeGroup(
+            f"{name}-system",
+            aws.eks.NodeGroupArgs(
+                cluster_name=self.name, node_role_arn=self.node_role.arn, subnet_ids=list(private_subnet_ids.values()),
+                instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
+                scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
+                labels={"efa-infra/role": "system"}, tags=tags,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
 
     def _create_cluster(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
                         vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
@@ -234,6 +241,16 @@ class EfaCluster(pulumi.ComponentResource):
                 "npd": {"enabled": False},
                 "devicePlugin": {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
             })
+
+    @staticmethod
+    def _operators(name: str, operators: list[str], on_k8s: pulumi.ResourceOptions) -> None:
+        """Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind."""
+        if "training-operator" in operators:
+            k8s.kustomize.v2.Directory(
+                f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,
+            )
+        if "mpi-operator" in operators:
+            k8s.yaml.v2.ConfigFile(f"{name}-mpi-operator", k8s.yaml.v2.ConfigFileArgs(file=MPI_OPERATOR), opts=on_k8s)
 
     def node_group(self, fp: FleetPlan, launch_template: aws.ec2.LaunchTemplate, subnet_id: pulumi.Input[str],
                    tags: dict[str, str], window: Schedule | None = None) -> aws.eks.NodeGroup:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-DATA_FILE = Path(__file__).resolve().parent / "data" / "instance_types.json"
+DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "instance_types.json"
 
 
 @dataclass(frozen=True)

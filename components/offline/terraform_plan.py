@@ -25,9 +25,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .offline import Registered, is_placeholder
+from .mocks import Registered, is_placeholder
 
-NAMES_FILE = Path(__file__).resolve().parent / "data" / "terraform_names.json"
+NAMES_FILE = Path(__file__).resolve().parent.parent / "data" / "terraform_names.json"
 PROVIDER = "registry.terraform.io/hashicorp/aws"
 # The plan format: `terraform show -json` of Terraform 1.5 (format_version 1.2). Scanners require
 # terraform_version; no Terraform runs here (see the efa_infra section of the output).

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import flows
-from .addressing import Subnet
-from .bootstrap import BOOT_CHECK_TAINT
-from .plan import FleetPlan, StackPlan, default_ami
+from ..planning.addressing import Subnet
+from ..planning.bootstrap import BOOT_CHECK_TAINT
+from ..planning.plan import FleetPlan, StackPlan, default_ami
 
 AWS_ASSIGNED = "assigned by AWS at deploy time"
 # Inputs too long or too noisy for the tree; the JSON has them all.

@@ -15,9 +15,9 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from . import bootstrap
-from .capacity_window import Schedule
-from .plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
+from ..planning import bootstrap
+from ..planning.capacity_window import Schedule
+from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
 
 def _b64(text: str) -> str:
@@ -101,60 +101,86 @@ class EfaFleet(pulumi.ComponentResource):
         `window` (a Capacity Block): when the block's nodes may run."""
         super().__init__("efa-infra:index:EfaFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        f = plan.config
-        fleet_tags = {**tags, FLEET_TAG: f.name, STACK_TAG: stack}
+        fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
+        self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
+        # EKS node groups bring their own role.
+        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, child)
+        self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
+                                                     self.placement_group_name, profile, cluster_join, fleet_tags, child)
+        self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
+        self.register_outputs({
+            "launchTemplateId": self.launch_template.id,
+            "launchTemplateVersion": self.launch_template.latest_version,
+            "placementGroupName": self.placement_group_name,
+            "asgName": self.asg_name,
+        })
 
-        placement = None
-        self.placement_group_name = None
-        if plan.config.placement_mode == "cluster":
+    @staticmethod
+    def _placement_group(name: str, plan: FleetPlan, fleet_tags: dict[str, str],
+                         child: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+        """The fleet's cluster placement group, the existing one it names, or none."""
+        f = plan.config
+        if f.placement_mode == "cluster":
             group = aws.ec2.PlacementGroup(
                 f"{name}-pg",
                 aws.ec2.PlacementGroupArgs(strategy="cluster", tags=fleet_tags),
                 opts=child,
             )
-            self.placement_group_name = group.name
-        elif plan.config.placement_mode == "existing":
-            self.placement_group_name = pulumi.Output.from_input(f.placement.group_name)
-        if self.placement_group_name is not None:
-            placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=self.placement_group_name)
+            return group.name
+        if f.placement_mode == "existing":
+            return pulumi.Output.from_input(f.placement.group_name)
+        return None
 
-        profile = None
-        if not plan.on_eks:
-            # EKS node groups bring their own role; plain EC2 nodes get SSM access,
-            # EC2 read access for the launch script to find peers, and for mpirun
-            # (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only.
-            role = node_role(f"{name}-node", fleet_tags, child)
-            aws.iam.RolePolicyAttachment(
-                f"{name}-ssm",
-                aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
-                opts=child,
-            )
+    @staticmethod
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str],
+                          child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
+        """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers, for mpirun
+        (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only, and with the boot check the
+        right to mark itself unhealthy."""
+        f = plan.config
+        role = node_role(f"{name}-node", fleet_tags, child)
+        aws.iam.RolePolicyAttachment(
+            f"{name}-ssm",
+            aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-peers",
+            aws.iam.RolePolicyArgs(
+                role=role.id,
+                policy=json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                        {"Effect": "Allow", "Action": "ec2-instance-connect:SendSSHPublicKey",
+                         "Resource": "arn:aws:ec2:*:*:instance/*",
+                         "Condition": {"StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": f.name,
+                                                        f"aws:ResourceTag/{STACK_TAG}": stack}}},
+                    ],
+                }),
+            ),
+            opts=child,
+        )
+        if f.boot_check:
+            # A node that fails its boot check marks itself unhealthy: in its own fleet's group only.
             aws.iam.RolePolicy(
-                f"{name}-peers",
-                aws.iam.RolePolicyArgs(
-                    role=role.id,
-                    policy=json.dumps({
-                        "Version": "2012-10-17",
-                        "Statement": [
-                            {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
-                            {"Effect": "Allow", "Action": "ec2-instance-connect:SendSSHPublicKey",
-                             "Resource": "arn:aws:ec2:*:*:instance/*",
-                             "Condition": {"StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": f.name,
-                                                            f"aws:ResourceTag/{STACK_TAG}": stack}}},
-                        ],
-                    }),
-                ),
+                f"{name}-health",
+                aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(health_policy(f.name, stack))),
                 opts=child,
             )
-            if f.boot_check:
-                # A node that fails its boot check marks itself unhealthy: in its own fleet's group only.
-                aws.iam.RolePolicy(
-                    f"{name}-health",
-                    aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(health_policy(f.name, stack))),
-                    opts=child,
-                )
-            profile = aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
+        return aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
 
+    @staticmethod
+    def _launch_template(name: str, plan: FleetPlan, stack: str, subnet_id: pulumi.Input[str],
+                         security_group_ids: list[pulumi.Input[str]], placement_group_name: pulumi.Output[str] | None,
+                         profile: aws.iam.InstanceProfile | None, cluster_join: pulumi.Input[dict] | None,
+                         fleet_tags: dict[str, str], child: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
+        """Every EFA interface as `efa.interfaces` lays them out, IMDSv2 only, an encrypted root volume, the
+        placement group and capacity the fleet names, and the boot script."""
+        f = plan.config
+        placement = None
+        if placement_group_name is not None:
+            placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group_name)
         capacity_spec = market = None
         if f.capacity.type != "on-demand":
             capacity_spec = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
@@ -165,7 +191,7 @@ class EfaFleet(pulumi.ComponentResource):
         if f.capacity.type == "capacity-block":
             market = aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
 
-        self.launch_template = aws.ec2.LaunchTemplate(
+        return aws.ec2.LaunchTemplate(
             f"{name}-lt",
             aws.ec2.LaunchTemplateArgs(
                 description=f"efa-infra {stack}/{f.name}: {f.instance_type}, {plan.efa_devices} EFA devices ({f.efa_layout})",
@@ -214,34 +240,30 @@ class EfaFleet(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.asg_name = None
-        if not plan.on_eks:
-            low, desired = window_sizes(plan, window)
-            asg = aws.autoscaling.Group(
-                f"{name}-asg",
-                aws.autoscaling.GroupArgs(
-                    min_size=low,
-                    desired_capacity=desired,
-                    max_size=f.nodes.maximum,
-                    vpc_zone_identifiers=[subnet_id],
-                    launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
-                        id=self.launch_template.id, version=self.launch_template.latest_version.apply(str),
-                    ),
-                    # The placement group and subnet come with the launch template.
-                    tags=[
-                        aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
-                        for k, v in {**fleet_tags, "Name": f"{stack}-{f.name}"}.items()
-                    ],
+    def _scaling_group(self, name: str, plan: FleetPlan, stack: str, subnet_id: pulumi.Input[str], fleet_tags: dict[str, str],
+                       window: Schedule | None, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """Plain EC2's Auto Scaling group, the only resource that reads the node counts; on a Capacity Block
+        (`window`), scheduled to its size when the block starts and to zero before it ends."""
+        f = plan.config
+        low, desired = window_sizes(plan, window)
+        asg = aws.autoscaling.Group(
+            f"{name}-asg",
+            aws.autoscaling.GroupArgs(
+                min_size=low,
+                desired_capacity=desired,
+                max_size=f.nodes.maximum,
+                vpc_zone_identifiers=[subnet_id],
+                launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                    id=self.launch_template.id, version=self.launch_template.latest_version.apply(str),
                 ),
-                opts=child,
-            )
-            self.asg_name = asg.name
-            if window is not None:
-                block_schedules(name, plan, window, asg.name, child, scale_down=True)
-
-        self.register_outputs({
-            "launchTemplateId": self.launch_template.id,
-            "launchTemplateVersion": self.launch_template.latest_version,
-            "placementGroupName": self.placement_group_name,
-            "asgName": self.asg_name,
-        })
+                # The placement group and subnet come with the launch template.
+                tags=[
+                    aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                    for k, v in {**fleet_tags, "Name": f"{stack}-{f.name}"}.items()
+                ],
+            ),
+            opts=child,
+        )
+        if window is not None:
+            block_schedules(name, plan, window, asg.name, child, scale_down=True)
+        return asg.name

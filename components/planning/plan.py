@@ -145,6 +145,17 @@ def job_target(cfg: StackConfig, name: str) -> JobTarget:
                      {"node.kubernetes.io/instance-type": cluster.instance_type})
 
 
+# The kinds a change must never replace or delete unasked (diff) and that protected stacks mark protected.
+PROTECTED_TYPES = {
+    "aws:ec2/vpc:Vpc": "VPC",
+    "aws:ec2/vpcIpv4CidrBlockAssociation:VpcIpv4CidrBlockAssociation": "VPC CIDR block",
+    "aws:ec2/subnet:Subnet": "subnet",
+    "aws:ec2/natGateway:NatGateway": "NAT gateway",
+    "eks:index:Cluster": "EKS cluster",
+    "aws:eks/nodeGroup:NodeGroup": "node group",
+}
+
+
 def protected(cfg: StackConfig, stack: str) -> bool:
     """Whether the network and the cluster are protected: `protect`, by default on for production stacks (prod*)."""
     return cfg.protect if cfg.protect is not None else stack.startswith("prod")
