@@ -43,3 +43,10 @@ def test_unknown_stack_is_a_clean_error():
     result = plan("--stack", "nope")
     assert result.returncode == 1
     assert "no such stack file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_plan_lists_resources_in_a_fixed_order():
+    """The SDK registers from a thread pool: without a fixed order, two plans of one stack differ."""
+    doc = json.loads(plan("--stack", "prod", "--json").stdout)
+    urns = [r["urn"] for r in doc["resources"]]
+    assert urns == sorted(urns) and len(urns) > 40

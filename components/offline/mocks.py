@@ -198,7 +198,8 @@ def run(settings: dict[str, Any], stack: str, lookups: Lookups | None = None) ->
         error = str(err)
     names = {urn: name for urn, _, _, name in monitor.order}
     resources = []
-    for urn, parent, typ, name in monitor.order:
+    # In URN order: the SDK registers from a thread pool, so the order of registration varies from run to run.
+    for urn, parent, typ, name in sorted(monitor.order):
         inputs, custom = mocks.inputs[(typ, name)]
         # The stack itself is not listed: its children count as top level.
         parent_urn = parent if parent in names else None
