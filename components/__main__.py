@@ -200,6 +200,14 @@ def cmd_nccl(argv: list[str]) -> int:
     return nccl_report.cli(argv)
 
 
+def stack_arguments(parser: argparse.ArgumentParser, stack_help: str = "stack name: reads stacks/Pulumi.<name>.yaml",
+                    config_help: str = "path of a stack file") -> None:
+    """--stack NAME or --config PATH: the stack file a command reads."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stack", help=stack_help)
+    where.add_argument("--config", help=config_help)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["nccl-report"]:
@@ -207,29 +215,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="offline plan of a stack")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
-    where.add_argument("--config", help="path of a stack file")
+    stack_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
     p.add_argument("--format", choices=["text", "json", "terraform-plan"], default="text",
                    help="terraform-plan: the plan as Terraform plan JSON (terraform show -json), for IaC scanners")
     p.set_defaults(func=cmd_plan)
     r = sub.add_parser("render", help="write every job's launch artifacts")
-    where = r.add_mutually_exclusive_group(required=True)
-    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
-    where.add_argument("--config", help="path of a stack file")
+    stack_arguments(r)
     r.add_argument("--out", required=True, help="directory to write into")
     r.set_defaults(func=cmd_render)
     si = sub.add_parser("scan-inputs", help="write a stack's Terraform-plan export, manifests and checkov config")
-    where = si.add_mutually_exclusive_group(required=True)
-    where.add_argument("--stack", help="stack name: reads stacks/Pulumi.<name>.yaml")
-    where.add_argument("--config", help="path of a stack file")
+    stack_arguments(si)
     si.add_argument("--out", required=True, help="directory to write into")
     si.set_defaults(func=cmd_scan_inputs)
     d = sub.add_parser("diff", help="what a change to a stack would create, update, replace, delete (offline)")
-    where = d.add_mutually_exclusive_group(required=True)
-    where.add_argument("--stack", help="stack name: the changed side is stacks/Pulumi.<name>.yaml as it is now")
-    where.add_argument("--config", help="path of the changed stack file")
+    stack_arguments(d, "stack name: the changed side is stacks/Pulumi.<name>.yaml as it is now", "path of the changed stack file")
     base = d.add_mutually_exclusive_group()
     base.add_argument("--base", help="the stack file as committed, run through the program as it is now")
     base.add_argument("--base-ref", default="HEAD",
