@@ -91,6 +91,12 @@ class ClusterFacts:
     security_group_id: str  # the cluster security group: nodes need it to reach the control plane
     service_cidr: str  # the cluster's service CIDR: a pinned AMI's nodeadm config needs it
 
+    @classmethod
+    def of(cls, c) -> "ClusterFacts":
+        """From EKS's DescribeCluster answer as pulumi-aws's get_cluster returns it."""
+        return cls(c.name, c.version, c.endpoint, c.certificate_authorities[0].data, c.vpc_config.cluster_security_group_id,
+                   c.kubernetes_network_configs[0].service_ipv4_cidr)
+
     def node_join(self) -> dict[str, str]:
         """The nodeadm NodeConfig `spec.cluster` that lets a node of a pinned AMI join."""
         return {"name": self.name, "apiServerEndpoint": self.endpoint, "certificateAuthority": self.certificate_authority,

@@ -198,9 +198,7 @@ class EfaCluster(pulumi.ComponentResource):
         self.node_join = None
         if any(fp.config.ami for fp in plan.fleets):
             info = aws.eks.get_cluster_output(name=self.name, opts=pulumi.InvokeOutputOptions(depends_on=[cluster]))
-            self.node_join = info.apply(lambda c: ClusterFacts(
-                c.name, c.version, c.endpoint, c.certificate_authorities[0].data, c.vpc_config.cluster_security_group_id,
-                c.kubernetes_network_configs[0].service_ipv4_cidr).node_join())
+            self.node_join = info.apply(lambda c: ClusterFacts.of(c).node_join())
         if cfg.node_monitoring_agent or (cfg.node_monitoring_agent is None and any(fp.itype.accelerator for fp in plan.fleets)):
             # Reports GPU, Neuron, network and kernel faults as node conditions, which node auto repair acts on.
             aws.eks.Addon(

@@ -90,10 +90,7 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
         missing = existing_mod.missing_cluster(name, list(aws.eks.get_clusters().names or []), cfg.region)
         problems.extend(missing)
         if not missing:
-            c = aws.eks.get_cluster(name=name)
-            cluster = existing_mod.ClusterFacts(c.name, c.version, c.endpoint, c.certificate_authorities[0].data,
-                                                c.vpc_config.cluster_security_group_id,
-                                                c.kubernetes_network_configs[0].service_ipv4_cidr)
+            cluster = existing_mod.ClusterFacts.of(aws.eks.get_cluster(name=name))
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
     return vpc_id, cluster, windows
