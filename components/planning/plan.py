@@ -92,6 +92,12 @@ class StackPlan:
     fleets: list[FleetPlan]
     subnets: list[addressing.Subnet]
 
+    @property
+    def node_monitoring_agent(self) -> bool:
+        """The EKS node monitoring agent add-on: on when a fleet has accelerators unless the config says otherwise."""
+        wanted = self.config.eks.node_monitoring_agent
+        return wanted if wanted is not None else any(fp.itype.accelerator for fp in self.fleets)
+
     def fleet_subnet(self, fp: FleetPlan) -> addressing.Subnet:
         """The subnet a fleet's nodes take their addresses from."""
         kind = "secondary" if fp.config.subnet == "secondary" else "private"

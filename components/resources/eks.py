@@ -199,7 +199,7 @@ class EfaCluster(pulumi.ComponentResource):
         if any(fp.config.ami for fp in plan.fleets):
             info = aws.eks.get_cluster_output(name=self.name, opts=pulumi.InvokeOutputOptions(depends_on=[cluster]))
             self.node_join = info.apply(lambda c: ClusterFacts.of(c).node_join())
-        if cfg.node_monitoring_agent or (cfg.node_monitoring_agent is None and any(fp.itype.accelerator for fp in plan.fleets)):
+        if plan.node_monitoring_agent:
             # Reports GPU, Neuron, network and kernel faults as node conditions, which node auto repair acts on.
             aws.eks.Addon(
                 f"{name}-node-monitoring-agent",
