@@ -26,7 +26,10 @@ class Schedule:
     end: str
     scale_up_at: str | None  # None once the block has started: the group runs its nodes from the outset
     scale_down_at: str
-    started: bool
+
+    @property
+    def started(self) -> bool:
+        return self.scale_up_at is None
 
 
 def aws_time(t: datetime) -> str:
@@ -42,15 +45,14 @@ def schedule(start: datetime, end: datetime, now: datetime) -> Schedule:
     if now >= down:
         raise WindowOver(f"the block ends at {aws_time(end)} (its nodes go at {aws_time(down)}); it is {aws_time(now)}: "
                          "remove the fleet or give it a new block")
-    started = now >= start
-    return Schedule(aws_time(start), aws_time(end), None if started else aws_time(start), aws_time(down), started)
+    return Schedule(aws_time(start), aws_time(end), None if now >= start else aws_time(start), aws_time(down))
 
 
 def schedule_of_reservation(start: str, end: str, now: datetime) -> Schedule:
     """The same for a window read from the reservation at deploy time (AWS's RFC 3339 times). The
     offline plan has no such times: its values AWS assigns (`<...>`) pass through, the scale-up kept."""
     if all(t.startswith("<") and t.endswith(">") for t in (start, end)):
-        return Schedule(start, end, start, f"{end} less {SCALE_DOWN_LEAD.seconds // 60} minutes", False)
+        return Schedule(start, end, start, f"{end} less {SCALE_DOWN_LEAD.seconds // 60} minutes")
     try:
         parsed = [datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (start, end)]
     except ValueError:
