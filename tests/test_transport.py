@@ -243,3 +243,12 @@ def test_a_sigterm_to_the_launch_reaches_the_job_at_once(tmp_path):
         if shell.poll() is None:
             os.killpg(shell.pid, signal.SIGKILL)  # the job and its watcher, when the signal did not get through
     assert "job-got-term" in out and time.monotonic() - sent < 3
+
+
+@pytest.mark.parametrize("itype,gbit", [("g6e.48xlarge", 400), ("p6-b200.48xlarge", 3200)])
+def test_nccl_report_line_rate_is_the_instances_stated_bandwidth(tmp_path, itype, gbit):
+    (tmp_path / "Pulumi.s.yaml").write_text(
+        "config:\n  aws:region: us-east-1\n  efa-infra:fleets:\n"
+        f"    - {{name: f, instanceType: {itype}, availabilityZone: us-east-1a, nodes: {{desired: 2}}}}\n")
+    rate = nccl_report.line_rate("s", "f", stacks_dir=tmp_path)
+    assert (rate.gbit_per_s, rate.gbyte_per_s) == (gbit, gbit / 8)
