@@ -80,7 +80,7 @@ def test_a_job_not_on_efa_is_stopped_with_the_reason(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(n for n, (t, problem) in CASES.items() if not problem))
-def test_a_job_on_efa_runs_to_the_end_with_its_output_intact(tmp_path, name):
+def test_a_job_not_stopped_runs_to_the_end_with_its_output_intact(tmp_path, name):
     rc, out, _ = watch(tmp_path, LOGS / name, then="echo after; exit 7")
     assert rc == 7  # the launcher's own status
     assert "after" in out  # what the launcher printed after the verdict is passed on too
