@@ -134,7 +134,7 @@ def test_stated_network_performance_is_read_as_gbps(performance, gbps):
     itype = dataclasses.replace(catalog.get("p5.48xlarge"), network_performance=performance)
     assert itype.stated_bandwidth_gbps == gbps
     if gbps is None:  # a declared type states nothing: its cards' sum, said so
-        assert itype.network_bandwidth_gbps == 3200 and itype.bandwidth_note.startswith("no stated network performance")
+        assert itype.network_bandwidth_gbps == 3200 and itype.bandwidth_note.startswith("the instance states no figure")
 
 
 def test_two_cards_but_one_efa_device():

@@ -92,7 +92,7 @@ class InstanceType:
         """Which figure the bandwidth comes from and why, where the cards and the instance disagree (else None)."""
         stated, cards = self.stated_bandwidth_gbps, self.cards_bandwidth_gbps
         if stated is None:
-            return "no stated network performance: the cards' baselines"
+            return "the instance states no figure: its cards' baselines"
         if _agree(stated, cards):
             return None
         if cards > stated:
