@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +190,10 @@ def test_nccl_report_fails_a_run_meant_for_efa_that_used_sockets(tmp_path, capsy
     assert f"  ! efa was meant for EFA, but {problem}" in captured.out
     assert captured.err == f"error: efa was meant for EFA, but {problem}\n"
     assert nccl_report.cli([str(efa), str(tcp), "--json"]) == 1  # the same gate for pipelines reading JSON
+    # As a pipeline runs it: the CLI's exit status is the gate's.
+    done = subprocess.run([sys.executable, "-m", "components", "nccl-report", str(efa), str(tcp)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == f"error: efa was meant for EFA, but {problem}\n"
 
 
 def test_nccl_report_checks_nics_against_the_fleet(tmp_path, capsys):
