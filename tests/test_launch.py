@@ -219,7 +219,7 @@ def test_indexed_job_ranks_pods_by_completion_index(tmp_path):
 
 
 @pytest.mark.parametrize("itype,procs", [("trn1.32xlarge", 32), ("trn1n.32xlarge", 32), ("trn2.48xlarge", 64),
-                                         ("trn2.3xlarge", 4), ("p5.48xlarge", 8)])
+                                         ("trn2.3xlarge", 4), ("p5.48xlarge", 8), ("inf1.24xlarge", 16)])
 def test_neuron_jobs_start_one_process_per_logical_neuroncore(itype, procs, tmp_path):
     cfg, job = stack({"efaCheck": False}, instance_type=itype)  # the command runs here, on no EFA node
     assert launch.job_plan(cfg, job).procs_per_node == procs
@@ -228,6 +228,17 @@ def test_neuron_jobs_start_one_process_per_logical_neuroncore(itype, procs, tmp_
     assert argv[argv.index("--nproc_per_node") + 1] == str(procs)
     cfg, job = stack({"procsPerNode": 16}, instance_type=itype)  # the job's own count still wins
     assert launch.job_plan(cfg, job).procs_per_node == 16
+
+
+def test_every_neuron_device_with_efa_has_its_core_grouping_as_data():
+    """A new Neuron generation in the catalog needs its default logical-core grouping, with a source, before
+    its jobs start the right number of processes."""
+    from components.planning import processes
+
+    devices = {t.accelerator.name for t in config.load({"region": "us-east-1"}).catalog().efa_types()
+               if t.accelerator and t.accelerator.kind == "neuron"}
+    assert devices and devices <= set(processes._neuron_devices())
+    assert all(d["source"] for d in processes._neuron_devices().values())
 
 
 def test_neuron_processes_on_accelerate_and_mpirun():

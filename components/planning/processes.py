@@ -20,11 +20,13 @@ def _neuron_devices() -> dict[str, dict]:
 def per_node(accel: Accelerator | None) -> int:
     """One process per accelerator the frameworks see: GPUs, logical NeuronCores; 1 without accelerators.
 
-    A Neuron device the data does not know, or a declared type without its core count, keeps one per device.
+    A Neuron device the data does not know or keeps per device (Inferentia), or a declared type without its core
+    count, gets one per device.
     """
     if accel is None:
         return 1
     device = _neuron_devices().get(accel.name) if accel.kind == "neuron" else None
-    if device is None or not accel.cores_per_device:
+    grouping = device and device["physicalCoresPerLogical"]
+    if not grouping or not accel.cores_per_device:
         return accel.count
-    return accel.count * accel.cores_per_device // device["physicalCoresPerLogical"]
+    return accel.count * accel.cores_per_device // grouping
