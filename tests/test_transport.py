@@ -216,6 +216,10 @@ def test_nccl_report_warns_when_runs_are_not_comparable(tmp_path, capsys):
     gather.write_text((DATA / "plain.log").read_text().replace("sum ", "none"))
     assert nccl_report.cli([str(efa), str(gather), "--strict"]) == 3
     assert "efa used reduction sum, gather none: different collectives" in capsys.readouterr().err
+    maximum = tmp_path / "max.log"
+    maximum.write_text((DATA / "plain.log").read_text().replace("sum ", "max "))
+    assert nccl_report.cli([str(efa), str(maximum)]) == 0
+    assert "efa used reduction sum, max max: different reduction ops" in capsys.readouterr().err
     assert nccl_report.cli([str(efa), str(efa), "--label", "a", "--label", "b", "--strict"]) == 0  # the same test twice: fine
 
 

@@ -113,8 +113,9 @@ def comparability(runs: list[Run]) -> list[str]:
     for other in runs[1:]:
         if first.collective and other.collective and first.collective != other.collective:
             out.append(f"{first.label} ran {first.collective}, {other.label} ran {other.collective}")
-        elif _reduction(first) != _reduction(other):  # logs older than nccl-tests 2.16.7 do not name the binary
-            out.append(f"{first.label} used reduction {_reduction(first)}, {other.label} {_reduction(other)}: different collectives")
+        elif (ops := (_reduction(first), _reduction(other)))[0] != ops[1]:  # nccl-tests before 2.16.7 names no binary
+            what = "different collectives" if "none" in ops else "different reduction ops"
+            out.append(f"{first.label} used reduction {ops[0]}, {other.label} {ops[1]}: {what}")
         mine, theirs = first.busbw(), other.busbw()
         if (min(mine), max(mine)) != (min(theirs), max(theirs)):
             out.append(f"{first.label} measured {human_size(min(mine))} to {human_size(max(mine))}, "
