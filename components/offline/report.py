@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import flows
+from ..planning import deployer, eks_versions
 from ..planning.addressing import Subnet
 from ..planning.bootstrap import BOOT_CHECK_TAINT
 from ..planning.plan import FleetPlan, StackPlan, default_ami
@@ -103,7 +104,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
              "need": s.need, "fleets": s.fleets}
             for s in plan.subnets
         ],
-        "flows": [flows.describe(v) for v in flows.model(resources).verdicts()] if plan.fleets else [],
+        "flows": [flows.describe(v) for v in flows.model(resources, deployer.sources(plan.config)).verdicts()] if plan.fleets else [],
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
              "component": not r.custom, "inputs": r.inputs}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from datetime import datetime, timezone
 
-from .. import capacity_window, efa, eks_rules
+from .. import capacity_window, deployer, efa, eks_rules, eks_versions
 from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
 from .base import in_region
@@ -111,6 +111,11 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
     cat = cfg.catalog()
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
+        out.extend(deployer.problems(cfg))
+        nodes = cfg.eks.node_group_version
+        lag = nodes and eks_versions.node_group_problem(nodes, cfg.eks.version)
+        if lag:
+            out.append(Problem(key_path(("eks", "nodeGroupVersion")), f"{lag} ({key_path(('eks', 'version'))})"))
     clusters = {c.name: c for c in cfg.clusters}
     for k, c in enumerate(cfg.clusters):
         if c.name in seen:
