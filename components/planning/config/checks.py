@@ -4,7 +4,7 @@ and across fields and sections (names, AZs, jobs against their fleets and cluste
 from __future__ import annotations
 
 import difflib
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from .. import capacity_window, deployer, efa, eks_rules, eks_versions
 from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
@@ -170,6 +170,14 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))
     return out
+
+
+def advisories(cfg: StackConfig, today: date | None = None) -> list[Problem]:
+    """What a valid config should hear before it is deployed: a cluster it creates on a version in extended support."""
+    if not cfg.eks.enabled or cfg.eks.existing is not None:
+        return []
+    warning = eks_versions.extended_support_warning(cfg.eks.version, today or datetime.now(timezone.utc).date())
+    return [Problem(key_path(("eks", "version")), warning)] if warning else []
 
 
 def _eksfleet_checks(fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
