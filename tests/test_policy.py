@@ -392,6 +392,15 @@ def test_eks_endpoint_accepts_listed_cidrs_in_prod():
     assert violations(prod_with_public_endpoint(["203.0.113.0/24"])) == []
 
 
+def test_the_prod_stacks_path_for_its_deployer_passes_the_endpoint_rule():
+    """prod reaches its API server through the public endpoint limited to its runner's address (eks.deployer):
+    the one path a first `pulumi up` of a VPC the stack creates has, and one the rule accepts."""
+    resources = register(stack_settings("prod"), "prod")
+    cluster = one(resources, EKS_COMPONENT).inputs
+    assert cluster["endpointPublicAccess"] is True and "0.0.0.0/0" not in cluster["publicAccessCidrs"]
+    assert violations(resources) == []
+
+
 def test_eks_endpoint_fires_on_eks_defaults_and_on_the_aws_cluster(stacks):
     resources = variant(stacks, "prod")
     cluster = one(resources, EKS_COMPONENT)

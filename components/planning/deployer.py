@@ -11,7 +11,11 @@ access is on (always, here); the public one admits only `publicAccessCidrs`
 and no security group applies to it. So a deployer inside the VPC, or routed
 into it, needs an ingress rule on 443 of the cluster security group; one
 outside the VPC with a public endpoint needs its addresses in
-`publicAccessCidrs`. This module decides which; the flows of the offline plan
+`publicAccessCidrs`. Nothing is inside, or routed into, a VPC before the
+`pulumi up` that creates it: a stack that creates its VPC deploys through the
+public endpoint limited to the runner's addresses (which the policy pack's
+prod rule accepts); a private-only endpoint needs a VPC that exists first
+(network.existing). This module decides which; the flows of the offline plan
 check that the registered resources do it. Pure: no Pulumi import.
 """
 
@@ -88,6 +92,7 @@ def problems(cfg: StackConfig) -> list[Problem]:
                               f"({endpoint}): give cidrs or securityGroupIds")]
     out = [Problem(at("cidrs", k), f"{cidr} is every address: name the deployer's own addresses")
            for k, cidr in enumerate(d.cidrs) if ipaddress.IPv4Network(cidr).prefixlen == 0]
+    inside: set[str] = set()
     if cfg.network.existing is None:
         # Nothing sits in, or is routed into, a VPC before the `pulumi up` that creates it.
         why = ("the stack creates the VPC, so no runner is in it or routed into it when the first `pulumi up` "
@@ -98,9 +103,10 @@ def problems(cfg: StackConfig) -> list[Problem]:
         blocks = [ipaddress.IPv4Network(c) for c in (cfg.network.vpc_cidr, cfg.network.secondary_cidr) if c]
         for k, cidr in enumerate(d.cidrs):
             if any(ipaddress.IPv4Network(cidr).subnet_of(b) for b in blocks):
+                inside.add(cidr)
                 out.append(Problem(at("cidrs", k), f"{cidr} is inside the VPC: {why}"))
     for s in sources(cfg):
-        if s.cidr is not None and s.endpoint == "public" and not any(
+        if s.cidr is not None and s.cidr not in inside and s.endpoint == "public" and not any(
                 ipaddress.IPv4Network(s.cidr).subnet_of(ipaddress.IPv4Network(p)) for p in public):
             out.append(Problem(public_key, f"the API endpoint is {endpoint}, which the deployer's {s.cidr} cannot reach "
                                            "on the first `pulumi up` of a VPC the stack creates: list it here"))
