@@ -212,3 +212,40 @@ def test_the_same_change_on_an_on_demand_node_group_is_not_flagged():
     changes = diff.compare(before, after)
     assert any(c.name == "gpu-nodes" and "launchTemplate.version" in c.changed for c in changes)
     assert diff.eks_notes(before, after, changes) == []
+
+
+# --- the boot check on a pinned AMI -----------------------------------------------------------------
+
+
+PINNED = ROOT / "stacks" / "Pulumi.eks-pinned-ami.yaml"
+
+
+def pinned_doc(**fleet) -> dict:
+    doc = config.document_from_settings(config.read_stack_file(PINNED))
+    doc["fleets"][0] = {k: v for k, v in {**doc["fleets"][0], **fleet}.items() if v is not None}
+    return doc
+
+
+@pytest.mark.parametrize("release", [None, "v20250920"])
+def test_a_pinned_ami_without_a_release_that_reads_drop_ins_cannot_keep_the_boot_check(release):
+    (p,) = problems_of(pinned_doc(amiRelease=release))
+    assert p.path == "efa-infra:fleets[0].amiRelease"
+    assert "v20251023" in p.message and "#2427" in p.message and "bootCheck: false" in p.message
+
+
+def test_a_pinned_ami_keeps_its_boot_check_from_the_first_release_that_reads_drop_ins():
+    from components.planning import bootstrap, plan
+
+    cfg = config.load(pinned_doc(amiRelease="v20251023"))
+    fp = plan.build(cfg).fleets[0]
+    assert bootstrap.NODEADM_DROP_IN in bootstrap.user_data(fp.boot, {"name": "c"})
+    # Said outright, an older AMI may only log the check.
+    assert not config.load(pinned_doc(amiRelease=None, bootCheck=False)).fleets[0].boot_check
+
+
+def test_an_ami_release_is_only_taken_where_it_is_used():
+    (p,) = problems_of(pinned_doc(ami=None))
+    assert p.path == "efa-infra:fleets[0].amiRelease" and "only used with a pinned ami" in p.message
+    doc = pinned_doc()
+    doc["eks"] = {}
+    assert "efa-infra:fleets[0].amiRelease" in {p.path for p in problems_of(doc)}
