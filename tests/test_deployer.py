@@ -83,9 +83,13 @@ def test_nothing_inside_a_vpc_the_stack_creates_can_deploy_it():
     assert all("the stack creates the VPC" in p.message and "network.existing" in p.message for p in found)
 
 
-def test_a_deployer_for_a_joined_cluster_is_refused():
+def test_a_joined_cluster_says_only_where_pulumi_up_runs():
     doc = eks_doc(existing={"clusterName": "shared"}, deployer={"runsOn": "r", "cidrs": ["10.0.0.0/24"]})
-    assert [p.path for p in problems(doc)] == ["efa-infra:eks.deployer"]
+    assert [p.path for p in problems(doc)] == ["efa-infra:eks.deployer.cidrs"]
+    cfg = config.load(eks_doc(existing={"clusterName": "shared"}, deployer={"runsOn": "runner-near-shared"}))
+    assert deployer.runs_on(cfg) == "runner-near-shared" and deployer.sources(cfg) == []
+    assert [p.path for p in problems({**eks_doc(deployer={"runsOn": "r"}), "eks": {"deployer": {"runsOn": "r"}}})] == [
+        "efa-infra:eks.deployer"]  # no cluster at all
 
 
 def test_in_an_existing_vpc_the_private_endpoint_admits_the_deployer_by_a_rule_of_ours():

@@ -68,16 +68,23 @@ def admitted(cfg: StackConfig) -> list[Source]:
 
 
 def runs_on(cfg: StackConfig) -> str:
-    """Where the stack's `pulumi up` runs: the runner label the workflow's deploy job takes."""
-    return cfg.eks.deployer.runs_on if applies(cfg) and cfg.eks.deployer is not None else HOSTED_RUNNER
+    """Where the stack's `pulumi up` runs: the runner label the workflow's deploy job takes (for a joined cluster
+    too, whose device plugins are applied through its endpoint)."""
+    return cfg.eks.deployer.runs_on if cfg.eks.enabled and cfg.eks.deployer is not None else HOSTED_RUNNER
 
 
 def problems(cfg: StackConfig) -> list[Problem]:
     """A new cluster whose API server the deployer cannot reach, named by the key to set."""
     d = cfg.eks.deployer
-    if not applies(cfg):
-        return [Problem(key_path(("eks", "deployer")), "only used for a cluster the stack creates: a joined cluster's "
-                        "endpoint is its owner's; remove the key")] if d is not None else []
+    if not cfg.eks.enabled:
+        return [Problem(key_path(("eks", "deployer")), "only used with eks.enabled: without a cluster `pulumi up` calls "
+                        "only AWS's public APIs")] if d is not None else []
+    if cfg.eks.existing is not None:
+        # The device plugins still go through the joined cluster's endpoint: runsOn says from where. Admitting that
+        # runner is the cluster owner's business (its endpoint settings and security group), not this stack's.
+        return [Problem(key_path(("eks", "deployer", key)), "a joined cluster's endpoint and security group are its "
+                        "owner's: have the runner admitted there, and keep only runsOn here")
+                for key, given in (("cidrs", d.cidrs), ("securityGroupIds", d.security_group_ids)) if given] if d else []
     at = lambda *key: key_path(("eks", "deployer", *key))  # noqa: E731
     public_key = key_path(("eks", "publicAccessCidrs"))
     public = cfg.eks.public_access_cidrs

@@ -111,13 +111,13 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
                            "managed, or remove the key"))
     out.extend(subnet_key_checks(cfg, fleets))
     cat = cfg.catalog()
+    out.extend(deployer.problems(cfg))
     if not cfg.eks.enabled:
         out.extend(Problem(key_path(("fleets", i, "amiRelease")), "only used on EKS (eks.enabled), where the boot check "
                            "taints through nodeadm; on EC2 a failing node marks itself unhealthy on any AMI")
                    for i, f in fleets if f.ami_release is not None)
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
-        out.extend(deployer.problems(cfg))
         nodes = cfg.eks.node_group_version
         lag = nodes and eks_versions.node_group_problem(nodes, cfg.eks.version)
         if lag:

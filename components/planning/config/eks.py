@@ -114,7 +114,8 @@ class EksConfig(Model):
     deployer: DeployerConfig | None = Field(
         None,
         description="Where `pulumi up` runs and how it reaches the API server of a cluster the stack creates (the "
-        "Kubernetes resources are applied from there). Required for a new cluster.",
+        "Kubernetes resources are applied from there). Required for a new cluster; for a joined cluster only runsOn, "
+        "since admitting the runner to its endpoint is its owner's.",
     )
     vpc_cni_version: str = Field(
         "v1.19.2-eksbuild.1",
