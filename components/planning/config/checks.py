@@ -119,7 +119,8 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
         nodes = cfg.eks.node_group_version
-        lag = nodes and eks_versions.node_group_problem(nodes, cfg.eks.version)
+        # A joined cluster's version is read only at deploy time: EKS itself refuses a node group newer than it.
+        lag = nodes and cfg.eks.existing is None and eks_versions.node_group_problem(nodes, cfg.eks.version)
         if lag:
             out.append(Problem(key_path(("eks", "nodeGroupVersion")), f"{lag} ({key_path(('eks', 'version'))})"))
     clusters = {c.name: c for c in cfg.clusters}
