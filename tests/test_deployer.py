@@ -70,6 +70,16 @@ def test_a_private_endpoint_without_a_deployer_path_is_refused_naming_the_key():
     assert p.path == "efa-infra:eks.deployer" and "give cidrs or securityGroupIds" in p.message
 
 
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_each_example_with_a_private_endpoint_and_no_deployer_path_is_refused(stack):
+    settings = stack_settings(stack)
+    settings["efa-infra:eks"] = {k: v for k, v in settings["efa-infra:eks"].items() if k not in ("publicAccessCidrs", "deployer")}
+    (p,) = problems(config.document_from_settings(settings))
+    assert p.path == "efa-infra:eks.deployer" and "the API endpoint is private only" in p.message
+    run = mocks.run(settings, stack)  # and nothing is registered
+    assert run.resources == [] and "efa-infra:eks.deployer" in run.error
+
+
 def test_a_public_endpoint_that_leaves_out_the_deployer_is_refused_naming_the_key():
     (p,) = problems(eks_doc(publicAccessCidrs=["203.0.113.0/28"], deployer={"runsOn": "r", "cidrs": ["198.51.100.10/32"]}))
     assert p.path == "efa-infra:eks.publicAccessCidrs" and "198.51.100.10/32" in p.message
