@@ -40,7 +40,8 @@ def _boot_check(fp: FleetPlan) -> str:
     if not fp.config.boot_check:
         return "logs only (bootCheck: false)"
     if fp.on_eks:
-        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}"
+        release = f" (through nodeadm's drop-in: the pinned AMI's release {fp.config.ami_release} reads it)" if fp.config.ami else ""
+        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}{release}"
     return "a node missing EFA devices or accelerators marks itself unhealthy; its Auto Scaling group replaces it"
 
 
