@@ -4,7 +4,9 @@ replaced or deleted, and which inputs force each replacement.
 Resources are matched by URN between two offline runs of the program. Whether
 a changed input replaces a resource comes from the provider's own facts
 (data/replace_facts.json: terraform-provider-aws ForceNew, which pulumi-aws
-inherits, with the file and commit each was read from). Pure: no Pulumi import.
+inherits, with the file and commit each was read from). What EKS itself
+refuses in a version change, and node rolls on a Capacity Block, are said
+beside the changes (eks_refusals, eks_notes). Pure: no Pulumi import.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..planning import eks_versions
 from ..planning.plan import PROTECTED_TYPES
 
 FACTS = Path(__file__).resolve().parent.parent / "data" / "replace_facts.json"
@@ -191,8 +194,6 @@ def _cluster_version(resources: list) -> str | None:
 def eks_refusals(before: list, after: list) -> list[str]:
     """What EKS refuses in a change of the cluster's or node groups' versions (planning/eks_versions.py), each
     naming the steps EKS allows. A change EKS refuses fails halfway through `pulumi up`: no flag overrides it."""
-    from ..planning import eks_versions
-
     old, new = _cluster_version(before), _cluster_version(after)
     out = []
     if old and new and old != new:
