@@ -48,18 +48,15 @@ def applies(cfg: StackConfig) -> bool:
 
 def sources(cfg: StackConfig) -> list[Source]:
     """The deployer's sources of a stack, each with the endpoint it reaches. With a VPC the stack creates, every
-    source must come through the public endpoint (`problems` says why); in an existing VPC, a security group or
-    an address outside publicAccessCidrs comes to the private endpoint."""
+    source must come through the public endpoint (`problems` says why). In an existing VPC each is admitted to the
+    private endpoint: a runner inside the VPC resolves the endpoint to it even when a public one exists, and its
+    blocks are known only at deploy time, so the rule is made whatever the address."""
     d = cfg.eks.deployer
     if not applies(cfg) or d is None:
         return []
-    public = [ipaddress.IPv4Network(c) for c in cfg.eks.public_access_cidrs]
-    created = cfg.network.existing is None
-    out = [Source(f"deployer ({g})", g, None, "public" if created else "private") for g in d.security_group_ids]
-    for cidr in d.cidrs:
-        within = any(ipaddress.IPv4Network(cidr).subnet_of(p) for p in public)
-        out.append(Source(f"deployer ({cidr})", None, cidr, "public" if created or within else "private"))
-    return out
+    endpoint = "public" if cfg.network.existing is None else "private"
+    return ([Source(f"deployer ({g})", g, None, endpoint) for g in d.security_group_ids]
+            + [Source(f"deployer ({c})", None, c, endpoint) for c in d.cidrs])
 
 
 def admitted(cfg: StackConfig) -> list[Source]:

@@ -52,16 +52,16 @@ class DeployerConfig(Model):
     )
     security_group_ids: list[str] = Field(
         default_factory=list,
-        description="Security groups the deployer carries (a runner inside the VPC). The stack admits each on TCP 443 "
-        "into the cluster security group, which holds the private API endpoint; the groups must exist before the "
-        "first `pulumi up`.",
+        description="Security groups the deployer carries: a runner inside an existing VPC (network.existing). The "
+        "stack admits each on TCP 443 into the cluster security group, which holds the private API endpoint.",
     )
     cidrs: list[str] = Field(
         default_factory=list,
-        description="IPv4 CIDRs the deployer's requests come from. Inside the VPC (or routed into it by VPN, peering or "
-        "a transit gateway, and resolving the endpoint through the VPC's DNS) they reach the private endpoint: the "
-        "stack admits them on TCP 443 into the cluster security group. Outside the VPC with a public endpoint, they "
-        "must lie within eks.publicAccessCidrs.",
+        description="IPv4 CIDRs the deployer's requests come from. For a VPC the stack creates, they reach the public "
+        "endpoint and must lie within eks.publicAccessCidrs (nothing is inside that VPC before its first `pulumi up`). "
+        "In an existing VPC (network.existing), for a runner inside it or routed into it (VPN, peering, transit "
+        "gateway, resolving names through the VPC's DNS), the stack admits them on TCP 443 into the cluster security "
+        "group, which holds the private endpoint.",
     )
 
     @field_validator("security_group_ids")
