@@ -111,10 +111,10 @@ def test_in_an_existing_vpc_the_private_endpoint_admits_the_deployer_by_a_rule_o
     assert rules == {
         "eks-deployer-sg-0123456789abcdef0": {"securityGroupId": "<eks-cluster.vpcConfig.clusterSecurityGroupId>", "ipProtocol": "tcp",
                                               "fromPort": 443, "toPort": 443, "referencedSecurityGroupId": "sg-0123456789abcdef0",
-                                              "description": "pulumi up (runner-in-vpc) to the API server", "tags": rules["eks-deployer-sg-0123456789abcdef0"]["tags"]},
+                                              "description": "pulumi up to the API server (efa-infra eks.deployer)", "tags": rules["eks-deployer-sg-0123456789abcdef0"]["tags"]},
         "eks-deployer-10.99.0.0-24": {"securityGroupId": "<eks-cluster.vpcConfig.clusterSecurityGroupId>", "ipProtocol": "tcp",
                                       "fromPort": 443, "toPort": 443, "cidrIpv4": "10.99.0.0/24",
-                                      "description": "pulumi up (runner-in-vpc) to the API server", "tags": rules["eks-deployer-10.99.0.0-24"]["tags"]},
+                                      "description": "pulumi up to the API server (efa-infra eks.deployer)", "tags": rules["eks-deployer-10.99.0.0-24"]["tags"]},
     }
     verdicts = deployer_verdicts(settings, "t", run.resources)
     assert {name: (v.allowed, v.need.receiver, v.ingress.source) for name, v in verdicts.items()} == {

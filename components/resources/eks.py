@@ -146,7 +146,8 @@ class EfaCluster(pulumi.ComponentResource):
                 aws.vpc.SecurityGroupIngressRuleArgs(
                     security_group_id=self.node_security_group_id, ip_protocol="tcp", from_port=443, to_port=443,
                     referenced_security_group_id=source.group, cidr_ipv4=source.cidr,
-                    description=f"pulumi up ({plan.config.eks.deployer.runs_on}) to the API server", tags=tags,
+                    # Fixed text: EC2 takes only some characters in a rule's description, and a runner label may have others.
+                    description="pulumi up to the API server (efa-infra eks.deployer)", tags=tags,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=after),
             )
