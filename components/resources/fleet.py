@@ -15,7 +15,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from ..planning import bootstrap
+from ..planning import bootstrap, launch
 from ..planning.capacity_window import Schedule
 from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
@@ -52,6 +52,21 @@ def health_policy(fleet: str, stack: str) -> dict:
     }
 
 
+def run_output_policy(log_group_arn: str) -> dict:
+    """What SSM's agent on a node needs to put command output into the fleet's log group, and nothing more: the
+    actions of "Configuring Amazon CloudWatch Logs for Run Command" (AWS Systems Manager user guide) but
+    logs:CreateLogGroup, since the stack creates the group."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+             "Resource": f"{log_group_arn}:*"},
+            # DescribeLogGroups takes no resource (Service Authorization Reference, CloudWatch Logs).
+            {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+        ],
+    }
+
+
 def window_sizes(plan: FleetPlan, window: Schedule | None) -> tuple[int, int]:
     """(min, desired) now: none of a Capacity Block's nodes before it starts, since none can launch."""
     if window is not None and not window.started:
@@ -84,6 +99,7 @@ class EfaFleet(pulumi.ComponentResource):
     launch_template: aws.ec2.LaunchTemplate
     placement_group_name: pulumi.Output[str] | None
     asg_name: pulumi.Output[str] | None
+    run_log_group: pulumi.Output[str] | None  # plain EC2: where SSM puts the output of the commands run on the nodes
 
     def __init__(
         self,
@@ -104,7 +120,16 @@ class EfaFleet(pulumi.ComponentResource):
         fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
         self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
         # EKS node groups bring their own role.
-        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, child)
+        profile = self.run_log_group = None
+        if not plan.on_eks:
+            logs = aws.cloudwatch.LogGroup(
+                f"{name}-run-output",
+                aws.cloudwatch.LogGroupArgs(name=launch.run_log_group(stack, plan.config.name),
+                                            retention_in_days=launch.RUN_LOG_RETENTION_DAYS, tags=fleet_tags),
+                opts=child,
+            )
+            self.run_log_group = logs.name
+            profile = self._instance_profile(name, plan, stack, fleet_tags, logs, child)
         self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
                                                      self.placement_group_name, profile, cluster_join, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
@@ -113,6 +138,7 @@ class EfaFleet(pulumi.ComponentResource):
             "launchTemplateVersion": self.launch_template.latest_version,
             "placementGroupName": self.placement_group_name,
             "asgName": self.asg_name,
+            "runLogGroup": self.run_log_group,
         })
 
     @staticmethod
@@ -132,16 +158,21 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
-    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str],
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str], logs: aws.cloudwatch.LogGroup,
                           child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
-        """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers, for mpirun
-        (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only, and with the boot check the
-        right to mark itself unhealthy."""
+        """Plain EC2 nodes' role: SSM access, writing run output into the fleet's log group only, EC2 read access for
+        the launch script to find peers, for mpirun (nccl-tests) the right to push a one-time SSH key to its fleet's
+        nodes only, and with the boot check the right to mark itself unhealthy."""
         f = plan.config
         role = node_role(f"{name}-node", fleet_tags, child)
         aws.iam.RolePolicyAttachment(
             f"{name}-ssm",
             aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-run-output",
+            aws.iam.RolePolicyArgs(role=role.id, policy=logs.arn.apply(lambda arn: json.dumps(run_output_policy(arn)))),
             opts=child,
         )
         aws.iam.RolePolicy(
