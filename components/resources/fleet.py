@@ -40,15 +40,22 @@ def node_role(name: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> 
 
 
 def health_policy(fleet: str, stack: str) -> dict:
-    """May mark instances unhealthy only in the Auto Scaling group tagged as this stack's fleet."""
+    """May mark instances unhealthy, and (the boot guard) stop replacements, only in the Auto Scaling group tagged as
+    this stack's fleet; may count failed boots in the guard's metric namespace only. Finding its own group and reading
+    the count take no resource-level permissions (Service Authorization Reference: DescribeAutoScalingInstances,
+    GetMetricStatistics)."""
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow", "Action": "autoscaling:SetInstanceHealth",
-            "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",
-            "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{FLEET_TAG}": fleet,
-                                           f"autoscaling:ResourceTag/{STACK_TAG}": stack}},
-        }],
+        "Statement": [
+            {"Effect": "Allow", "Action": ["autoscaling:SetInstanceHealth", "autoscaling:SuspendProcesses"],
+             "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",
+             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{FLEET_TAG}": fleet,
+                                            f"autoscaling:ResourceTag/{STACK_TAG}": stack}}},
+            {"Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
+             "Condition": {"StringEquals": {"cloudwatch:namespace": bootstrap.GUARD_NAMESPACE}}},
+            {"Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingInstances", "cloudwatch:GetMetricStatistics"],
+             "Resource": "*"},
+        ],
     }
 
 
@@ -297,4 +304,34 @@ class EfaFleet(pulumi.ComponentResource):
         )
         if window is not None:
             block_schedules(name, plan, window, asg.name, child, scale_down=True)
+        if f.boot_check:
+            self._boot_guard_alarm(name, plan, stack, asg.name, fleet_tags, child)
         return asg.name
+
+    @staticmethod
+    def _boot_guard_alarm(name: str, plan: FleetPlan, stack: str, group_name: pulumi.Output[str], fleet_tags: dict[str, str],
+                          child: pulumi.ResourceOptions) -> None:
+        """The signal of the boot guard: in alarm when the group's failed boot checks reach the count at which its nodes
+        stop its replacements, over the same window."""
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-boot-check",
+            aws.cloudwatch.MetricAlarmArgs(
+                name=f"efa-infra-{stack}-{plan.config.name}-boot-check",
+                alarm_description=(
+                    f"efa-infra {stack}/{plan.config.name}: {bootstrap.GUARD_FAILURES} or more nodes failed their boot check "
+                    f"(missing EFA devices or accelerators) within {bootstrap.GUARD_WINDOW_MINUTES} minutes, and the Auto "
+                    f"Scaling group's {bootstrap.GUARD_PROCESS} process is suspended: no node is replaced until the cause is "
+                    "fixed and the process resumed (README, What happens to a bad node)."),
+                namespace=bootstrap.GUARD_NAMESPACE,
+                metric_name=bootstrap.GUARD_METRIC,
+                dimensions={bootstrap.GUARD_DIMENSION: group_name},
+                statistic="Sum",
+                period=bootstrap.GUARD_WINDOW_MINUTES * 60,
+                evaluation_periods=1,
+                threshold=bootstrap.GUARD_FAILURES,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                treat_missing_data="notBreaching",  # no failed boot: no data point, and nothing wrong
+                tags=fleet_tags,
+            ),
+            opts=child,
+        )
