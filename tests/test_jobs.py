@@ -4,6 +4,7 @@ Job component's resources, and `python -m components render`."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -72,9 +73,16 @@ def sent(command: str, region: str) -> dict:
     argv = shlex.split(command)
     assert argv[:3] == ["aws", "ssm", "send-command"] and argv[3:6] == ["--region", region, "--cli-input-json"] and len(argv) == 7
     request = json.loads(argv[6])
+    # The mocks' stand-in for the document's name, as Pulumi's auto-naming makes it: the resource name and 7 characters.
+    real = {**request, "DocumentName": re.sub(r"^<(.+)\.name>$", r"\1-1a2b3c4", request["DocumentName"])}
     shape = botocore.session.get_session().get_service_model("ssm").operation_model("SendCommand").input_shape
-    report = botocore.validate.ParamValidator().validate(request, shape)
+    report = botocore.validate.ParamValidator().validate(real, shape)
     assert not report.has_errors(), report.generate_report()
+    # The model's patterns and maximum lengths, which botocore leaves to the service.
+    for key, value in real.items():
+        rules = shape.members[key].metadata
+        if isinstance(value, str):
+            assert len(value) <= rules.get("max", len(value)) and re.fullmatch(rules.get("pattern", ".*"), value), (key, value, rules)
     return request
 
 

@@ -261,8 +261,9 @@ def send_command_request(document: str, job: str, fleet: str, stack: str, log_gr
         "DocumentName": document,
         "Comment": f"efa-infra job {job}"[:100],  # the API's limit
         "Targets": [{"Key": f"tag:{FLEET_TAG}", "Values": [fleet]}, {"Key": f"tag:{STACK_TAG}", "Values": [stack]}],
-        # Every node at once: SendCommand's default of 50 targets at a time leaves the rest of a larger fleet
-        # without the command while the first ones wait for them at rendezvous.
+        # Every node at once: SendCommand's default of 50 targets at a time (botocore 1.44 ssm model, SendCommand;
+        # the same since MaxConcurrency exists) leaves the rest of a larger fleet without the command while the
+        # first ones wait for them at rendezvous.
         "MaxConcurrency": "100%",
         # A node that cannot run the launch fails the whole job: stop sending it at the first error.
         "MaxErrors": "0",
