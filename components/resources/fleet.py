@@ -60,9 +60,11 @@ def health_policy(fleet: str, stack: str) -> dict:
 
 
 def run_output_policy(log_group_arn: str) -> dict:
-    """What SSM's agent on a node needs to put command output into the fleet's log group, and nothing more: the
-    actions of "Configuring Amazon CloudWatch Logs for Run Command" (AWS Systems Manager user guide) but
-    logs:CreateLogGroup, since the stack creates the group."""
+    """What SSM's agent on a node needs to put command output into the fleet's log group, and nothing more. The agent
+    first tries CreateLogGroup and, refused, goes on when DescribeLogGroups finds the group; then it creates a stream
+    per node and output, reads its token (DescribeLogStreams) and puts the events (aws/amazon-ssm-agent 3.3.1142.0,
+    framework/processor/executer/iohandler/iohandler.go and agentlogstocloudwatch/cloudwatchlogspublisher/
+    cloudwatchlogsservice.go). The stack creates the group, so the role may not."""
     return {
         "Version": "2012-10-17",
         "Statement": [

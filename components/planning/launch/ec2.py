@@ -245,8 +245,9 @@ def ssm_document(script: str, job_name: str, working_directory: str | None = Non
 
 
 # Where a plain EC2 fleet's nodes send the output of the commands SSM runs there: one CloudWatch Logs group per
-# fleet, in which SSM names each stream <command id>/<instance id>/<step name>/stdout (or stderr) ("Configuring
-# Amazon CloudWatch Logs for Run Command", AWS Systems Manager user guide).
+# fleet, in which SSM's agent names each stream <command id>/<instance id>/<step name>/stdout (or stderr)
+# (aws/amazon-ssm-agent 3.3.1142.0: messageservice/utils/messageutil.go generateCloudWatchLogStreamPrefix,
+# framework/runpluginutil/runpluginutil.go, framework/docparser/docparser.go: a 2.2 step's name is its plugin id).
 RUN_LOG_RETENTION_DAYS = 365  # a year, as for the VPC's flow logs (checkov CKV_AWS_338 asks for no less)
 
 
