@@ -20,7 +20,7 @@ import pytest
 
 from components.planning import bootstrap, config, plan
 from components.offline import mocks
-from conftest import base_doc, settings_of, stand_in_devices
+from conftest import DEPLOYER, base_doc, settings_of, stand_in_devices
 
 # awsome-distributed-training shows `hugepages-2Mi: 21122Mi` on a p4de node: what the AMI and the EFA installer reserve.
 P4DE_PAGES = 21122 // 2
@@ -206,7 +206,7 @@ def test_the_boot_guards_alarm_watches_the_metric_the_nodes_count_in():
     # No boot check, or EKS (whose nodes are tainted, not replaced): no guard.
     off = mocks.run(settings_of(base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}])), "research")
     assert not off.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
-    eks = mocks.run(settings_of(base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]})), "research")
+    eks = mocks.run(settings_of(base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER})), "research")
     assert eks.error is None and not eks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
 
 
