@@ -20,8 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .planning.project import stacks_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-STACKS = ROOT / "stacks"
+STACKS = stacks_dir()  # the stacks of the project the command runs in, not of an installed copy
 
 
 def stack_file(args: argparse.Namespace) -> tuple[Path, str]:
@@ -266,10 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m components` and the installed `efa-infra` command."""
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: with the SDKs loaded it is slow, and finalizing the
     # event loops the mock monitor's threads leave behind prints a spurious error.
     os._exit(code)
+
+
+if __name__ == "__main__":
+    run()

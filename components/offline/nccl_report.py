@@ -24,10 +24,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..planning import config, efa, nccl_log
+from ..planning import config, efa, nccl_log, project
 from .nccl_tests import ReportError, Run, load_run
 
-STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+STACKS_DIR = project.stacks_dir()
 # Exit statuses (README, "nccl-report"): 2 is bad input (ReportError).
 NOT_ON_EFA = 1
 BAD_INPUT = 2

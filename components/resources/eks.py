@@ -11,6 +11,8 @@ the fleets' EFA launch templates, the VPC CNI add-on version that handles
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -30,8 +32,9 @@ NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-pl
 NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
 # Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
 # Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
-# the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
-TRAINING_OPERATOR = "components/manifests/training-operator"
+# the checkout's location in the state, and a laptop's preview would differ from a pipeline's. From a checkout
+# this is components/manifests/training-operator; from an installed package, the path into the project's venv.
+TRAINING_OPERATOR = os.path.relpath(Path(__file__).resolve().parent.parent / "manifests" / "training-operator")
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 # Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
 # (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).
