@@ -1,0 +1,148 @@
+"""The component package: its schema, built by the SDK's own ComponentProvider, carries every config field
+with a type; constructing a component through the provider's construct path, from inputs as the engine sends
+them, registers what the stack program registers for the same settings; bad arguments register nothing."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import typing
+from pathlib import Path
+
+import pulumi
+import pytest
+from google.protobuf import struct_pb2
+from pulumi.provider.experimental.component import ComponentProvider
+from pulumi.runtime import rpc
+from pydantic import BaseModel
+
+from components.offline import mocks
+from components.planning import config
+from components.planning.config import StackConfig
+from components.resources import hosted
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = "dev"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
+    return json.loads(provider.schema)
+
+
+def models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in models_in(a)]
+
+
+def test_the_version_is_the_distributions():
+    assert hosted.VERSION == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_every_config_field_is_a_typed_argument(schema):
+    """Every field of every model under the hosted sections is a property of the schema type of that model,
+    and no property anywhere is untyped (Any)."""
+    assert sorted(schema["resources"]) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork"]
+    fleet_inputs = schema["resources"]["efa-infra:index:EfaFleet"]["inputProperties"]
+    network_inputs = schema["resources"]["efa-infra:index:EfaNetwork"]["inputProperties"]
+    for key in ("region", "network", "fleets", "instanceTypes"):
+        field = next(f for n, f in StackConfig.model_fields.items() if (f.alias or n) == key)
+        assert network_inputs[key]["description"] == field.description
+    assert fleet_inputs["fleet"]["$ref"] == "#/types/efa-infra:index:FleetConfig"
+    seen, todo = set(), [m for f in StackConfig.model_fields.values() for m in models_in(f.annotation)
+                         if (f.alias or "") in ("network", "fleets", "instanceTypes")]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        props = schema["types"][f"efa-infra:index:{model.__name__}"]["properties"]
+        keys = {f.alias or n for n, f in model.model_fields.items()}
+        assert keys - set(props) == set(), f"{model.__name__}: config fields missing from the package arguments"
+        for name, field in model.model_fields.items():
+            assert props[field.alias or name]["description"] == field.description
+            todo += models_in(field.annotation)
+    assert {"FleetConfig", "NetworkConfig", "NodeCounts", "CapacityConfig", "ExistingNetwork"} <= {m.__name__ for m in seen}
+    assert "pulumi.json#/Any" not in json.dumps(schema)
+    for resource in schema["resources"].values():
+        for prop in [*resource["inputProperties"].values(), *resource["properties"].values()]:
+            assert "type" in prop or "$ref" in prop
+
+
+def engine_shaped(values: dict) -> dict:
+    """Inputs as the engine hands them to Construct: through a protobuf Struct (every number a float)."""
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return rpc.deserialize_properties(struct)
+
+
+def construct(component: str, name: str, inputs: dict, settings: dict) -> mocks.Run:
+    """Construct through the provider, under the offline plan's mocks; what it registered."""
+    provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
+    monocks = mocks.PlanMocks(mocks.stand_in_lookups(settings))
+    monitor = mocks.PlanMonitor(monocks)
+    pulumi.runtime.set_mocks(monocks, project=mocks.PROJECT, stack=STACK, preview=False, monitor=monitor)
+    error = None
+
+    @pulumi.runtime.test
+    def program():
+        provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs))
+
+    try:
+        program()
+    except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
+        error = exc
+    names = {urn: n for urn, _, _, n in monitor.order}
+    return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None, True,
+                                       monocks.inputs[(typ, n)][0]) for urn, parent, typ, n in sorted(monitor.order)],
+                     error=error)
+
+
+def under(run: mocks.Run, parent: str) -> list[tuple[str, str, str]]:
+    return sorted((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources if r.parent == parent)
+
+
+@pytest.fixture(scope="module")
+def program_run():
+    settings = config.read_stack_file(ROOT / "stacks" / f"Pulumi.{STACK}.yaml")
+    return settings, mocks.run(settings, STACK)
+
+
+def test_efa_network_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    inputs = {k: doc[k] for k in ("region", "network", "fleets") if k in doc}
+    built = construct("EfaNetwork", "efa", inputs, settings)
+    assert built.error is None, built.error
+    assert len(under(built, "efa")) > 10
+    assert under(built, "efa") == under(run, "efa")
+    assert [r.type for r in built.resources if r.parent is None] == ["efa-infra:index:EfaNetwork"]
+
+
+def test_efa_fleet_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    fleet = doc["fleets"][0]
+    template = run.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["networkInterfaces"][0]
+    inputs = {"region": doc["region"], "fleet": fleet, "subnetId": template["subnetId"],
+              "securityGroupIds": template["securityGroups"]}
+    built = construct("EfaFleet", fleet["name"], inputs, settings)
+    assert built.error is None, built.error
+    assert len(under(built, fleet["name"])) > 5
+    assert under(built, fleet["name"]) == under(run, fleet["name"])
+
+
+def test_bad_arguments_name_their_keys_and_register_nothing(program_run):
+    settings, _ = program_run
+    doc = config.document_from_settings(settings)
+    fleet = {**doc["fleets"][0], "nodes": {"min": 0, "desired": 3, "max": 2}, "rootVolumeGiB": 5}
+    built = construct("EfaFleet", "gpu", {"region": doc["region"], "fleet": fleet, "subnetId": "subnet-0123456789abcdef0",
+                                         "securityGroupIds": ["sg-0123456789abcdef0"]}, settings)
+    message = str(built.error)
+    for key in ("fleet.nodes: need min <= desired <= max", "fleet.rootVolumeGiB"):
+        assert key in message, message
+    assert "efa-infra:fleets" not in message
+    # The component itself is registered by the provider only after its arguments validated: nothing is.
+    assert built.resources == []
