@@ -1,0 +1,119 @@
+"""Checks on resources a stack uses but does not create: whether AWS has them
+at all, and the facts it gives about existing subnets, held against what the
+plan needs of them.
+
+The lookups themselves run in the Pulumi layer (stack.py) before any resource
+is registered; this module only judges their answers. Pure: no Pulumi import.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from .config import ExistingNetwork, Problem, key_path
+from .plan import StackPlan
+
+
+@dataclass(frozen=True)
+class SubnetFacts:
+    id: str
+    vpc_id: str
+    availability_zone: str
+    map_public_ip_on_launch: bool
+    available_ips: int
+
+
+# Lookups by list (found ids or names) never fail for a missing resource, so a
+# typo becomes a clean problem here instead of the provider's error.
+
+
+def find_vpc(ex: ExistingNetwork, found: list[str], region: str) -> tuple[str | None, list[Problem]]:
+    """The VPC the config names, given the ids a lookup by its id or Name tag found."""
+    if ex.vpc_id:
+        if found:
+            return found[0], []
+        return None, [Problem(key_path(("network", "existing", "vpcId")), f"{ex.vpc_id} does not exist in {region}")]
+    at = key_path(("network", "existing", "vpcName"))
+    if len(found) == 1:
+        return found[0], []
+    if not found:
+        return None, [Problem(at, f"no VPC in {region} has the Name tag {ex.vpc_name!r}")]
+    return None, [Problem(at, f"{len(found)} VPCs in {region} have the Name tag {ex.vpc_name!r} "
+                              f"({', '.join(sorted(found))}): name one by vpcId")]
+
+
+def missing_subnets(ex: ExistingNetwork, found: set[str], region: str) -> list[Problem]:
+    return [Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{sid} does not exist in {region}")
+            for az, sid in sorted(ex.private_subnet_ids.items()) if sid not in found]
+
+
+def missing_cluster(name: str, found: list[str], region: str) -> list[Problem]:
+    if name in found:
+        return []
+    near = difflib.get_close_matches(name, found, n=2)
+    hint = f"did you mean {', '.join(near)}?" if near else f"clusters there: {', '.join(sorted(found)) or 'none'}"
+    return [Problem(key_path(("eks", "existing", "clusterName")), f"no EKS cluster {name!r} in {region}; {hint}")]
+
+
+def check_subnets(plan: StackPlan, vpc_id: str | None, facts: dict[str, SubnetFacts]) -> list[Problem]:
+    """Every way an existing subnet fails its fleets, naming the subnet and the fleets.
+    Subnets without facts (not found) and the VPC check without a VPC are left to the finders above."""
+    problems = []
+    for subnet in plan.subnets:
+        f = facts.get(subnet.existing_id)
+        if f is None:
+            continue
+        at = key_path(("network", "existing", "privateSubnetIds", subnet.az))
+        who = ", ".join(repr(n) for n in subnet.fleets) or "no fleet"
+        if vpc_id is not None and f.vpc_id != vpc_id:
+            problems.append(Problem(at, f"{f.id} is in {f.vpc_id}, not in the stack's VPC {vpc_id}"))
+        if f.map_public_ip_on_launch:
+            problems.append(Problem(at, f"{f.id} assigns public IPs on launch; fleet {who} needs a private subnet "
+                                        "(instances with several network interfaces cannot get a public IPv4 address)"))
+        if f.availability_zone != subnet.az:
+            problems.append(Problem(at, f"{f.id} is in {f.availability_zone}, but fleet {who} runs in {subnet.az}"))
+        if f.available_ips < subnet.need:
+            fleets = [fp for fp in plan.fleets if fp.name in subnet.fleets]
+            detail = "; ".join(f"{fp.name!r}: {fp.config.nodes.maximum} nodes x {fp.addresses_per_node}" for fp in fleets)
+            problems.append(Problem(at, f"{f.id} has {f.available_ips} free addresses; fleet {who} needs {subnet.need} at nodes.max ({detail})"))
+    return problems
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What EKS says of an existing cluster our node groups join."""
+
+    name: str
+    version: str
+    endpoint: str
+    certificate_authority: str
+    security_group_id: str  # the cluster security group: nodes need it to reach the control plane
+    service_cidr: str  # the cluster's service CIDR: a pinned AMI's nodeadm config needs it
+
+    @classmethod
+    def of(cls, c) -> "ClusterFacts":
+        """From EKS's DescribeCluster answer as pulumi-aws's get_cluster returns it."""
+        return cls(c.name, c.version, c.endpoint, c.certificate_authorities[0].data, c.vpc_config.cluster_security_group_id,
+                   c.kubernetes_network_configs[0].service_ipv4_cidr)
+
+    def node_join(self) -> dict[str, str]:
+        """The nodeadm NodeConfig `spec.cluster` that lets a node of a pinned AMI join."""
+        return {"name": self.name, "apiServerEndpoint": self.endpoint, "certificateAuthority": self.certificate_authority,
+                "cidr": self.service_cidr}
+
+
+def kubeconfig(cluster: ClusterFacts, region: str) -> dict:
+    """A kubeconfig that authenticates with `aws eks get-token`, as `aws eks update-kubeconfig` writes it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster.name, "cluster": {"server": cluster.endpoint, "certificate-authority-data": cluster.certificate_authority}}],
+        "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": cluster.name}}],
+        "current-context": cluster.name,
+        "users": [{"name": cluster.name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", cluster.name, "--region", region, "--output", "json"],
+        }}}],
+    }

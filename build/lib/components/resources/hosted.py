@@ -1,0 +1,115 @@
+"""The component package for other languages: EfaNetwork and EfaFleet hosted through Pulumi's
+component_provider_host (the plugin's entry point is plugin/__main__.py).
+
+Each hosted component is the stack program's own component, given its arguments as a stack file's sections
+(`arguments.py` derives them from the config models) and a few plain ids of other components' resources.
+The arguments are validated by the same `config.load` as a stack file, so a bad argument gets the same
+key-naming error, before anything is registered; the plan the stack program would make then drives the
+same resources with the same inputs.
+
+No `from __future__ import annotations` here: Pulumi's schema inference reads these annotations as types.
+"""
+
+import re
+from typing import Optional
+
+import pulumi
+
+from ..planning import config as config_mod
+from ..planning import plan as plan_mod
+from . import arguments, fleet, network
+from .stack import read_existing
+
+NAME = "efa-infra"
+# The release this package is (pyproject.toml's version; a test keeps them equal).
+VERSION = "0.1.0"
+
+ARGS = arguments.derive({
+    "EfaNetwork": ("An EFA-ready VPC: subnets sized for the fleets, NAT, endpoints, flow logs and the EFA security group "
+                   "(or, with network.existing, only the security group in that VPC).",
+                   ["region", "network", "fleets", "instanceTypes"], []),
+    "EfaFleet": ("One GPU fleet on plain EC2: its placement group, launch template with every EFA device, instance "
+                 "profile and Auto Scaling group, in a subnet of an EfaNetwork (or any VPC's private subnet).",
+                 ["region", "instanceTypes"],
+                 [("fleet", config_mod.FleetConfig, "The fleet, as one entry of a stack file's efa-infra:fleets."),
+                  ("subnetId", "pulumi.Input[str]", "The private subnet the fleet runs in (an EfaNetwork's "
+                   "privateSubnetIds[availabilityZone]); it must be in the fleet's availabilityZone."),
+                  ("securityGroupIds", "pulumi.Input[list[pulumi.Input[str]]]",
+                   "Security groups of the fleet's interfaces, the EFA group first (an EfaNetwork's securityGroupId).")]),
+}, __name__ + "_arguments")
+EfaNetworkArgs, EfaFleetArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs
+
+
+def stack_config(document: dict, renames: dict[str, str]) -> config_mod.StackConfig:
+    """The arguments as a validated stack config; invalid ones raise InputPropertyError naming each key as the
+    component's arguments spell it (`fleet.nodes.max`), with the value and what would be valid."""
+    try:
+        return config_mod.load(document, "arguments")
+    except config_mod.ConfigError as err:
+        def key(path: str) -> str:
+            path = re.sub(r"^(aws|efa-infra):", "", path)
+            for stack_key, arg in renames.items():
+                path = re.sub(rf"^{re.escape(stack_key)}(?=$|[.\[])", arg, path)
+            return path
+        problems = [f"{key(p.path)}: {p.message}" for p in err.problems]
+        raise pulumi.InputPropertyError(key(err.problems[0].path), "; ".join(problems)) from None
+
+
+def tags() -> dict[str, str]:
+    return {plan_mod.STACK_TAG: pulumi.get_stack()}
+
+
+class EfaNetwork(network.EfaNetwork):
+    """An EFA-ready VPC with its private subnets and the EFA security group."""
+
+    vpc_id: pulumi.Output[str]
+    """The VPC's id."""
+    private_subnet_ids: dict[str, pulumi.Output[str]]
+    """The private subnet of each AZ, by AZ: where fleets go."""
+    security_group_id: pulumi.Output[str]
+    """The EFA security group (all traffic within itself), for the fleets' interfaces."""
+
+    def __init__(self, name: str, args: EfaNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        cfg = stack_config(dict(args), {})
+        plan = plan_mod.build(cfg)
+        existing_vpc_id, _, _ = read_existing(plan)
+        super().__init__(name, plan, tags(), existing_vpc_id=existing_vpc_id, opts=opts)
+
+
+class EfaFleet(fleet.EfaFleet):
+    """A GPU fleet on plain EC2 whose nodes attach every EFA device their type has."""
+
+    launch_template_id: pulumi.Output[str]
+    """The launch template's id."""
+    launch_template_version: pulumi.Output[int]
+    """The launch template's latest version."""
+    placement_group_name: Optional[pulumi.Output[str]]
+    """The cluster placement group (none for placement mode none)."""
+    asg_name: Optional[pulumi.Output[str]]
+    """The Auto Scaling group that runs the nodes."""
+    run_log_group: Optional[pulumi.Output[str]]
+    """The log group that holds the output of commands run on the nodes through SSM."""
+
+    def __init__(self, name: str, args: EfaFleetArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        given = dict(args)
+        document = {k: v for k, v in given.items() if k in ("region", "instanceTypes")}
+        document["fleets"] = [given.get("fleet")]
+        cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
+        plan = plan_mod.build(cfg)
+        _, _, windows = read_existing(plan)
+        fp = plan.fleets[0]
+        groups = given["securityGroupIds"]
+        super().__init__(name, fp, pulumi.get_stack(), subnet_id=given["subnetId"],
+                         security_group_ids=groups if isinstance(groups, list) else [groups], tags=tags(),
+                         window=windows.get(fp.name), opts=opts)
+        self.launch_template_id = self.launch_template.id
+        self.launch_template_version = self.launch_template.latest_version
+
+
+COMPONENTS = [EfaNetwork, EfaFleet]
+
+
+def main() -> None:
+    from pulumi.provider.experimental import component_provider_host
+
+    component_provider_host(COMPONENTS, NAME, version=VERSION)

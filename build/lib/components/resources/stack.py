@@ -1,0 +1,157 @@
+"""Wires the components from a validated stack config: what `pulumi up` runs.
+
+The config is read and validated in full, and existing resources it names
+are read and checked, before the first resource is registered: an invalid
+stack creates nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import pulumi
+import pulumi.runtime.config as runtime_config
+
+from ..planning import capacity_window
+from ..planning import config as config_mod
+from ..planning import existing as existing_mod
+from ..planning import plan as plan_mod
+from ..planning.capacity_window import Schedule
+from .fleet import EfaFleet
+from .job import Job
+from .network import EfaNetwork
+
+
+def settings_from_engine() -> dict:
+    """Every config value the engine handed the program, as `{"ns:key": value}`."""
+    return {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+
+
+def load_config() -> config_mod.StackConfig:
+    """The stack's config as `pulumi up` sees it; invalid config ends the run
+    with the list of problems and no Python traceback."""
+    try:
+        return config_mod.load(config_mod.document_from_settings(settings_from_engine()), f"stack {pulumi.get_stack()}")
+    except config_mod.ConfigError as err:
+        raise pulumi.RunError(str(err)) from None
+
+
+def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None, dict[str, Schedule]]:
+    """Read the VPC, subnets, cluster and Capacity Blocks the config names (pulumi-aws data
+    sources) and check them against the plan; raises pulumi.RunError naming each problem.
+    Returns the VPC id, the cluster, and each Capacity Block fleet's window."""
+    import pulumi_aws as aws
+
+    cfg = plan.config
+    problems: list = []
+    vpc_id = cluster = None
+    windows: dict[str, Schedule] = {}
+    now = datetime.now(timezone.utc)
+    for i, f in enumerate(cfg.fleets):
+        c = f.capacity
+        if c.type != "capacity-block":
+            continue
+        at = config_mod.key_path(("fleets", i, "capacity", "reservationId"))
+        try:
+            if c.start is not None:  # stated in the config, and checked there
+                windows[f.name] = capacity_window.schedule(c.start, c.end, now)
+                continue
+            block = aws.ec2.get_capacity_block_reservation(id=c.reservation_id)
+            windows[f.name] = capacity_window.schedule_of_reservation(block.start_date, block.end_date, now)
+        except capacity_window.WindowOver as exc:
+            problems.append(config_mod.Problem(at, f"Capacity Block {c.reservation_id}: {exc}"))
+            continue
+        for key, got, want in (("instanceType", block.instance_type, f.instance_type),
+                               ("availabilityZone", block.availability_zone, f.availability_zone)):
+            if got and got != want:
+                problems.append(config_mod.Problem(config_mod.key_path(("fleets", i, key)),
+                                                   f"{want!r}, but Capacity Block {c.reservation_id} is for {got!r}"))
+        if block.instance_count and f.nodes.maximum > block.instance_count:
+            problems.append(config_mod.Problem(config_mod.key_path(("fleets", i, "nodes", "max")),
+                                               f"{f.nodes.maximum} nodes, but block {c.reservation_id} holds {block.instance_count}"))
+    if cfg.network.existing:
+        ex = cfg.network.existing
+        vpcs = (aws.ec2.get_vpcs(filters=[aws.ec2.GetVpcsFilterArgs(name="vpc-id", values=[ex.vpc_id])]) if ex.vpc_id
+                else aws.ec2.get_vpcs(tags={"Name": ex.vpc_name}))
+        vpc_id, found = existing_mod.find_vpc(ex, list(vpcs.ids or []), cfg.region)
+        problems.extend(found)
+        wanted = sorted(set(ex.private_subnet_ids.values()))
+        listed = set(aws.ec2.get_subnets(filters=[aws.ec2.GetSubnetsFilterArgs(name="subnet-id", values=wanted)]).ids or [])
+        problems.extend(existing_mod.missing_subnets(ex, listed, cfg.region))
+        facts = {}
+        for subnet_id in sorted(listed & set(wanted)):
+            s = aws.ec2.get_subnet(id=subnet_id)
+            facts[subnet_id] = existing_mod.SubnetFacts(s.id, s.vpc_id, s.availability_zone, bool(s.map_public_ip_on_launch),
+                                                        int(s.available_ip_address_count))
+        problems.extend(existing_mod.check_subnets(plan, vpc_id, facts))
+    if cfg.eks.existing:
+        name = cfg.eks.existing.cluster_name
+        missing = existing_mod.missing_cluster(name, list(aws.eks.get_clusters().names or []), cfg.region)
+        problems.extend(missing)
+        if not missing:
+            cluster = existing_mod.ClusterFacts.of(aws.eks.get_cluster(name=name))
+    if problems:
+        raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
+    return vpc_id, cluster, windows
+
+
+def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups) protected."""
+    if args.type_ not in plan_mod.PROTECTED_TYPES:
+        return None
+    return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
+
+
+def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
+    """Register the stack's resources; returns the stack outputs."""
+    plan = plan_mod.build(cfg)
+    existing_vpc_id, existing_cluster, windows = read_existing(plan)
+    tags = {plan_mod.STACK_TAG: stack}
+    outputs: dict = {}
+    cluster = None
+    fleets: dict[str, EfaFleet] = {}
+    # Transformations reach every child of a component: only the guarded kinds are marked.
+    guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
+    if plan.fleets:
+        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
+        outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
+        security_groups = [net.security_group_id]
+        if cfg.eks.enabled:
+            from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
+
+            # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
+            cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)}
+            cluster = EfaCluster("eks", plan, stack, cluster_subnets, net.vpc_id, tags, existing=existing_cluster, opts=guarded)
+            # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
+            # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
+            security_groups.append(cluster.node_security_group_id)
+            outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        for fp in plan.fleets:
+            fleet_subnet = plan.fleet_subnet(fp)
+            subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
+            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+                                       cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
+                                       window=windows.get(fp.name))
+            if cluster is not None:
+                cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
+        outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
+        outputs["launchTemplates"] = {
+            n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
+        }
+        outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
+        if windows:
+            outputs["capacityWindows"] = {n: dataclasses.asdict(w) for n, w in windows.items()}
+    if cfg.jobs:
+        outputs["jobs"] = {
+            j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
+                        namespaces=cluster.namespaces if cluster else None,
+                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None).outputs for j in cfg.jobs
+        }
+    return outputs
+
+
+def main() -> None:
+    cfg = load_config()
+    for key, value in build(cfg, pulumi.get_stack()).items():
+        pulumi.export(key, value)
