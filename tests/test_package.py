@@ -5,6 +5,7 @@ them, registers what the stack program registers for the same settings; bad argu
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 import typing
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from google.protobuf import struct_pb2
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.runtime import rpc
+import yaml
 from pydantic import BaseModel
 
 from components.offline import mocks
@@ -146,3 +148,81 @@ def test_bad_arguments_name_their_keys_and_register_nothing(program_run):
     assert "efa-infra:fleets" not in message
     # The component itself is registered by the provider only after its arguments validated: nothing is.
     assert built.resources == []
+
+
+EXAMPLES = ROOT / "examples"
+
+
+def check_arguments(value, prop: dict, schema: dict, at: str) -> list[str]:
+    """Where `value` (an example's argument) does not fit the schema property `prop`: unknown keys, missing
+    required ones, objects where the schema has none. Interpolations (`${...}`, TS identifiers) pass."""
+    if "$ref" in prop:
+        typ = schema["types"][prop["$ref"].removeprefix("#/types/")]
+        if not isinstance(value, dict):
+            return [] if isinstance(value, str) else [f"{at}: not an object"]
+        return check_object(value, typ["properties"], typ.get("required", []), schema, at)
+    if prop.get("type") == "array":
+        return [p for i, v in enumerate(value) for p in check_arguments(v, prop["items"], schema, f"{at}[{i}]")] \
+            if isinstance(value, list) else []
+    if prop.get("type") == "object" and isinstance(value, dict):
+        return [p for k, v in value.items() for p in check_arguments(v, prop["additionalProperties"], schema, f"{at}.{k}")]
+    return [f"{at}: an object where the schema has {prop.get('type')}"] if isinstance(value, dict) else []
+
+
+def check_object(value: dict, props: dict, required: list[str], schema: dict, at: str) -> list[str]:
+    problems = [f"{at}.{k}: no such argument" for k in value if k not in props]
+    problems += [f"{at}.{k}: required" for k in required if k not in value]
+    return problems + [p for k, v in value.items() if k in props for p in check_arguments(v, props[k], schema, f"{at}.{k}")]
+
+
+def test_the_examples_reference_this_release_of_the_package(schema):
+    for example in ("yaml-fleet", "typescript-fleet"):
+        project = yaml.safe_load((EXAMPLES / example / "Pulumi.yaml").read_text())
+        assert project["packages"][hosted.NAME].endswith(f"/plugin@v{hosted.VERSION}")
+        assert f"pulumi package add {project['packages'][hosted.NAME]}" in (EXAMPLES / example / "README.md").read_text()
+    assert (ROOT / "plugin" / "PulumiPlugin.yaml").is_file()
+
+
+def test_the_yaml_example_uses_the_schemas_arguments_and_outputs(schema):
+    program = yaml.safe_load((EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text())
+    kinds = {name: r["type"] for name, r in program["resources"].items()}
+    assert sorted(kinds.values()) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork"]
+    for name, resource in program["resources"].items():
+        spec = schema["resources"][resource["type"]]
+        assert check_object(resource["properties"], spec["inputProperties"], spec["requiredInputs"], schema, name) == []
+    text = (EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text()
+    refs = re.findall(r"\$\{(\w+)\.(\w+)", text)
+    assert len(refs) >= 5
+    for resource, output in refs:
+        assert output in schema["resources"][kinds[resource]]["properties"], f"{resource}.{output}"
+
+
+def object_literal(text: str, start: int) -> str:
+    """The balanced {...} at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    raise ValueError("unbalanced braces")
+
+
+def test_the_typescript_example_uses_the_schemas_arguments_and_outputs(schema):
+    text = (EXAMPLES / "typescript-fleet" / "index.ts").read_text()
+    assert 'from "@pulumi/efa-infra"' in text
+    # Object literals in the example are YAML flow mappings: identifiers read as strings, consts substituted.
+    consts = {m.group(1): yaml.safe_load(object_literal(text, m.end() - 1))
+              for m in re.finditer(r"const (\w+) = \{", text)}
+    made = {}
+    for m in re.finditer(r'const (\w+) = new efa\.(\w+)\("[\w-]+", \{', text):
+        args = yaml.safe_load(object_literal(text, m.end() - 1))
+        args = {k: consts.get(v, v) if isinstance(v, str) else v for k, v in args.items()}
+        args = {k: [consts.get(x, x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v for k, v in args.items()}
+        spec = schema["resources"][f"{hosted.NAME}:index:{m.group(2)}"]
+        assert check_object(args, spec["inputProperties"], spec["requiredInputs"], schema, m.group(1)) == []
+        made[m.group(1)] = spec
+    assert len(made) == 2
+    refs = re.findall(rf"\b({'|'.join(made)})\.(\w+)", text)
+    assert len(refs) >= 5
+    for resource, output in refs:
+        assert output in made[resource]["properties"], f"{resource}.{output}"
