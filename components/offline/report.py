@@ -50,7 +50,7 @@ def _window(fp: FleetPlan, window: dict | None) -> dict | None:
     return {"start": window["start"], "end": window["end"], "scaleUp": up, "scaleDown": f"to 0 at {window['scale_down_at']} ({by})"}
 
 
-def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> dict[str, Any]:
+def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None, reservations: list[dict] | None = None) -> dict[str, Any]:
     f, itype, s = fp.config, fp.itype, fp.summary
     accel = itype.accelerator
     return {
@@ -60,7 +60,7 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "nodes": {"min": f.nodes.min, "desired": f.nodes.desired, "max": f.nodes.maximum},
         "availabilityZone": f.availability_zone,
         "placement": _placement(fp),
-        "capacity": f.capacity.type + (f" {f.capacity.reservation_id}" if f.capacity.reservation_id else ""),
+        "capacity": " ".join(filter(None, (f.capacity.type, f.capacity.reservation_id, f.capacity.reservation_group_arn))),
         "efaLayout": f.efa_layout if f.efa else "none (efa: false)",
         "efaDevicesPerNode": s.efa_devices,
         "efaDevicesMax": itype.maximum_efa_interfaces,
@@ -76,6 +76,8 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "bootCheck": _boot_check(fp),
         "autoRepair": fp.auto_repair if fp.on_eks else None,
         "capacityWindow": _window(fp, window),
+        # What the deploy reads of each reservation and checks against the fleet (placeholders offline).
+        "capacityReservations": reservations,
     }
 
 
@@ -92,12 +94,14 @@ def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
     }
 
 
-def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None) -> dict[str, Any]:
+def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None,
+                  reservations: dict | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "region": plan.config.region,
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
-        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
+        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name), (reservations or {}).get(fp.name))
+                   for fp in plan.fleets],
         "subnets": [
             {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
              "need": s.need, "fleets": s.fleets}
@@ -154,6 +158,10 @@ def render_text(doc: dict[str, Any]) -> str:
         if f["capacityWindow"]:
             w = f["capacityWindow"]
             out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
+        for r in f["capacityReservations"] or []:
+            ends = "no end" if r["end_date_type"] == "unlimited" else f"ends {r['end_date']}"
+            out.append(f"    reservation       {r['id']}: {r['instance_type']} in {r['availability_zone']}, {r['state']}, "
+                       f"{r['instance_match_criteria']}, {r['total_instance_count']} instances, {ends}")
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""

@@ -186,6 +186,7 @@ class EfaFleet(pulumi.ComponentResource):
             capacity_spec = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
                 capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
                     capacity_reservation_id=f.capacity.reservation_id,
+                    capacity_reservation_resource_group_arn=f.capacity.reservation_group_arn,
                 ),
             )
         if f.capacity.type == "capacity-block":

@@ -42,10 +42,7 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
         out.append(Problem(at("placement.groupName"), "required when placement.mode is existing"))
     if mode != "existing" and f.placement.group_name:
         out.append(Problem(at("placement.groupName"), f"only used with placement.mode existing (mode is {mode})"))
-    if cap != "on-demand" and not f.capacity.reservation_id:
-        out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...)"))
-    if cap == "on-demand" and f.capacity.reservation_id:
-        out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    out.extend(_reservation_checks(f, at))
     out.extend(_window_checks(f, at))
     if cap != "on-demand" and mode == "cluster":
         out.append(Problem(
@@ -57,13 +54,43 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     return out
 
 
-def _window_checks(f: FleetConfig, at) -> list[Problem]:
-    """A Capacity Block's window and size, when the config states them."""
-    c = f.capacity
-    given = [k for k, v in (("start", c.start), ("end", c.end), ("instanceCount", c.instance_count)) if v is not None]
-    if c.type != "capacity-block":
-        return [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
+def _reservation_checks(f: FleetConfig, at) -> list[Problem]:
+    """Which reservation a fleet targets, and the keys only a reservation takes."""
+    c, cap = f.capacity, f.capacity.type
     out = []
+    if cap == "on-demand":
+        for key, value in (("reservationId", c.reservation_id), ("reservationGroupArn", c.reservation_group_arn)):
+            if value:
+                out.append(Problem(at(f"capacity.{key}"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    elif cap == "capacity-block" and c.reservation_group_arn:
+        out.append(Problem(at("capacity.reservationGroupArn"), "only used with capacity.type reservation; a block is named by reservationId"))
+    elif cap == "reservation" and c.reservation_id and c.reservation_group_arn:
+        out.append(Problem(at("capacity.reservationGroupArn"), "give reservationId or reservationGroupArn, not both"))
+    if cap != "on-demand" and not c.reservation_id and not (cap == "reservation" and c.reservation_group_arn):
+        either = " or reservationGroupArn" if cap == "reservation" else ""
+        out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...){either}"))
+    if cap != "reservation":
+        for key, value in (("neededUntil", c.needed_until), ("instanceMatch", c.instance_match if "instance_match" in c.model_fields_set else None)):
+            if value is not None:
+                out.append(Problem(at(f"capacity.{key}"), f"only used with capacity.type reservation (type is {cap})"))
+    if c.needed_until is not None and c.needed_until <= datetime.now(timezone.utc):
+        out.append(Problem(at("capacity.neededUntil"), f"{capacity_window.aws_time(c.needed_until)} has passed"))
+    return out
+
+
+def _window_checks(f: FleetConfig, at) -> list[Problem]:
+    """A Capacity Block's window, and the size of a block or reservation, when the config states them."""
+    c = f.capacity
+    out = []
+    if c.instance_count is not None:
+        if c.type == "on-demand":
+            out.append(Problem(at("capacity.instanceCount"), "only used with capacity.type reservation or capacity-block (type is on-demand)"))
+        elif f.nodes.maximum > c.instance_count:
+            held = "the block holds" if c.type == "capacity-block" else "the reservation holds"
+            out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but {held} {c.instance_count} instances"))
+    given = [k for k, v in (("start", c.start), ("end", c.end)) if v is not None]
+    if c.type != "capacity-block":
+        return out + [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
     if (c.start is None) != (c.end is None):
         missing = "end" if c.end is None else "start"
         out.append(Problem(at(f"capacity.{missing}"), "give the block's start and end together, or neither (read at deploy time)"))
@@ -72,8 +99,6 @@ def _window_checks(f: FleetConfig, at) -> list[Problem]:
             capacity_window.schedule(c.start, c.end, datetime.now(timezone.utc))
         except capacity_window.WindowOver as exc:
             out.append(Problem(at("capacity.end"), str(exc)))
-    if c.instance_count is not None and f.nodes.maximum > c.instance_count:
-        out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but the block holds {c.instance_count} instances"))
     return out
 
 
