@@ -93,6 +93,7 @@ class EfaFleet(pulumi.ComponentResource):
         subnet_id: pulumi.Input[str],
         security_group_ids: list[pulumi.Input[str]],
         tags: dict[str, str],
+        region: str,
         cluster_join: pulumi.Input[dict] | None = None,
         window: Schedule | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -104,7 +105,7 @@ class EfaFleet(pulumi.ComponentResource):
         fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
         self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
         # EKS node groups bring their own role.
-        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, child)
+        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, region, fleet_tags, child)
         self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
                                                      self.placement_group_name, profile, cluster_join, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
@@ -132,9 +133,11 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
-    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str],
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, region: str, fleet_tags: dict[str, str],
                           child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
-        """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers, for mpirun
+        """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers and order
+        them by the network (DescribeInstanceTopology, in the fleet's region: EC2's Describe actions take no
+        resource-level permissions), for mpirun
         (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only, and with the boot check the
         right to mark itself unhealthy."""
         f = plan.config
@@ -152,6 +155,8 @@ class EfaFleet(pulumi.ComponentResource):
                     "Version": "2012-10-17",
                     "Statement": [
                         {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                        {"Effect": "Allow", "Action": "ec2:DescribeInstanceTopology", "Resource": "*",
+                         "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
                         {"Effect": "Allow", "Action": "ec2-instance-connect:SendSSHPublicKey",
                          "Resource": "arn:aws:ec2:*:*:instance/*",
                          "Condition": {"StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": f.name,

@@ -153,6 +153,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
             fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+                                       region=cfg.region,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
                                        window=windows.get(fp.name))
             if cluster is not None:
