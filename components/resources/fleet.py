@@ -81,7 +81,7 @@ def block_schedules(name: str, plan: FleetPlan, window: Schedule, group_name: pu
 
 
 class EfaFleet(pulumi.ComponentResource):
-    launch_template: aws.ec2.LaunchTemplate
+    launch_template: aws.ec2.LaunchTemplate | None  # None for a Karpenter fleet
     placement_group_name: pulumi.Output[str] | None
     asg_name: pulumi.Output[str] | None
 
@@ -106,12 +106,13 @@ class EfaFleet(pulumi.ComponentResource):
         self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
         # EKS node groups bring their own role.
         profile = None if plan.on_eks else self._instance_profile(name, plan, stack, region, fleet_tags, child)
-        self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
-                                                     self.placement_group_name, profile, cluster_join, fleet_tags, child)
+        # Karpenter makes its nodes' launch templates itself, from the fleet's EC2NodeClass.
+        self.launch_template = None if plan.config.provisioner == "karpenter" else self._launch_template(
+            name, plan, stack, subnet_id, security_group_ids, self.placement_group_name, profile, cluster_join, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
         self.register_outputs({
-            "launchTemplateId": self.launch_template.id,
-            "launchTemplateVersion": self.launch_template.latest_version,
+            "launchTemplateId": self.launch_template.id if self.launch_template else None,
+            "launchTemplateVersion": self.launch_template.latest_version if self.launch_template else None,
             "placementGroupName": self.placement_group_name,
             "asgName": self.asg_name,
         })

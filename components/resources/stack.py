@@ -148,6 +148,12 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        karpenter = None
+        if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
+            from .karpenter import Karpenter
+
+            karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags)
+            karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
         fleets = {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
@@ -156,11 +162,16 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
                                        region=cfg.region,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
                                        window=windows.get(fp.name))
-            if cluster is not None:
+            if karpenter is not None and fp.config.provisioner == "karpenter":
+                # The same security groups as the node groups' launch templates carry.
+                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, security_groups, fleets[fp.name].placement_group_name,
+                                cluster.provider)
+            elif cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
+            if f.launch_template is not None
         }
         outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
         if windows:

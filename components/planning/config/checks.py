@@ -78,6 +78,29 @@ def _reservation_checks(f: FleetConfig, at) -> list[Problem]:
     return out
 
 
+def _provisioner_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -> list[Problem]:
+    """Karpenter runs on a cluster the stack creates, and takes only what its EC2NodeClass can say."""
+    out = []
+    for i, f in fleets:
+        if f.provisioner != "karpenter":
+            continue
+        at = lambda key: key_path(("fleets", i, *key.split(".")))  # noqa: E731
+        if not cfg.eks.enabled or cfg.eks.existing is not None:
+            where = "eks.enabled is false" if not cfg.eks.enabled else "the stack joins eks.existing"
+            out.append(Problem(at("provisioner"), f"karpenter is installed on a cluster the stack creates, but {where}; use node-group"))
+        if f.efa and f.efa_layout != "ena-primary":
+            out.append(Problem(at("efaLayout"), f"{f.efa_layout!r}: Karpenter's EC2NodeClass takes only interface and efa-only "
+                                                "interfaces (karpenter-provider-aws v1.11 and later); use ena-primary"))
+        if f.nodes.min or f.nodes.desired:
+            out.append(Problem(at("nodes"), f"min {f.nodes.min}, desired {f.nodes.desired}: Karpenter launches nodes for pending pods "
+                                            "and removes empty ones, so it keeps none running; set min and desired to 0 "
+                                            "(nodes.max bounds the fleet)"))
+        if f.capacity.reservation_group_arn:
+            out.append(Problem(at("capacity.reservationGroupArn"), "Karpenter selects reservations by id or tags, not by resource "
+                                                                  "group; give reservationId, or use provisioner node-group"))
+    return out
+
+
 def _window_checks(f: FleetConfig, at) -> list[Problem]:
     """A Capacity Block's window, and the size of a block or reservation, when the config states them."""
     c = f.capacity
@@ -133,6 +156,7 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
                            "a cluster this stack joins keeps its own add-ons: install the agent where the cluster is "
                            "managed, or remove the key"))
     out.extend(subnet_key_checks(cfg, fleets))
+    out.extend(_provisioner_checks(cfg, fleets))
     cat = cfg.catalog()
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
@@ -186,6 +210,10 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "
                                "set the job's efa: false (TCP) or enable EFA on the fleet"))
+        if job.fleet in known and job.nodes is None and known[job.fleet].provisioner == "karpenter":
+            out.append(Problem(key_path(("jobs", j, "nodes")),
+                               f"required: fleet {job.fleet!r} is launched by Karpenter and keeps no nodes running "
+                               f"(give 1 to {known[job.fleet].nodes.maximum})"))
         if job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))

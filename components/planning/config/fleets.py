@@ -111,6 +111,13 @@ class FleetConfig(Model):
         description="On EKS, the node group's node auto repair: EKS replaces or reboots nodes whose health conditions fail "
         "(the node monitoring agent reports GPU, Neuron and network faults). Default: on for accelerator fleets.",
     )
+    provisioner: Literal["node-group", "karpenter"] = Field(
+        "node-group",
+        description="On EKS, what launches the fleet's nodes. node-group (default): an EKS managed node group of fixed "
+        "min/desired/max; karpenter: a Karpenter NodePool and EC2NodeClass with the same EFA layout, placement group, "
+        "capacity, AMI, boot check, labels, taints and security groups, which launches nodes for pending pods (from zero) "
+        "up to nodes.max and removes them when empty. Needs a cluster the stack creates and efaLayout ena-primary.",
+    )
     subnet: Literal["primary", "secondary"] = Field(
         "primary",
         description="The private subnet of its AZ the fleet uses: primary (in network.vpcCidr) or secondary (in network.secondaryCidr).",
