@@ -337,3 +337,20 @@ def test_what_karpenter_cannot_do_is_a_config_error_naming_the_key(change, key, 
     with pytest.raises(config.ConfigError) as err:
         config.load(d)
     assert any(p.path == f"efa-infra:{key}" and message in p.message for p in err.value.problems), err.value
+
+
+def test_the_device_plugins_reach_karpenter_launched_nodes(aws_instance_types):
+    import scheduling
+
+    result = stack(P5)
+    pool, node_class = manifest(result.one(NODE_POOL)), manifest(result.one(NODE_CLASS))
+    node = scheduling.karpenter_node(pool, node_class, [], aws_instance_types["p5.48xlarge"])
+    taints = pool["spec"]["template"]["spec"]["taints"]
+    reached = {}
+    for release in result.of_type("kubernetes:helm.sh/v3:Release"):
+        chart = scheduling.CHARTS.get(release.inputs["chart"])
+        if chart is not None:
+            pod = chart.scheduling(coalesce(chart.defaults(), release.inputs["values"]))
+            reached[release.inputs["chart"]] = scheduling.schedules(pod, {**node.labels, "kubernetes.io/arch": "amd64"}, taints)
+    # Without these the node never advertises vpc.amazonaws.com/efa or nvidia.com/gpu, and the pods stay pending.
+    assert reached == {"aws-efa-k8s-device-plugin": True, "nvidia-device-plugin": True}
