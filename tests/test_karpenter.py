@@ -302,6 +302,7 @@ def test_the_controller_policies_are_karpenters_own_filled_in_and_valid_iam():
             assert "<" not in text, text
             iam.create_policy(PolicyName=name, PolicyDocument=text)
     events = [json.loads(r.inputs["eventPattern"]) for r in result.of_type("aws:cloudwatch/eventRule:EventRule")]
+    assert all(len(r.name) + 8 <= 64 for r in result.of_type("aws:cloudwatch/eventRule:EventRule"))  # auto-names: name-1234567
     assert {"source": ["aws.ec2"], "detail-type": ["EC2 Capacity Reservation Instance Interruption Warning"]} in events
     targets = result.of_type("aws:cloudwatch/eventTarget:EventTarget")
     assert len(targets) == len(events) and {t.inputs["arn"] for t in targets} == {"<karpenter-interruption.arn>"}
@@ -328,6 +329,7 @@ def test_karpenter_nodes_get_the_flows_a_fleet_needs():
                                                "reservationGroupArn": "arn:aws:resource-groups:us-east-1:123456789012:group/g"},
                                      placement={"mode": "none"}),
      "fleets[0].capacity.reservationGroupArn", "not by resource group"),
+    (lambda d: d["fleets"][0].update(autoRepair=True), "fleets[0].autoRepair", "a managed node group's"),
     (lambda d: d.update(jobs=[{"name": "t", "fleet": "p5", "launcher": "torchrun", "command": ["t.py"], "image": "x/y:1"}]),
      "jobs[0].nodes", "launched by Karpenter and keeps no nodes running"),
 ])
@@ -354,3 +356,12 @@ def test_the_device_plugins_reach_karpenter_launched_nodes(aws_instance_types):
             reached[release.inputs["chart"]] = scheduling.schedules(pod, {**node.labels, "kubernetes.io/arch": "amd64"}, taints)
     # Without these the node never advertises vpc.amazonaws.com/efa or nvidia.com/gpu, and the pods stay pending.
     assert reached == {"aws-efa-k8s-device-plugin": True, "nvidia-device-plugin": True}
+
+
+def test_the_plan_says_which_fleets_karpenter_launches():
+    from components.offline import report
+
+    d = doc(P5)
+    text = report.render_text(report.plan_document(plan.build(config.load(copy.deepcopy(d))), "dev", stack(P5).resources, []))
+    assert "provisioner       Karpenter: NodePool and EC2NodeClass p5" in text
+    assert "chosen by Karpenter's alias al2023@latest" in text and "node auto repair" not in text

@@ -29,6 +29,8 @@ def _placement(fp: FleetPlan) -> str:
 def _ami(fp: FleetPlan) -> str:
     if fp.config.ami:
         return fp.config.ami
+    if fp.on_eks and fp.config.provisioner == "karpenter":
+        return "EKS-optimized AL2023 AMI for the type (accelerated variant), chosen by Karpenter's alias al2023@latest"
     if fp.on_eks:
         return "EKS-optimized accelerated AMI, chosen by the node group's AMI type"
     return f"{default_ami(fp.itype)} (resolved by EC2 at each launch)"
@@ -74,7 +76,8 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None, reser
         "target": "eks" if fp.on_eks else "ec2",
         "ami": _ami(fp),
         "bootCheck": _boot_check(fp),
-        "autoRepair": fp.auto_repair if fp.on_eks else None,
+        "provisioner": f.provisioner if fp.on_eks else None,
+        "autoRepair": fp.auto_repair if fp.on_eks and f.provisioner == "node-group" else None,
         "capacityWindow": _window(fp, window),
         # What the deploy reads of each reservation and checks against the fleet (placeholders offline).
         "capacityReservations": reservations,
@@ -153,6 +156,8 @@ def render_text(doc: dict[str, Any]) -> str:
         out.append(f"    subnet            {_subnet(s)}, needs {s['need']} at max nodes")
         out.append(f"    AMI               {f['ami']}")
         out.append(f"    boot check        {f['bootCheck']}")
+        if f["provisioner"] == "karpenter":
+            out.append(f"    provisioner       Karpenter: NodePool and EC2NodeClass {f['name']}, nodes launched for pending pods up to max")
         if f["autoRepair"] is not None:
             out.append(f"    node auto repair  {'on' if f['autoRepair'] else 'off'}")
         if f["capacityWindow"]:

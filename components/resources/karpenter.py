@@ -7,6 +7,7 @@ system node group) and the same security groups as the fleets' node groups.
 from __future__ import annotations
 
 import json
+import re
 
 import pulumi
 import pulumi_aws as aws
@@ -47,14 +48,16 @@ class Karpenter(pulumi.ComponentResource):
             }))),
             opts=child,
         )
-        for i, (source, detail) in enumerate(aws_side["interruptionEvents"]):
+        for source, detail in aws_side["interruptionEvents"]:
+            # Named by the event, so stable if the list grows; cut so that the auto-name fits EventBridge's 64 characters.
+            event = re.sub(r"[^a-z0-9]+", "-", detail.lower()).strip("-")[:40]
             rule = aws.cloudwatch.EventRule(
-                f"{name}-event-{i}",
+                f"{name}-{event}",
                 aws.cloudwatch.EventRuleArgs(description=f"Karpenter: {detail}",
                                              event_pattern=json.dumps({"source": [source], "detail-type": [detail]}), tags=tags),
                 opts=child,
             )
-            aws.cloudwatch.EventTarget(f"{name}-event-{i}", aws.cloudwatch.EventTargetArgs(rule=rule.name, arn=queue.arn), opts=child)
+            aws.cloudwatch.EventTarget(f"{name}-{event}", aws.cloudwatch.EventTargetArgs(rule=rule.name, arn=queue.arn), opts=child)
         role = aws.iam.Role(
             f"{name}-controller",
             aws.iam.RoleArgs(

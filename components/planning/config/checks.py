@@ -95,6 +95,9 @@ def _provisioner_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]])
             out.append(Problem(at("nodes"), f"min {f.nodes.min}, desired {f.nodes.desired}: Karpenter launches nodes for pending pods "
                                             "and removes empty ones, so it keeps none running; set min and desired to 0 "
                                             "(nodes.max bounds the fleet)"))
+        if f.auto_repair is not None:
+            out.append(Problem(at("autoRepair"), "node auto repair is a managed node group's; a Karpenter fleet's nodes are "
+                                                 "replaced when the boot check taints them or they fail; remove the key"))
         if f.capacity.reservation_group_arn:
             out.append(Problem(at("capacity.reservationGroupArn"), "Karpenter selects reservations by id or tags, not by resource "
                                                                   "group; give reservationId, or use provisioner node-group"))
