@@ -128,7 +128,7 @@ def kubeconfig(cluster: ClusterFacts, region: str) -> dict:
 # which are EC2's DescribeCapacityReservations member names; the values are EC2's enums
 # (botocore ec2 2016-11-15: CapacityReservationState, InstanceMatchCriteria, EndDateType).
 RESERVATION_TYPE = "AWS::EC2::CapacityReservation"
-RESOURCE_GROUP_TYPE = "AWS::ResourceGroups::Group"
+RESOURCE_GROUP_TYPE = "AWS::ResourceGroups::Group"  # read by its ARN; its Resources lists the members' ARNs
 RESERVATION_PROPERTIES = {"InstanceType": "instance_type", "AvailabilityZone": "availability_zone", "State": "state",
                           "InstanceMatchCriteria": "instance_match_criteria", "TotalInstanceCount": "total_instance_count",
                           "EndDateType": "end_date_type", "EndDate": "end_date"}  # Cloud Control's name -> ours
