@@ -20,7 +20,7 @@ import yaml
 
 from components.offline import flows, mocks
 from components.planning import bootstrap, config, efa, karpenter, launch, plan
-from conftest import settings_of
+from conftest import DEPLOYER, settings_of
 from scheduling import HELM_DATA, coalesce, karpenter_launches, pod_requests
 from test_launch import node_pods
 
@@ -124,7 +124,7 @@ def as_deployed(doc: dict) -> dict:
 
 def doc(*fleets: dict, jobs: list | None = None) -> dict:
     d = {"region": "us-east-1", "eks": {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"],
-                                        "operators": ["training-operator", "mpi-operator"]},
+                                        "operators": ["training-operator", "mpi-operator"], **DEPLOYER},
          "fleets": list(fleets)}
     if jobs:
         d["jobs"] = jobs
@@ -148,7 +148,8 @@ def stack(*fleets: dict, jobs: list | None = None) -> mocks.Run:
 
 
 P5 = kfleet("p5", "p5.48xlarge")
-RESERVED = kfleet("h200", "p5en.48xlarge", capacity={"type": "reservation", "reservationId": "cr-0123456789abcdef0"}, ami="ami-0123456789abcdef0")
+RESERVED = kfleet("h200", "p5en.48xlarge", capacity={"type": "reservation", "reservationId": "cr-0123456789abcdef0"}, ami="ami-0123456789abcdef0",
+                   amiRelease="v20251101")
 B300 = kfleet("b300", "p6-b300.48xlarge")
 
 
