@@ -72,7 +72,7 @@ class EfaNetwork(network.EfaNetwork):
     def __init__(self, name: str, args: EfaNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         cfg = stack_config(dict(args), {})
         plan = plan_mod.build(cfg)
-        existing_vpc_id, _, _ = read_existing(plan)
+        existing_vpc_id, *_ = read_existing(plan)
         super().__init__(name, plan, tags(), existing_vpc_id=existing_vpc_id, opts=opts)
 
 
@@ -96,12 +96,12 @@ class EfaFleet(fleet.EfaFleet):
         document["fleets"] = [given.get("fleet")]
         cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
         plan = plan_mod.build(cfg)
-        _, _, windows = read_existing(plan)
+        _, _, windows, *_ = read_existing(plan)
         fp = plan.fleets[0]
         groups = given["securityGroupIds"]
         super().__init__(name, fp, pulumi.get_stack(), subnet_id=given["subnetId"],
                          security_group_ids=groups if isinstance(groups, list) else [groups], tags=tags(),
-                         window=windows.get(fp.name), opts=opts)
+                         region=cfg.region, window=windows.get(fp.name), opts=opts)
         self.launch_template_id = self.launch_template.id
         self.launch_template_version = self.launch_template.latest_version
 
