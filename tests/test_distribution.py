@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+    # Built from a copy of what the build reads: setuptools writes build/ and *.egg-info beside the sources.
+    tree, out = tmp_path_factory.mktemp("tree"), tmp_path_factory.mktemp("dist")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree)
+    shutil.copytree(ROOT / "components", tree / "components", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, timeout=300, capture_output=True)
+                    str(tree)], check=True, timeout=300, capture_output=True)
     (built,) = out.glob("efa_infra-*.whl")
     return built
 
