@@ -46,7 +46,7 @@ def test_the_version_is_the_distributions():
 def test_every_config_field_is_a_typed_argument(schema):
     """Every field of every model under the hosted sections is a property of the schema type of that model,
     and no property anywhere is untyped (Any)."""
-    assert sorted(schema["resources"]) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork"]
+    assert sorted(schema["resources"]) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork", "efa-infra:index:Job"]
     fleet_inputs = schema["resources"]["efa-infra:index:EfaFleet"]["inputProperties"]
     network_inputs = schema["resources"]["efa-infra:index:EfaNetwork"]["inputProperties"]
     for key in ("region", "network", "fleets", "instanceTypes"):
@@ -54,7 +54,7 @@ def test_every_config_field_is_a_typed_argument(schema):
         assert network_inputs[key]["description"] == field.description
     assert fleet_inputs["fleet"]["$ref"] == "#/types/efa-infra:index:FleetConfig"
     seen, todo = set(), [m for f in StackConfig.model_fields.values() for m in models_in(f.annotation)
-                         if (f.alias or "") in ("network", "fleets", "instanceTypes")]
+                         if (f.alias or "") in ("network", "fleets", "instanceTypes", "clusters", "jobs")]
     while todo:
         model = todo.pop()
         if model in seen:
@@ -66,7 +66,9 @@ def test_every_config_field_is_a_typed_argument(schema):
         for name, field in model.model_fields.items():
             assert props[field.alias or name]["description"] == field.description
             todo += models_in(field.annotation)
-    assert {"FleetConfig", "NetworkConfig", "NodeCounts", "CapacityConfig", "ExistingNetwork"} <= {m.__name__ for m in seen}
+    assert {"FleetConfig", "NetworkConfig", "NodeCounts", "CapacityConfig", "ExistingNetwork", "JobConfig",
+            "ClusterConfig"} <= {m.__name__ for m in seen}
+    assert schema["resources"]["efa-infra:index:Job"]["inputProperties"]["job"]["$ref"] == "#/types/efa-infra:index:JobConfig"
     assert "pulumi.json#/Any" not in json.dumps(schema)
     for resource in schema["resources"].values():
         for prop in [*resource["inputProperties"].values(), *resource["properties"].values()]:
@@ -80,17 +82,19 @@ def engine_shaped(values: dict) -> dict:
     return rpc.deserialize_properties(struct)
 
 
-def construct(component: str, name: str, inputs: dict, settings: dict) -> mocks.Run:
-    """Construct through the provider, under the offline plan's mocks; what it registered."""
+def construct(component: str, name: str, inputs: dict, settings: dict, stack: str = STACK) -> mocks.Run:
+    """Construct through the provider, under the offline plan's mocks; what it registered, and (as the run's
+    outputs) the component's state."""
     provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
     monocks = mocks.PlanMocks(mocks.stand_in_lookups(settings))
     monitor = mocks.PlanMonitor(monocks)
-    pulumi.runtime.set_mocks(monocks, project=mocks.PROJECT, stack=STACK, preview=False, monitor=monitor)
-    error = None
+    pulumi.runtime.set_mocks(monocks, project=mocks.PROJECT, stack=stack, preview=False, monitor=monitor)
+    error, state = None, {}
 
     @pulumi.runtime.test
     def program():
-        provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs))
+        result = provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs))
+        return pulumi.Output.all(**result.state).apply(state.update) if result.state else None
 
     try:
         program()
@@ -99,7 +103,7 @@ def construct(component: str, name: str, inputs: dict, settings: dict) -> mocks.
     names = {urn: n for urn, _, _, n in monitor.order}
     return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None, True,
                                        monocks.inputs[(typ, n)][0]) for urn, parent, typ, n in sorted(monitor.order)],
-                     error=error)
+                     state, error=error)
 
 
 def under(run: mocks.Run, parent: str) -> list[tuple[str, str, str]]:
@@ -134,6 +138,43 @@ def test_efa_fleet_registers_what_the_stack_program_does(program_run):
     assert built.error is None, built.error
     assert len(under(built, fleet["name"])) > 5
     assert under(built, fleet["name"]) == under(run, fleet["name"])
+
+
+def test_a_job_on_ec2_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    job = doc["jobs"][0]
+    inputs = {"region": doc["region"], "fleets": doc["fleets"], "job": job,
+              "runLogGroup": run.outputs["jobs"][job["name"]]["logGroup"]}
+    built = construct("Job", job["name"], inputs, settings)
+    assert built.error is None, built.error
+    assert [t for t, _, _ in under(built, job["name"])] == ["aws:ssm/document:Document"]
+    assert under(built, job["name"]) == under(run, job["name"])
+    assert built.outputs["run"] == run.outputs["jobs"][job["name"]]["run"]
+
+
+def test_a_job_on_a_cluster_renders_the_stack_programs_manifests():
+    settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.hyperpod-jobs.yaml")
+    run = mocks.run(settings, "hyperpod-jobs")
+    doc = config.document_from_settings(settings)
+    job = doc["jobs"][0]
+    built = construct("Job", job["name"], {"region": doc["region"], "clusters": doc["clusters"], "job": job}, settings,
+                      stack="hyperpod-jobs")
+    assert built.error is None, built.error
+    assert under(built, job["name"]) == under(run, job["name"]) == []
+    manifests = run.outputs["jobs"][job["name"]]["manifests"]
+    assert list(yaml.safe_load_all(built.outputs["manifests"])) == manifests
+    assert [m["kind"] for m in manifests] == ["Service", "Job"]
+
+
+def test_a_job_refuses_what_the_package_does_not_do(program_run):
+    settings, _ = program_run
+    doc = config.document_from_settings(settings)
+    built = construct("Job", "other", {"region": doc["region"], "fleets": doc["fleets"], "job": doc["jobs"][0]}, settings)
+    message = str(built.error)
+    assert "job.name: 'smoke', but the resource is named 'other'" in message
+    assert "runLogGroup: a job on a plain EC2 fleet needs its fleet's log group" in message
+    assert built.resources == []
 
 
 def test_bad_arguments_name_their_keys_and_register_nothing(program_run):

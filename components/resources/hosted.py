@@ -1,4 +1,4 @@
-"""The component package for other languages: EfaNetwork and EfaFleet hosted through Pulumi's
+"""The component package for other languages: EfaNetwork, EfaFleet and Job hosted through Pulumi's
 component_provider_host (the plugin's entry point is plugin/__main__.py).
 
 Each hosted component is the stack program's own component, given its arguments as a stack file's sections
@@ -17,7 +17,8 @@ import pulumi
 
 from ..planning import config as config_mod
 from ..planning import plan as plan_mod
-from . import arguments, fleet, network
+from ..planning import launch
+from . import arguments, fleet, job, network
 from .stack import read_existing
 
 NAME = "efa-infra"
@@ -36,8 +37,16 @@ ARGS = arguments.derive({
                    "privateSubnetIds[availabilityZone]); it must be in the fleet's availabilityZone."),
                   ("securityGroupIds", "pulumi.Input[list[pulumi.Input[str]]]",
                    "Security groups of the fleet's interfaces, the EFA group first (an EfaNetwork's securityGroupId).")]),
+    "Job": ("A training job rendered for its fleet: on a plain EC2 fleet an SSM Command document that launches it on "
+            "every node (and the send-command line that runs it); on a cluster of clusters (HyperPod, another team's "
+            "EKS) its Kubernetes manifests. The resource's name is the job's name.",
+            ["region", "fleets", "clusters", "instanceTypes"],
+            [("job", config_mod.JobConfig, "The job, as one entry of a stack file's efa-infra:jobs."),
+             ("runLogGroup", "typing.Optional[pulumi.Input[str]]",
+              "For a job on a plain EC2 fleet: the fleet's log group (an EfaFleet's runLogGroup), where the launch's "
+              "output goes.")]),
 }, __name__ + "_arguments")
-EfaNetworkArgs, EfaFleetArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs
+EfaNetworkArgs, EfaFleetArgs, JobArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.JobArgs
 
 
 def stack_config(document: dict, renames: dict[str, str]) -> config_mod.StackConfig:
@@ -106,7 +115,43 @@ class EfaFleet(fleet.EfaFleet):
         self.launch_template_version = self.launch_template.latest_version
 
 
-COMPONENTS = [EfaNetwork, EfaFleet]
+class Job(job.Job):
+    """A training job's launch artifacts, rendered for its fleet or cluster."""
+
+    ssm_document: Optional[pulumi.Output[str]]
+    """Plain EC2: the SSM Command document that launches the job on a node."""
+    run: Optional[pulumi.Output[str]]
+    """Plain EC2: the aws ssm send-command line that runs the document on every node of the fleet."""
+    log_group: Optional[pulumi.Output[str]]
+    """Plain EC2: the log group that holds every node's output."""
+    manifests: Optional[pulumi.Output[str]]
+    """On a cluster: the job's Kubernetes manifests, as one multi-document YAML text for kubectl apply -f."""
+
+    def __init__(self, name: str, args: JobArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        given = dict(args)
+        document = {k: v for k, v in given.items() if k in ("region", "fleets", "clusters", "instanceTypes")}
+        document["jobs"] = [given.get("job")]
+        cfg = stack_config(document, {"jobs[0]": "job", "jobs": "job"})
+        spec = cfg.jobs[0]
+        problems = []
+        if spec.name != name:
+            problems.append(f"job.name: {spec.name!r}, but the resource is named {name!r}: name the resource as the job")
+        if spec.apply:
+            problems.append("job.apply: the package renders manifests and leaves applying them to the program "
+                            "(its kubernetes provider); set apply false")
+        if launch.job_plan(cfg, spec).target == "ec2" and given.get("runLogGroup") is None:
+            problems.append("runLogGroup: a job on a plain EC2 fleet needs its fleet's log group (EfaFleet's runLogGroup)")
+        if problems:
+            raise pulumi.InputPropertyError(problems[0].split(":")[0], "; ".join(problems))
+        super().__init__(spec, cfg, pulumi.get_stack(), tags=tags(), run_log_group=given.get("runLogGroup"), opts=opts)
+        self.ssm_document = self.outputs.get("ssmDocument")
+        self.run = self.outputs.get("run")
+        self.log_group = self.outputs.get("logGroup")
+        manifests = self.outputs.get("manifests")
+        self.manifests = None if manifests is None else pulumi.Output.from_input(launch.manifests_yaml(manifests))
+
+
+COMPONENTS = [EfaNetwork, EfaFleet, Job]
 
 
 def main() -> None:
