@@ -84,7 +84,8 @@ def derive(components: dict[str, tuple[str, list[str], list[Extra]]], module_nam
     args = {}
     for name, (doc, keys, extra) in components.items():
         missing = sorted(set(keys) - {f.alias or n for n, f in StackConfig.model_fields.items()})
-        assert not missing, f"{name}: no such stack config keys {missing}"
+        if missing:
+            raise ValueError(f"{name}: no such stack config keys {missing}")
         more = []
         for key, annotation, description in extra:
             more += [f"    {key}: {annotation if isinstance(annotation, str) else writer.type_text(annotation, key)}",
