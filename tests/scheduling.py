@@ -43,8 +43,11 @@ class PodScheduling:
     tolerations: list
 
 
-def _nvidia(v: dict) -> PodScheduling:
-    # templates/daemonset-device-plugin.yml: `with .Values.nodeSelector`, `with .Values.affinity`, `with .Values.tolerations`.
+def _nvidia(v: dict) -> PodScheduling | None:
+    # templates/daemonset-device-plugin.yml: only `if .Values.devicePlugin.enabled`; then `with .Values.nodeSelector`,
+    # `with .Values.affinity`, `with .Values.tolerations`.
+    if not v["devicePlugin"]["enabled"]:
+        return None
     return PodScheduling(v.get("nodeSelector") or {}, v.get("affinity") or {}, v.get("tolerations") or [])
 
 
@@ -61,8 +64,9 @@ def _efa(v: dict) -> PodScheduling:
                          [{"key": "CriticalAddonsOnly", "operator": "Exists"}, *(v.get("tolerations") or [])])
 
 
-def _neuron(v: dict) -> PodScheduling:
-    # device-plugin-daemonset.yaml: .Values.devicePlugin.{nodeSelector, tolerations}; the affinity from
+def _neuron(v: dict) -> PodScheduling | None:
+    # device-plugin/device-plugin-daemonset.yaml: only `if .Values.devicePlugin.enabled` (chart 1.5.0 on); then
+    # .Values.devicePlugin.{nodeSelector, tolerations}; the affinity from
     # .Values.devicePlugin.affinity through the `neuron-device-plugin.affinity` helper, which puts the
     # instance-type label for __INSTANCE_TYPE_KEY__ and .Values.neuronInstances for __NEURON_INSTANCES__.
     def fill(node):
@@ -73,6 +77,8 @@ def _neuron(v: dict) -> PodScheduling:
         return {"__INSTANCE_TYPE_KEY__": "node.kubernetes.io/instance-type",
                 "__NEURON_INSTANCES__": list(v.get("neuronInstances") or [])}.get(node, node) if isinstance(node, str) else node
     dp = v["devicePlugin"]
+    if not dp["enabled"]:
+        return None
     return PodScheduling(dp.get("nodeSelector") or {}, fill(dp.get("affinity") or {}), dp.get("tolerations") or [])
 
 
@@ -80,7 +86,7 @@ def _neuron(v: dict) -> PodScheduling:
 class Chart:
     release: str  # our release's resource name
     directory: str  # under tests/data/helm
-    scheduling: Callable[[dict], PodScheduling]
+    scheduling: Callable[[dict], PodScheduling | None]  # None: the values render no device-plugin DaemonSet
     accelerator: str | None  # the accelerator whose nodes it must reach; None for the EFA plugin
 
     def defaults(self) -> dict:
@@ -89,8 +95,8 @@ class Chart:
 
 CHARTS = {
     "aws-efa-k8s-device-plugin": Chart("eks-efa-device-plugin", "aws-efa-k8s-device-plugin-v0.5.30", _efa, None),
-    "nvidia-device-plugin": Chart("eks-nvidia-device-plugin", "nvidia-device-plugin-0.17.1", _nvidia, "gpu"),
-    "oci://public.ecr.aws/neuron/neuron-helm-chart": Chart("eks-neuron-device-plugin", "neuron-helm-chart-1.1.2", _neuron, "neuron"),
+    "nvidia-device-plugin": Chart("eks-nvidia-device-plugin", "nvidia-device-plugin-0.20.0", _nvidia, "gpu"),
+    "oci://public.ecr.aws/neuron/neuron-helm-chart": Chart("eks-neuron-device-plugin", "neuron-helm-chart-1.9.0", _neuron, "neuron"),
 }
 
 
@@ -121,7 +127,9 @@ def _tolerates(tolerations: list[dict], taint: dict) -> bool:
     return False
 
 
-def schedules(pod: PodScheduling, labels: dict[str, str], taints: list[dict]) -> bool:
+def schedules(pod: PodScheduling | None, labels: dict[str, str], taints: list[dict]) -> bool:
+    if pod is None:
+        return False
     if any(labels.get(k) != v for k, v in pod.node_selector.items()):
         return False
     required = (pod.affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")

@@ -26,8 +26,8 @@ from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
 EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "v0.5.30")
-NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
-NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
+NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.20.0")
+NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.9.0")  # an OCI chart: no repository
 # Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
 # Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
 # the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
