@@ -269,22 +269,25 @@ def test_operators_stay_when_the_last_job_of_their_kind_goes():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
     run = mocks.run({k: v for k, v in settings.items() if k != "efa-infra:jobs"}, "prod")
     assert run.error is None, run.error
-    (training,) = run.of_type("kubernetes:kustomize/v2:Directory")
+    trainer, training = run.of_type("kubernetes:kustomize/v2:Directory")
     (mpi,) = run.of_type("kubernetes:yaml/v2:ConfigFile")
     assert mpi.inputs["file"].endswith("/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml")
     # Relative to the project directory, where Pulumi runs the program: no checkout path in the state.
-    assert training.inputs["directory"] == "components/manifests/training-operator"
-    assert (ROOT / training.inputs["directory"] / "kustomization.yaml").is_file()
+    assert (trainer.inputs["directory"], training.inputs["directory"]) == (
+        "components/manifests/trainer", "components/manifests/training-operator")
+    for overlay in (trainer, training):
+        assert (ROOT / overlay.inputs["directory"] / "kustomization.yaml").is_file()
+    assert [g.name for g in run.of_type("kubernetes:yaml/v2:ConfigGroup")] == ["eks-trainer-runtime"]
 
 
 def test_a_job_whose_operator_is_not_installed_is_a_config_error():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
-    eks = {**settings["efa-infra:eks"], "operators": ["mpi-operator"]}
+    eks = {**settings["efa-infra:eks"], "operators": ["trainer", "mpi-operator"]}
     with pytest.raises(config.ConfigError) as err:
         config.load(config.document_from_settings({**settings, "efa-infra:eks": eks}))
     (problem,) = err.value.problems
     assert problem.path == "efa-infra:jobs[0].kind"
-    assert "add training-operator to efa-infra:eks.operators (it lists mpi-operator)" in problem.message
+    assert "add training-operator to efa-infra:eks.operators (it lists trainer, mpi-operator)" in problem.message
 
 
 def test_a_fleet_in_the_secondary_block_reaches_the_endpoints_only_through_a_rule_for_that_block():

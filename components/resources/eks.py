@@ -18,6 +18,7 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from ..planning import eks_rules
+from ..planning.launch import trainjob
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
 from .fleet import block_schedules, node_role, window_sizes
@@ -32,6 +33,7 @@ NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.9.0")
 # Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
 # the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
 TRAINING_OPERATOR = "components/manifests/training-operator"
+TRAINER = "components/manifests/trainer"  # Kubeflow Trainer v2 with JobSet, pinned like the training operator
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 # Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
 # (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).
@@ -243,6 +245,11 @@ class EfaCluster(pulumi.ComponentResource):
     @staticmethod
     def _operators(name: str, operators: list[str], on_k8s: pulumi.ResourceOptions) -> None:
         """Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind."""
+        if "trainer" in operators:
+            trainer = k8s.kustomize.v2.Directory(f"{name}-trainer", k8s.kustomize.v2.DirectoryArgs(directory=TRAINER), opts=on_k8s)
+            # The runtime our TrainJobs name, once its CRD exists.
+            k8s.yaml.v2.ConfigGroup(f"{name}-trainer-runtime", k8s.yaml.v2.ConfigGroupArgs(objs=[trainjob.runtime()]),
+                                    opts=pulumi.ResourceOptions.merge(on_k8s, pulumi.ResourceOptions(depends_on=[trainer])))
         if "training-operator" in operators:
             k8s.kustomize.v2.Directory(
                 f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,

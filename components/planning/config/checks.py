@@ -17,7 +17,10 @@ from .sizing import subnet_key_checks
 from .stack import StackConfig
 
 TRANSPORT_LOGGING = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS"}  # what the transport check needs NCCL to print
-JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
+JOB_OPERATORS = {"trainjob": "trainer", "pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> its operator
+# Trainer v2.3's torch plugin sets these and the master port itself (kubeflow/trainer@v2.3.0 pkg/constants/constants.go).
+TRAINJOB_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+TRAINJOB_PORT = 29500
 
 
 
@@ -146,6 +149,13 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("jobs", j, "kind")),
                                f"kind {job.kind} needs the {operator} in the cluster: add {operator} to "
                                f"{key_path(('eks', 'operators'))} (it lists {', '.join(cfg.eks.operators) or 'none'})"))
+        if job.kind == "trainjob" and job.port != TRAINJOB_PORT:
+            out.append(Problem(key_path(("jobs", j, "port")),
+                               f"{job.port}: Trainer v2.3 always puts the rendezvous on port {TRAINJOB_PORT} for kind "
+                               f"trainjob; leave port out, or use kind pytorchjob or indexed-job"))
+        for name in sorted(set(TRAINJOB_ENV) & set(job.env) if job.kind == "trainjob" else ()):
+            out.append(Problem(key_path(("jobs", j, "env", name)),
+                               "Trainer v2.3 sets this itself for kind trainjob and refuses a TrainJob that sets it"))
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))

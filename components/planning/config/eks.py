@@ -57,10 +57,11 @@ class EksConfig(Model):
         description="Install the EKS node monitoring agent add-on, which reports GPU, Neuron, network and kernel faults "
         "as node conditions that node auto repair acts on. Default: on when a fleet has accelerators.",
     )
-    operators: list[Literal["training-operator", "mpi-operator"]] = Field(
+    operators: list[Literal["trainer", "training-operator", "mpi-operator"]] = Field(
         default_factory=list,
-        description="Job operators to install in the cluster: training-operator (Kubeflow, for kind pytorchjob) and "
-        "mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
+        description="Job operators to install in the cluster: trainer (Kubeflow Trainer v2.3 with JobSet and efa-infra's "
+        "ClusterTrainingRuntime efa-torch-distributed, for kind trainjob), training-operator (Kubeflow v1, for kind "
+        "pytorchjob) and mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
         "operator deletes its CRDs and with them every job of that kind in the cluster.",
     )
 

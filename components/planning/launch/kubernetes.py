@@ -1,5 +1,5 @@
 """A job's Kubernetes manifests, for fleets in an EKS cluster and unmanaged clusters: an Indexed Job with
-its headless Service, a PyTorchJob or an MPIJob, each pod holding one whole node."""
+its headless Service, a PyTorchJob, a TrainJob (trainjob.py) or an MPIJob, each pod holding one whole node."""
 
 from __future__ import annotations
 
@@ -42,6 +42,10 @@ def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
         raise LaunchError(f"job {job.name!r}: the stack has no EKS cluster; use render_node_script for EC2 fleets")
     if plan.kind == "pytorchjob":
         return [_pytorchjob(plan, job)]
+    if plan.kind == "trainjob":
+        from . import trainjob  # it builds its pod with this module's functions
+
+        return [trainjob.render(plan, job)]
     if plan.kind == "mpijob":
         return [_mpijob(plan, job)]
     return _indexed_job(plan, job)
