@@ -25,7 +25,7 @@ CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubefl
              "TrainJob": "trainer.kubeflow.org_trainjobs.v1alpha1.yaml",
              "ClusterTrainingRuntime": "trainer.kubeflow.org_clustertrainingruntimes.v1alpha1.yaml",
              "JobSet": "jobset.x-k8s.io_jobsets.v1alpha2.yaml"}
-CORE_KINDS = {"Service", "Job"}  # checked by kubernetes_validate's bundled schemas
+CORE_KINDS = {"Service", "Job", "ResourceClaimTemplate"}  # checked by kubernetes_validate's bundled schemas
 K8S_VERSION = "1.31.0"
 
 
@@ -361,8 +361,12 @@ def check_manifest(doc: dict, versions: list[str]) -> None:
 
 
 def schema_versions(cfg: config.StackConfig) -> list[str]:
-    """The version asked for and the cluster's own; both must be bundled."""
-    versions = sorted({K8S_VERSION, f"{cfg.eks.version}.0"})
+    """The oldest version the cluster may run and its own; both must be bundled. With eks.devices: dra, the
+    oldest is the one its drivers need."""
+    oldest = K8S_VERSION
+    if cfg.eks.devices == "dra":
+        oldest = "1.35.0"  # components/data/dra_drivers.json: DRANET's minimum, the highest of the drivers'
+    versions = sorted({oldest, f"{cfg.eks.version}.0"})
     assert set(versions) <= set(kubernetes_validate.utils.all_versions())
     return versions
 

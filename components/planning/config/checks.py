@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from datetime import datetime, timezone
 
-from .. import capacity_window, efa, eks_rules
+from .. import capacity_window, devices, efa, eks_rules
 from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
 from .base import in_region
@@ -114,6 +114,7 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
     cat = cfg.catalog()
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
+        out.extend(dra_checks(cfg, cat))
     clusters = {c.name: c for c in cfg.clusters}
     for k, c in enumerate(cfg.clusters):
         if c.name in seen:
@@ -156,6 +157,7 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
         for name in sorted(set(TRAINJOB_ENV) & set(job.env) if job.kind == "trainjob" else ()):
             out.append(Problem(key_path(("jobs", j, "env", name)),
                                "Trainer v2.3 sets this itself for kind trainjob and refuses a TrainJob that sets it"))
+        out.extend(_device_request_checks(cfg, j, job, known.get(job.fleet), cat))
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
@@ -207,3 +209,63 @@ def _shm_checks(j: int, shm_size: str, itype: InstanceType, efa_node: bool) -> l
                     f"{shm_size!r} is more than the {room}Gi a pod may use on {itype.name} "
                     f"({itype.memory_mib // 1024} GiB{hugepages}, {POD_MEMORY_SHARE:.0%} of the rest); "
                     f"/dev/shm is memory and counts against it: at most {room}Gi")]
+
+
+def dra_checks(cfg: StackConfig, cat: Catalog) -> list[Problem]:
+    """eks.devices: dra on a cluster the stack creates, at a Kubernetes version every driver it needs supports."""
+    if not cfg.eks.enabled or cfg.eks.devices != "dra":
+        return []
+    at = key_path(("eks", "devices"))
+    if cfg.eks.existing is not None:
+        return [Problem(at, "dra is for a cluster the stack creates: an existing cluster's device management is its own "
+                            "(eks.existing.devicePlugins says whether the stack adds the device plugins)")]
+    kinds = set()
+    for f in cfg.fleets:
+        if f.instance_type not in cat:
+            continue
+        itype = cat.get(f.instance_type)
+        if f.efa and itype.efa_supported:
+            kinds.add("efa")
+        if itype.accelerator:
+            kinds.add(itype.accelerator.kind)
+    drivers = [devices.driver(k) for k in sorted(kinds)]
+    needed = max((d.min_kubernetes for d in drivers), default=None)
+    if needed and devices.version(cfg.eks.version) < needed:
+        which = ", ".join(f"{d.chart[0].rsplit('/', 1)[-1]} {d.chart[2]} ({d.kind}) {'.'.join(map(str, d.min_kubernetes))}"
+                          for d in drivers)
+        return [Problem(at, f"dra needs Kubernetes {'.'.join(map(str, needed))} or newer for these fleets' devices "
+                            f"({which}), but {key_path(('eks', 'version'))} is {cfg.eks.version}: raise it, or use "
+                            "devices: plugins")]
+    return []
+
+
+def _device_request_checks(cfg: StackConfig, j: int, job: JobConfig, fleet: FleetConfig | None, cat: Catalog) -> list[Problem]:
+    """What a job may ask of its nodes' devices: part of a node only through DRA, in whole PCIe groups."""
+    out: list[Problem] = []
+    dra = cfg.eks.enabled and cfg.eks.devices == "dra" and fleet is not None
+    if dra and job.kind == "trainjob":
+        out.append(Problem(key_path(("jobs", j, "kind")),
+                           "Trainer v2.3 cannot give a TrainJob's pods resource claims (its runtime patches have no "
+                           "resourceClaims), which eks.devices: dra needs: use kind pytorchjob or indexed-job"))
+    n = job.accelerators_per_node
+    if n is None or fleet is None or fleet.instance_type not in cat:
+        if n is not None and fleet is None:
+            out.append(Problem(key_path(("jobs", j, "acceleratorsPerNode")),
+                               "part of a node is for fleets of a cluster the stack creates with eks.devices: dra"))
+        return out
+    itype = cat.get(fleet.instance_type)
+    at = key_path(("jobs", j, "acceleratorsPerNode"))
+    have = itype.accelerator.count if itype.accelerator else 0
+    groups = devices.pcie_groups(itype.name)
+    if n > have:
+        out.append(Problem(at, f"{n}, but a {itype.name} has {have} accelerators"))
+    elif n < have and not dra:
+        out.append(Problem(at, f"{n} of {have}: part of a node needs {key_path(('eks', 'devices'))}: dra, which puts "
+                               "the pod's EFA devices on its GPUs' PCIe roots (the device plugins cannot)"))
+    elif n < have and (groups is None or itype.accelerator.kind != "gpu"):
+        out.append(Problem(at, f"{n} of {have}: part of a node is for GPU types whose PCIe topology is known "
+                               f"(p4d.24xlarge, p5.48xlarge), not {itype.name}; leave it out to take the whole node"))
+    elif n < have and n % groups.gpus:
+        out.append(Problem(at, f"{n}: a {itype.name} has {groups.gpus} GPUs per PCIe root; take a multiple of "
+                               f"{groups.gpus}"))
+    return out

@@ -84,6 +84,12 @@ class JobConfig(Model):
             raise ValueError(f"environment variable names take letters, digits and '_' and do not start with a digit: {bad}")
         return v
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
+    accelerators_per_node: int | None = Field(
+        None, ge=1,
+        description="GPUs each pod takes. Default: all of the node's (the pod holds the whole node). Fewer needs "
+        "eks.devices: dra on a type whose PCIe topology is known (p4d.24xlarge, p5.48xlarge): the pod then takes whole "
+        "PCIe groups, each GPU with the EFA devices on its root, and a share of the node's CPUs and memory.",
+    )
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
     efa_check: bool = Field(
         True,
