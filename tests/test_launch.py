@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import trainer_model
+from components.offline import trainer_model
 from components.planning import catalog, config, launch, ofi_platform, preflight
 from components.planning.launch import trainjob
 

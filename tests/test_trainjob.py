@@ -1,5 +1,5 @@
 """Kind trainjob: a Kubeflow Trainer v2 TrainJob on efa-infra's ClusterTrainingRuntime, the pods the
-trainer makes of it (tests/trainer_model.py), and the cluster setting that installs the trainer."""
+trainer makes of it (components/offline/trainer_model.py), and the cluster setting that installs the trainer."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import copy
 import pytest
 import yaml
 
-import trainer_model
-from components.offline import mocks
+from components.offline import mocks, trainer_model
 from components.planning import config, launch
 from components.planning.launch import trainjob
 from conftest import ROOT

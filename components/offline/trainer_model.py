@@ -1,5 +1,6 @@
 """What Kubeflow Trainer v2.3 builds from a TrainJob and its ClusterTrainingRuntime: the JobSet, and in it
-the pod template of the trainer's node Job (kubeflow/trainer@v2.3.0, commit 658725bd):
+the pod template of the trainer's node Job. The scan writes those pods for scanners (scan.py); the tests
+check them as the PyTorchJob's. From kubeflow/trainer@v2.3.0 (commit 658725bd):
 
 - webhook checks on `runtimePatches` (pkg/runtime/framework/plugins/jobset/jobset.go, Validate): the
   manager is a domain-prefixed path; a patched replicated Job and its containers exist in the runtime;
