@@ -121,6 +121,7 @@ def test_half_a_p5_gets_four_gpus_and_the_efa_devices_on_their_pcie_roots():
     assert (plan.accelerator_count, plan.efa_devices, plan.procs_per_node) == (4, 16, 4)
     whole = launch.job_plan(config.load(dra_doc()), config.load(dra_doc()).jobs[0])
     assert int(plan.cpu) == int(whole.cpu) // 2 and int(plan.memory[:-2]) == int(whole.memory[:-2]) // 2
+    assert (plan.hugepages, whole.hugepages) == ("2560Mi", "5120Mi")  # two such pods fit the node's reserve
     template, pod = claim_and_pod(cfg, job)
     for doc in launch.render_manifests(cfg, job):
         check_manifest(doc, schema_versions(cfg))

@@ -104,7 +104,8 @@ def claim_spec(*, efa_devices: int, accelerator_kind: str | None, accelerators: 
             requests.append(_request("efa", driver("efa").device_class, None))
     else:
         groups = pcie_groups(instance_type)
-        assert groups is not None and accelerator_kind == "gpu", "config.load refuses partial nodes elsewhere"
+        if groups is None or accelerator_kind != "gpu":  # config.load refuses such a job
+            raise ValueError(f"part of a node is for GPU types with a known PCIe layout, not {instance_type}")
         for i in range(accelerators // groups.gpus):
             pair = [_request(f"gpu-{i}", driver("gpu").device_class, groups.gpus)]
             if efa_devices:

@@ -41,7 +41,7 @@ class JobPlan:
     accelerator_count: int  # per pod: the node's, or acceleratorsPerNode of them
     node_accelerators: int  # the node's
     dra: bool  # devices through a ResourceClaimTemplate (eks.devices: dra), not the device plugins' resources
-    hugepages: str | None  # hugepages-2Mi per pod, with EFA
+    hugepages: str | None  # hugepages-2Mi per pod, with EFA: the node's reserve, or the pod's part of it
     memory: str  # what the pod may use (limit = request): a whole node's share, or its part of it
     cpu: str  # likewise its vCPUs
     shm_size: str  # /dev/shm in the pods
@@ -96,7 +96,8 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         accelerator_count=taken,
         node_accelerators=node_accelerators,
         dra=target.dra,
-        hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
+        # A pod's part of the pages the node sets aside for one whole-node pod (whole GPUs of 8: even MiB counts).
+        hugepages=f"{HUGEPAGES_MIB * taken // node_accelerators if share < 1 else HUGEPAGES_MIB}Mi" if job.efa else None,
         memory=f"{room}Gi",
         cpu=str(max(1, int(pod_cpus(itype.vcpus) * share))),
         shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room // 2)}Gi",
