@@ -14,6 +14,7 @@ from functools import lru_cache
 import pytest
 
 from components.offline import diff, mocks
+from components.planning import config
 from conftest import STACKS, register, stack_settings
 
 F, J, NET, EKS = "efa-infra:fleets", "efa-infra:jobs", "efa-infra:network", "efa-infra:eks"
@@ -204,7 +205,9 @@ def test_adding_an_interface_endpoint_creates_only_the_endpoint(stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_changing_the_eks_version_updates_only_the_control_plane(stack):
-    changes, resources = day2(stack, lambda s: s.setdefault(EKS, {}).update(version="1.34"))
+    # One minor version up, as EKS upgrades (a DRA stack is already at the version its drivers need).
+    now = config.load(config.document_from_settings(settings(stack))).eks.version
+    changes, resources = day2(stack, lambda s: s.setdefault(EKS, {}).update(version=f"1.{int(now.split('.')[1]) + 1}"))
     if on_eks(stack):
         assert actions(changes) == {("update", "eks:index:Cluster", "eks-cluster")}
         assert changes[0].changed == ["version"]
