@@ -195,3 +195,17 @@ def test_on_plugins_every_pod_still_holds_a_whole_node_with_the_plugins_resource
     (pod,) = [t for d in docs for t in pod_templates(d)]
     assert pod["spec"]["containers"][0]["resources"]["limits"]["vpc.amazonaws.com/efa"] == 32
     assert "resourceClaims" not in pod["spec"]
+
+
+def test_a_trainium_node_under_dra_claims_every_neuron_and_efa_device():
+    cfg = config.load(dra_doc("trn2.48xlarge"))
+    template, pod = claim_and_pod(cfg, cfg.jobs[0])
+    assert template["spec"]["spec"]["devices"]["requests"] == [
+        {"name": "neuron", "exactly": {"deviceClassName": "neuron.aws.com", "allocationMode": "All"}},
+        {"name": "efa", "exactly": {"deviceClassName": "efa.networking.k8s.aws", "allocationMode": "All"}}]
+    assert "aws.amazon.com/neuron" not in pod["spec"]["containers"][0]["resources"]["limits"]
+    for doc in launch.render_manifests(cfg, cfg.jobs[0]):
+        check_manifest(doc, schema_versions(cfg))
+    run = mocks.run(settings_of(dra_doc("trn2.48xlarge")), "t")
+    (neuron,) = [r for r in run.of_type(RELEASE) if "neuron" in r.inputs["chart"]]
+    assert neuron.inputs["values"]["draDriver"]["enabled"] and not neuron.inputs["values"]["devicePlugin"]["enabled"]

@@ -27,7 +27,6 @@ class Driver:
     chart: tuple[str, str | None, str]  # name, repository, version (as the device plugins' charts)
     namespace: str
     min_kubernetes: tuple[int, int]
-    source: str
 
 
 @lru_cache(maxsize=1)
@@ -45,7 +44,7 @@ def driver(kind: str) -> Driver:
     c = d["chart"]
     major, minor = d["minKubernetes"].split(".")
     return Driver(kind, d["driver"], d["deviceClass"], (c["name"], c["repository"], c["version"]), c["namespace"],
-                  (int(major), int(minor)), d["source"])
+                  (int(major), int(minor)))
 
 
 def pcie_root_attribute() -> str:
