@@ -151,7 +151,9 @@ class Chart:
     validate: Callable[[dict], None] = lambda values: None
 
     def defaults(self) -> dict:
-        return yaml.safe_load((HELM_DATA / self.directory / "values.yaml").read_text())
+        path = HELM_DATA / self.directory / "values.yaml"
+        assert path.is_file(), f"{path} is missing: tests/data/helm/SOURCES.md names its repository, commit and path"
+        return yaml.safe_load(path.read_text())
 
     def pods(self, values: dict) -> list[tuple[DaemonSet, PodScheduling | None]]:
         """Each DaemonSet's pod, for our values merged into the chart's defaults (ChartRefuses if the chart would)."""
