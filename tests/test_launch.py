@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 import subprocess
 from functools import lru_cache
@@ -326,6 +327,16 @@ def crd(kind: str) -> tuple[str, dict]:
     return f"{doc['spec']['group']}/{version['name']}", strict(version["schema"]["openAPIV3Schema"])
 
 
+def name_rule_holds(rule: str, doc: dict) -> bool:
+    """A CRD's top-level CEL rule of the forms they use on the object's name (the TrainJob CRD's two); others fail."""
+    name = doc["metadata"]["name"]
+    if m := re.fullmatch(r"self\.metadata\.name\.matches\('(.+)'\)", rule):
+        return re.search(m[1], name) is not None  # CEL matches(): RE2, unanchored unless the pattern anchors
+    if m := re.fullmatch(r"size\(self\.metadata\.name\) <= (\d+)", rule):
+        return len(name) <= int(m[1])
+    raise AssertionError(f"a CEL rule this check does not evaluate: {rule}")
+
+
 def strict(schema):
     """The schema with unknown fields refused where the API server would prune them (a structural CRD schema
     drops fields it does not list unless x-kubernetes-preserve-unknown-fields says otherwise): a misspelt key
@@ -349,6 +360,8 @@ def check_manifest(doc: dict, versions: list[str]) -> None:
             api_version, schema = crd(kind)
             assert doc["apiVersion"] == api_version
             jsonschema.Draft7Validator(schema).validate(doc)
+            for rule in schema.get("x-kubernetes-validations") or []:
+                assert name_rule_holds(rule["rule"], doc), f"{kind} {doc['metadata']['name']}: {rule['message']}"
             # The CRD schemas allow unknown fields: check the pods strictly as core PodTemplates.
             for i, template in enumerate(pod_templates(doc)):
                 wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{doc['metadata']['name']}-{i}"},
@@ -423,6 +436,10 @@ def test_the_schema_check_is_strict_and_complete():
         at[path[-1]] = 1
         with pytest.raises(jsonschema.ValidationError):
             check_manifest(typo, versions)
+    bad_name = copy.deepcopy(doc)
+    bad_name["metadata"]["name"] = "train-"
+    with pytest.raises(AssertionError, match="RFC 1035"):
+        check_manifest(bad_name, versions)
     typo = copy.deepcopy(doc)
     typo["spec"]["trainer"]["resourcesPerNode"]["limit"] = {}
     with pytest.raises(jsonschema.ValidationError):
