@@ -1,5 +1,6 @@
 """A job's Kubernetes manifests, for fleets in an EKS cluster and unmanaged clusters: an Indexed Job with
-its headless Service, a PyTorchJob, a TrainJob (trainjob.py) or an MPIJob, each pod holding one whole node."""
+its headless Service, a PyTorchJob, a TrainJob (trainjob.py) or an MPIJob, each pod holding one whole node
+or, with DRA (eks.devices: dra), whole PCIe groups of one, through a ResourceClaimTemplate."""
 
 from __future__ import annotations
 
