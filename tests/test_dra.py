@@ -10,14 +10,14 @@ import pytest
 import dra_model
 from components.offline import mocks
 from components.planning import config, devices, launch
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 from test_launch import check_manifest, node_pods, pod_templates, schema_versions
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
 def dra_doc(instance_type: str = "p5.48xlarge", version: str = "1.35", job: dict | None = None, **eks) -> dict:
-    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "version": version,
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER, "version": version,
                         "devices": "dra", "operators": ["training-operator"], **eks},
                    fleets=[{"name": "gpu", "instanceType": instance_type, "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
     doc["jobs"] = [{"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"],

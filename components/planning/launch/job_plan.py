@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import devices, ofi_platform
+from .. import devices, ofi_platform, processes
 from ..bootstrap import HUGEPAGES_MIB, pod_cpus, pod_memory_gib
 from ..config import JobConfig, StackConfig
 from ..plan import EFA_LABEL, job_target
@@ -89,7 +89,8 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         instance_type=itype.name,
         nodes=job.nodes or target.default_nodes,
         node_selector=target.node_selector if job.efa else {k: v for k, v in target.node_selector.items() if k != EFA_LABEL},
-        procs_per_node=job.procs_per_node or (taken if accel else 1),
+        # Part of a node is whole GPUs: one process each.
+        procs_per_node=job.procs_per_node or (taken if share < 1 else processes.per_node(accel)),
         efa_devices=efa_devices,
         accelerator_resource=accel.resource_name if accel else None,
         accelerator_kind=accel.kind if accel else None,
