@@ -209,3 +209,12 @@ def test_a_trainium_node_under_dra_claims_every_neuron_and_efa_device():
     run = mocks.run(settings_of(dra_doc("trn2.48xlarge")), "t")
     (neuron,) = [r for r in run.of_type(RELEASE) if "neuron" in r.inputs["chart"]]
     assert neuron.inputs["values"]["draDriver"]["enabled"] and not neuron.inputs["values"]["devicePlugin"]["enabled"]
+
+
+def test_dra_with_a_karpenter_fleet_is_refused_naming_the_fleet():
+    doc = dra_doc()
+    doc["fleets"][0]["provisioner"] = "karpenter"
+    with pytest.raises(config.ConfigError) as err:
+        config.load(doc)
+    assert any(p.path == "efa-infra:fleets[0].provisioner" and "before Karpenter 1.15" in p.message
+               for p in err.value.problems), err.value
