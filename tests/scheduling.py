@@ -4,7 +4,9 @@
   (helm.sh/helm/v3/pkg/chartutil/coalesce.go): maps merge key by key, any other
   value (lists included) replaces the default, and a null deletes the default key.
 - `CHARTS`: for each pinned chart, its defaults (tests/data/helm, sources in
-  SOURCES.md there) and how its DaemonSet template turns values into the pod's
+  SOURCES.md there), the values its templates refuse (`fail`), and for each
+  DaemonSet it renders (a device plugin, or a DRA driver's kubelet plugin) the
+  device it manages and how the template turns values into the pod's
   nodeSelector, affinity and tolerations (the template lines are cited).
 - `schedules`: whether a DaemonSet pod goes to a node with these labels and
   taints: every nodeSelector label, one required node-affinity term whose every
@@ -43,28 +45,64 @@ class PodScheduling:
     tolerations: list
 
 
-def _nvidia(v: dict) -> PodScheduling:
-    # templates/daemonset-device-plugin.yml: `with .Values.nodeSelector`, `with .Values.affinity`, `with .Values.tolerations`.
+class ChartRefuses(ValueError):
+    """A template's `fail`: Helm renders nothing."""
+
+
+def _nvidia(v: dict) -> PodScheduling | None:
+    # templates/daemonset-device-plugin.yml: only `if .Values.devicePlugin.enabled`; then `with .Values.nodeSelector`,
+    # `with .Values.affinity`, `with .Values.tolerations`.
+    if not v["devicePlugin"]["enabled"]:
+        return None
     return PodScheduling(v.get("nodeSelector") or {}, v.get("affinity") or {}, v.get("tolerations") or [])
+
+
+def _instance_label_terms(v: dict, compute_type_in_every_term: bool) -> list[dict]:
+    labels = v["supportedInstanceLabels"]
+    terms = [{"matchExpressions": [{"key": key, "operator": "In", "values": list(labels["values"])}]} for key in labels["keys"]]
+    auto = {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["auto"]}
+    for term in terms if compute_type_in_every_term else terms[-1:]:
+        term["matchExpressions"].append(auto)
+    return terms
 
 
 def _efa(v: dict) -> PodScheduling:
     # templates/daemonset.yaml: CriticalAddonsOnly first, then .Values.tolerations; nodeSelector from
     # .Values.nodeSelector; one required term per supportedInstanceLabels key, each `key In values` and
     # `eks.amazonaws.com/compute-type NotIn [auto]`.
-    labels = v["supportedInstanceLabels"]
-    terms = [{"matchExpressions": [{"key": key, "operator": "In", "values": list(labels["values"])},
-                                   {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["auto"]}]}
-             for key in labels["keys"]]
     return PodScheduling(v.get("nodeSelector") or {},
-                         {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}},
+                         {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": _instance_label_terms(v, True)}}},
                          [{"key": "CriticalAddonsOnly", "operator": "Exists"}, *(v.get("tolerations") or [])])
 
 
-def _neuron(v: dict) -> PodScheduling:
-    # device-plugin-daemonset.yaml: .Values.devicePlugin.{nodeSelector, tolerations}; the affinity from
-    # .Values.devicePlugin.affinity through the `neuron-device-plugin.affinity` helper, which puts the
-    # instance-type label for __INSTANCE_TYPE_KEY__ and .Values.neuronInstances for __NEURON_INSTANCES__.
+def _dranet(v: dict) -> PodScheduling:
+    # aws-dranet templates/daemonset.yaml: tolerations CriticalAddonsOnly, then .Values.tolerations; nodeSelector
+    # from .Values.nodeSelector; one required term per supportedInstanceLabels key (`key In values`), the
+    # compute-type expression written after the range, so in the last term only.
+    return PodScheduling(v.get("nodeSelector") or {},
+                         {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": _instance_label_terms(v, False)}}},
+                         [{"key": "CriticalAddonsOnly", "operator": "Exists"}, *(v.get("tolerations") or [])])
+
+
+def _nvidia_dra_validate(v: dict) -> None:
+    # templates/validation.yaml: GPU allocation only with gpuResourcesEnabledOverride (not beside the GPU device plugin).
+    if v["resources"]["gpus"]["enabled"] and not v["gpuResourcesEnabledOverride"]:
+        raise ChartRefuses("resources.gpus.enabled needs gpuResourcesEnabledOverride")
+
+
+def _nvidia_dra(v: dict) -> PodScheduling | None:
+    # templates/kubeletplugin.yaml: only `if or .Values.resources.computeDomains.enabled .Values.resources.gpus.enabled`;
+    # then `with .Values.kubeletPlugin.nodeSelector`, `.affinity`, `.tolerations`. It publishes GPUs only with gpus enabled.
+    if not v["resources"]["gpus"]["enabled"]:
+        return None
+    k = v["kubeletPlugin"]
+    return PodScheduling(k.get("nodeSelector") or {}, k.get("affinity") or {}, k.get("tolerations") or [])
+
+
+def _neuron_placeholders(v: dict, affinity: dict) -> dict:
+    # The affinity helpers put the instance-type label for __INSTANCE_TYPE_KEY__ and .Values.neuronInstances for
+    # __NEURON_INSTANCES__ (templates/_helpers.tpl, `neuron-device-plugin.affinity`; the DRA driver's
+    # `neuron-dra-driver.affinity` is taken to do the same: its default affinity uses the same placeholders).
     def fill(node):
         if isinstance(node, dict):
             return {k: fill(x) for k, x in node.items()}
@@ -72,25 +110,66 @@ def _neuron(v: dict) -> PodScheduling:
             return [fill(x) for x in node]
         return {"__INSTANCE_TYPE_KEY__": "node.kubernetes.io/instance-type",
                 "__NEURON_INSTANCES__": list(v.get("neuronInstances") or [])}.get(node, node) if isinstance(node, str) else node
+    return fill(affinity)
+
+
+def _neuron_validate(v: dict) -> None:
+    # templates/_helpers.tpl, neuron-helm-chart.validateConfig (chart 1.9.0).
+    if v["draDriver"]["enabled"] and v["devicePlugin"]["enabled"]:
+        raise ChartRefuses("DRA driver and device plugin cannot both be enabled")
+
+
+def _neuron(v: dict) -> PodScheduling | None:
+    # device-plugin/device-plugin-daemonset.yaml: only `if .Values.devicePlugin.enabled` (chart 1.5.0 on); then
+    # .Values.devicePlugin.{nodeSelector, tolerations} and its affinity through the helper.
     dp = v["devicePlugin"]
-    return PodScheduling(dp.get("nodeSelector") or {}, fill(dp.get("affinity") or {}), dp.get("tolerations") or [])
+    if not dp["enabled"]:
+        return None
+    return PodScheduling(dp.get("nodeSelector") or {}, _neuron_placeholders(v, dp.get("affinity") or {}), dp.get("tolerations") or [])
+
+
+def _neuron_dra(v: dict) -> PodScheduling | None:
+    # dra-driver/dra-driver-daemonset.yaml (at 97e1b7d3): only `if .Values.draDriver.enabled`; then
+    # .Values.draDriver.{tolerations, nodeSelector} and its affinity through the helper.
+    d = v["draDriver"]
+    if not d["enabled"]:
+        return None
+    return PodScheduling(d.get("nodeSelector") or {}, _neuron_placeholders(v, d.get("affinity") or {}), d.get("tolerations") or [])
+
+
+@dataclass(frozen=True)
+class DaemonSet:
+    device: str  # efa, gpu or neuron: what its pods manage on a node
+    how: str  # "plugin" (a device plugin) or "dra" (a DRA driver's kubelet plugin)
+    scheduling: Callable[[dict], PodScheduling | None]  # None: the values render no such DaemonSet
 
 
 @dataclass(frozen=True)
 class Chart:
-    release: str  # our release's resource name
     directory: str  # under tests/data/helm
-    scheduling: Callable[[dict], PodScheduling]
-    accelerator: str | None  # the accelerator whose nodes it must reach; None for the EFA plugin
+    daemonsets: tuple[DaemonSet, ...]
+    validate: Callable[[dict], None] = lambda values: None
 
     def defaults(self) -> dict:
-        return yaml.safe_load((HELM_DATA / self.directory / "values.yaml").read_text())
+        path = HELM_DATA / self.directory / "values.yaml"
+        assert path.is_file(), f"{path} is missing: tests/data/helm/SOURCES.md names its repository, commit and path"
+        return yaml.safe_load(path.read_text())
+
+    def pods(self, values: dict) -> list[tuple[DaemonSet, PodScheduling | None]]:
+        """Each DaemonSet's pod, for our values merged into the chart's defaults (ChartRefuses if the chart would)."""
+        merged = coalesce(self.defaults(), values)
+        self.validate(merged)
+        return [(d, d.scheduling(merged)) for d in self.daemonsets]
 
 
 CHARTS = {
-    "aws-efa-k8s-device-plugin": Chart("eks-efa-device-plugin", "aws-efa-k8s-device-plugin-v0.5.30", _efa, None),
-    "nvidia-device-plugin": Chart("eks-nvidia-device-plugin", "nvidia-device-plugin-0.17.1", _nvidia, "gpu"),
-    "oci://public.ecr.aws/neuron/neuron-helm-chart": Chart("eks-neuron-device-plugin", "neuron-helm-chart-1.1.2", _neuron, "neuron"),
+    "aws-efa-k8s-device-plugin": Chart("aws-efa-k8s-device-plugin-v0.5.30", (DaemonSet("efa", "plugin", _efa),)),
+    "nvidia-device-plugin": Chart("nvidia-device-plugin-0.20.0", (DaemonSet("gpu", "plugin", _nvidia),)),
+    "oci://public.ecr.aws/neuron/neuron-helm-chart": Chart(
+        "neuron-helm-chart-1.9.0", (DaemonSet("neuron", "plugin", _neuron), DaemonSet("neuron", "dra", _neuron_dra)), _neuron_validate),
+    "aws-dranet": Chart("aws-dranet-1.0.0", (DaemonSet("efa", "dra", _dranet),)),
+    "oci://registry.k8s.io/dra-driver-nvidia/charts/dra-driver-nvidia-gpu": Chart(
+        "dra-driver-nvidia-gpu-0.4.1", (DaemonSet("gpu", "dra", _nvidia_dra),), _nvidia_dra_validate),
 }
 
 
@@ -121,7 +200,9 @@ def _tolerates(tolerations: list[dict], taint: dict) -> bool:
     return False
 
 
-def schedules(pod: PodScheduling, labels: dict[str, str], taints: list[dict]) -> bool:
+def schedules(pod: PodScheduling | None, labels: dict[str, str], taints: list[dict]) -> bool:
+    if pod is None:
+        return False
     if any(labels.get(k) != v for k, v in pod.node_selector.items()):
         return False
     required = (pod.affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")

@@ -66,7 +66,8 @@ def test_the_checkov_config_carries_the_skip_list(tmp_path):
     files = scan.write_inputs(ROOT / "stacks" / "Pulumi.prod.yaml", "prod", tmp_path)
     cfg = (tmp_path / scan.CONFIG_FILE).read_text()
     assert all(check in cfg for check in scan.skips())
-    assert {f.name for f in files} >= {scan.PLAN_FILE, scan.CONFIG_FILE, "pretrain.yaml", "pretrain.operator-pods.yaml"}
+    assert {f.name for f in files} >= {scan.PLAN_FILE, scan.CONFIG_FILE, "pretrain.yaml", "pretrain.operator-pods.yaml",
+                                       "pretrain-v2.operator-pods.yaml"}
 
 
 def test_operator_pods_are_the_replicas_templates():

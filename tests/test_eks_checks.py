@@ -26,17 +26,19 @@ from conftest import DEPLOYER, ROOT, base_doc, settings_of
 NODEGROUP, LT, RELEASE = "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate", "kubernetes:helm.sh/v3:Release"
 TRAINIUM = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER},
                     fleets=[{"name": "trn", "instanceType": "trn2.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
+TRAINIUM_DRA = {**TRAINIUM, "eks": {**TRAINIUM["eks"], "version": "1.35", "devices": "dra"}}
+EXTRA = {"trainium": TRAINIUM, "trainium-dra": TRAINIUM_DRA}
 EKS_STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml")
                     if config.load_file(p).eks.enabled)
 
 
 def settings(name: str) -> dict:
-    return settings_of(TRAINIUM) if name == "trainium" else config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
+    return settings_of(EXTRA[name]) if name in EXTRA else config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
 
 
 @pytest.fixture(scope="module")
 def runs() -> dict[str, mocks.Run]:
-    out = {name: mocks.run(settings(name), name) for name in [*EKS_STACKS, "trainium"]}
+    out = {name: mocks.run(settings(name), name) for name in [*EKS_STACKS, *EXTRA]}
     for name, run in out.items():
         assert run.error is None, f"{name}: {run.error}"
     return out
@@ -173,27 +175,57 @@ def plugin_pods(run: mocks.Run, releases: list | None = None) -> dict[str, dict[
     counts: dict[str, dict[str, int]] = {}
     for name, (labels, taints, _) in nodes(run).items():
         for release in releases if releases is not None else run.of_type(RELEASE):
-            chart = scheduling.CHARTS[release.inputs["chart"]]
-            pod = chart.scheduling(scheduling.coalesce(chart.defaults(), release.inputs["values"]))
-            counts.setdefault(name, {})[release.inputs["chart"]] = int(scheduling.schedules(pod, labels, taints))
+            pods = scheduling.CHARTS[release.inputs["chart"]].pods(release.inputs["values"])
+            counts.setdefault(name, {})[release.inputs["chart"]] = sum(scheduling.schedules(pod, labels, taints) for _, pod in pods)
     return counts
 
 
-@pytest.mark.parametrize("name", [*EKS_STACKS, "trainium"])
-def test_each_accelerator_node_gets_one_efa_and_one_accelerator_plugin_pod_and_system_nodes_none(runs, name):
-    run = runs[name]
-    plan_cfg = config.load(config.document_from_settings(settings(name)))
-    charts = {r.inputs["chart"] for r in run.of_type(RELEASE)}
-    counts = plugin_pods(run)
-    assert set(counts["system"].values()) == {0}
-    for f in plan_cfg.fleets:
-        itype = plan_cfg.catalog().get(f.instance_type)
-        expected = {c: 0 for c in charts}
-        expected["aws-efa-k8s-device-plugin"] = int(f.efa and itype.efa_supported)
-        for chart_name, chart in scheduling.CHARTS.items():
-            if chart.accelerator and itype.accelerator and chart.accelerator == itype.accelerator.kind:
-                expected[chart_name] = 1
-        assert counts[f.name] == expected, f.name
+def device_managers(run: mocks.Run) -> dict[str, dict[str, list[str]]]:
+    """Per node kind and device (efa, gpu, neuron), the DaemonSet pods that manage it there: device plugins and
+    DRA drivers' kubelet plugins, from every release's effective values."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, (labels, taints, _) in nodes(run).items():
+        managers = out.setdefault(name, {})
+        for release in run.of_type(RELEASE):
+            for daemonset, pod in scheduling.CHARTS[release.inputs["chart"]].pods(release.inputs["values"]):
+                if scheduling.schedules(pod, labels, taints):
+                    managers.setdefault(daemonset.device, []).append(f"{release.name} ({daemonset.how})")
+    return out
+
+
+def node_devices(f: config.FleetConfig, catalog) -> set[str]:
+    itype = catalog.get(f.instance_type)
+    return ({"efa"} if f.efa and itype.efa_supported else set()) | ({itype.accelerator.kind} if itype.accelerator else set())
+
+
+@pytest.mark.parametrize("name", [*EKS_STACKS, "trainium", "trainium-dra"])
+def test_every_device_of_every_node_has_one_manager_and_system_nodes_none(runs, name):
+    """A device plugin or a DRA driver, never both and never two (DRA stacks: the drivers only)."""
+    cfg = config.load(config.document_from_settings(settings(name)))
+    managers = device_managers(runs[name])
+    assert managers["system"] == {}
+    for f in cfg.fleets:
+        assert set(managers[f.name]) == node_devices(f, cfg.catalog()), f.name
+        for device, pods in managers[f.name].items():
+            assert len(pods) == 1, (f.name, device, pods)
+            assert pods[0].endswith("(dra)" if cfg.eks.devices == "dra" else "(plugin)"), (f.name, pods)
+
+
+def test_a_plugin_beside_a_dra_driver_shows_as_two_managers(runs):
+    run = runs["eks-dra"]
+    plugins = [r for r in runs["prod"].of_type(RELEASE) if r.inputs["chart"] == "nvidia-device-plugin"]
+    both = dataclasses.replace(run, resources=[*run.resources, *plugins])
+    assert sorted(device_managers(both)["p5"]["gpu"]) == ["eks-nvidia-device-plugin (plugin)", "eks-nvidia-dra-driver (dra)"]
+
+
+def test_the_dra_charts_refuse_what_their_templates_refuse(runs):
+    (nvidia,) = [r for r in runs["eks-dra"].of_type(RELEASE) if "dra-driver-nvidia-gpu" in r.inputs["chart"]]
+    chart = scheduling.CHARTS[nvidia.inputs["chart"]]
+    with pytest.raises(scheduling.ChartRefuses):
+        chart.pods({k: v for k, v in nvidia.inputs["values"].items() if k != "gpuResourcesEnabledOverride"})
+    (neuron,) = [r for r in runs["trainium-dra"].of_type(RELEASE) if "neuron" in r.inputs["chart"]]
+    with pytest.raises(scheduling.ChartRefuses):
+        scheduling.CHARTS[neuron.inputs["chart"]].pods({**neuron.inputs["values"], "devicePlugin": {"enabled": True}})
 
 
 def test_an_empty_affinity_leaves_the_nvidia_default_and_no_gpu_node_gets_the_plugin(runs):
@@ -269,22 +301,25 @@ def test_operators_stay_when_the_last_job_of_their_kind_goes():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
     run = mocks.run({k: v for k, v in settings.items() if k != "efa-infra:jobs"}, "prod")
     assert run.error is None, run.error
-    (training,) = run.of_type("kubernetes:kustomize/v2:Directory")
+    trainer, training = run.of_type("kubernetes:kustomize/v2:Directory")
     (mpi,) = run.of_type("kubernetes:yaml/v2:ConfigFile")
     assert mpi.inputs["file"].endswith("/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml")
     # Relative to the project directory, where Pulumi runs the program: no checkout path in the state.
-    assert training.inputs["directory"] == "components/manifests/training-operator"
-    assert (ROOT / training.inputs["directory"] / "kustomization.yaml").is_file()
+    assert (trainer.inputs["directory"], training.inputs["directory"]) == (
+        "components/manifests/trainer", "components/manifests/training-operator")
+    for overlay in (trainer, training):
+        assert (ROOT / overlay.inputs["directory"] / "kustomization.yaml").is_file()
+    assert [g.name for g in run.of_type("kubernetes:yaml/v2:ConfigGroup")] == ["eks-trainer-runtime"]
 
 
 def test_a_job_whose_operator_is_not_installed_is_a_config_error():
     settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml")
-    eks = {**settings["efa-infra:eks"], "operators": ["mpi-operator"]}
+    eks = {**settings["efa-infra:eks"], "operators": ["trainer", "mpi-operator"]}
     with pytest.raises(config.ConfigError) as err:
         config.load(config.document_from_settings({**settings, "efa-infra:eks": eks}))
     (problem,) = err.value.problems
     assert problem.path == "efa-infra:jobs[0].kind"
-    assert "add training-operator to efa-infra:eks.operators (it lists mpi-operator)" in problem.message
+    assert "add training-operator to efa-infra:eks.operators (it lists trainer, mpi-operator)" in problem.message
 
 
 def test_a_fleet_in_the_secondary_block_reaches_the_endpoints_only_through_a_rule_for_that_block():

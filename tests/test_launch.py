@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 import subprocess
 from functools import lru_cache
@@ -15,12 +16,18 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from components.offline import trainer_model
 from components.planning import catalog, config, launch, ofi_platform, preflight
+from components.planning.launch import trainjob
 from conftest import DEPLOYER
 
-CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
-CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
-CORE_KINDS = {"Service", "Job"}  # checked by kubernetes_validate's bundled schemas
+CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # PyTorchJob and MPIJob: copies of ../shared/schemas/crds
+# Trainer v2.3 and JobSet v0.12.0 (the one its manager overlay installs): tests/data/crds/SOURCES.md.
+CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml",
+             "TrainJob": "trainer.kubeflow.org_trainjobs.v1alpha1.yaml",
+             "ClusterTrainingRuntime": "trainer.kubeflow.org_clustertrainingruntimes.v1alpha1.yaml",
+             "JobSet": "jobset.x-k8s.io_jobsets.v1alpha2.yaml"}
+CORE_KINDS = {"Service", "Job", "ResourceClaimTemplate"}  # checked by kubernetes_validate's bundled schemas
 K8S_VERSION = "1.31.0"
 
 
@@ -34,7 +41,7 @@ def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: b
     spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
     if eks:
         doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER,
-                      "operators": ["training-operator", "mpi-operator"]}
+                      "operators": ["trainer", "training-operator", "mpi-operator"]}
         spec.setdefault("image", "public.ecr.aws/example/train:1")
     doc["jobs"] = [spec]
     cfg = config.load(doc)
@@ -48,6 +55,12 @@ def pod_templates(doc: dict) -> list[dict]:
         return [r["template"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
     if doc["kind"] == "MPIJob":
         return [r["template"] for r in doc["spec"]["mpiReplicaSpecs"].values()]
+    if doc["kind"] == "TrainJob":  # the pods Trainer v2 creates from it, on our runtime
+        return [trainer_model.node_pod(trainjob.runtime(), doc)]
+    if doc["kind"] == "ClusterTrainingRuntime":
+        return [r["template"]["spec"]["template"] for r in doc["spec"]["template"]["spec"]["replicatedJobs"]]
+    if doc["kind"] == "JobSet":
+        return [r["template"]["spec"]["template"] for r in doc["spec"]["replicatedJobs"]]
     return []
 
 
@@ -339,10 +352,36 @@ def mpirun_line(command: list[str]) -> list[str]:
 
 @lru_cache(maxsize=None)
 def crd(kind: str) -> tuple[str, dict]:
-    doc = yaml.safe_load((CRD_DIR / CRD_FILES[kind]).read_text())
+    path = CRD_DIR / CRD_FILES[kind]
+    assert path.is_file(), f"{path} is missing: tests/data/crds/SOURCES.md names its repository, tag and path"
+    doc = yaml.safe_load(path.read_text())
     (version,) = [v for v in doc["spec"]["versions"] if v.get("storage")]
     assert doc["spec"]["names"]["kind"] == kind
-    return f"{doc['spec']['group']}/{version['name']}", version["schema"]["openAPIV3Schema"]
+    return f"{doc['spec']['group']}/{version['name']}", strict(version["schema"]["openAPIV3Schema"])
+
+
+def name_rule_holds(rule: str, doc: dict) -> bool:
+    """A CRD's top-level CEL rule of the forms they use on the object's name (the TrainJob CRD's two); others fail."""
+    name = doc["metadata"]["name"]
+    if m := re.fullmatch(r"self\.metadata\.name\.matches\('(.+)'\)", rule):
+        return re.search(m[1], name) is not None  # CEL matches(): RE2, unanchored unless the pattern anchors
+    if m := re.fullmatch(r"size\(self\.metadata\.name\) <= (\d+)", rule):
+        return len(name) <= int(m[1])
+    raise AssertionError(f"a CEL rule this check does not evaluate: {rule}")
+
+
+def strict(schema):
+    """The schema with unknown fields refused where the API server would prune them (a structural CRD schema
+    drops fields it does not list unless x-kubernetes-preserve-unknown-fields says otherwise): a misspelt key
+    fails here instead of vanishing on apply."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
 
 
 def check_manifest(doc: dict, versions: list[str]) -> None:
@@ -354,6 +393,8 @@ def check_manifest(doc: dict, versions: list[str]) -> None:
             api_version, schema = crd(kind)
             assert doc["apiVersion"] == api_version
             jsonschema.Draft7Validator(schema).validate(doc)
+            for rule in schema.get("x-kubernetes-validations") or []:
+                assert name_rule_holds(rule["rule"], doc), f"{kind} {doc['metadata']['name']}: {rule['message']}"
             # The CRD schemas allow unknown fields: check the pods strictly as core PodTemplates.
             for i, template in enumerate(pod_templates(doc)):
                 wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"{doc['metadata']['name']}-{i}"},
@@ -361,17 +402,23 @@ def check_manifest(doc: dict, versions: list[str]) -> None:
                 kubernetes_validate.validate(wrapped, version, strict=True)
         else:
             kubernetes_validate.validate(doc, version, strict=True)
+    if kind == "TrainJob":  # and the JobSet the trainer makes of it
+        check_manifest(trainer_model.jobset(trainjob.runtime(), doc), versions)
 
 
 def schema_versions(cfg: config.StackConfig) -> list[str]:
-    """The version asked for and the cluster's own; both must be bundled."""
-    versions = sorted({K8S_VERSION, f"{cfg.eks.version}.0"})
+    """The oldest version the cluster may run and its own; both must be bundled. With eks.devices: dra, the
+    oldest is the one its drivers need."""
+    oldest = K8S_VERSION
+    if cfg.eks.devices == "dra":
+        oldest = "1.35.0"  # components/data/dra_drivers.json: DRANET's minimum, the highest of the drivers'
+    versions = sorted({oldest, f"{cfg.eks.version}.0"})
     assert set(versions) <= set(kubernetes_validate.utils.all_versions())
     return versions
 
 
 KINDS = [("indexed-job", "torchrun"), ("indexed-job", "accelerate"), ("pytorchjob", "torchrun"),
-         ("pytorchjob", "accelerate"), ("mpijob", "nccl-tests")]
+         ("pytorchjob", "accelerate"), ("trainjob", "torchrun"), ("trainjob", "accelerate"), ("mpijob", "nccl-tests")]
 
 
 @pytest.mark.parametrize("itype", ["p5.48xlarge", "trn2.48xlarge", "g6e.48xlarge"])
@@ -406,7 +453,29 @@ def test_the_schema_check_is_strict_and_complete():
         check_manifest(wrong, versions)
     typo = copy.deepcopy(doc)
     typo["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["tolerate"] = []
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+        check_manifest(typo, versions)
+    # A TrainJob: its own fields, its runtime patch, and the pod the trainer makes of them.
+    cfg, job = stack({"kind": "trainjob"})
+    (doc,) = launch.render_manifests(cfg, job)
+    check_manifest(doc, versions)
+    for path in (("spec", "trainer", "numNode"),
+                 ("spec", "runtimePatches", 0, "trainingRuntimeSpec", "template", "spec", "replicatedJobs", 0, "template",
+                  "spec", "template", "spec", "tolerate")):
+        typo = copy.deepcopy(doc)
+        at = typo
+        for key in path[:-1]:
+            at = at[key]
+        at[path[-1]] = 1
+        with pytest.raises(jsonschema.ValidationError):
+            check_manifest(typo, versions)
+    bad_name = copy.deepcopy(doc)
+    bad_name["metadata"]["name"] = "train-"
+    with pytest.raises(AssertionError, match="RFC 1035"):
+        check_manifest(bad_name, versions)
+    typo = copy.deepcopy(doc)
+    typo["spec"]["trainer"]["resourcesPerNode"]["limit"] = {}
+    with pytest.raises(jsonschema.ValidationError):
         check_manifest(typo, versions)
 
 

@@ -175,11 +175,11 @@ def test_applied_manifests_wait_for_their_namespace():
 from components.planning import launch  # noqa: E402
 from components.offline import scan  # noqa: E402
 
-KINDS = [("indexed-job", "torchrun"), ("pytorchjob", "torchrun"), ("mpijob", "nccl-tests")]
+KINDS = [("indexed-job", "torchrun"), ("pytorchjob", "torchrun"), ("trainjob", "torchrun"), ("mpijob", "nccl-tests")]
 
 
 def manifests(job: dict | None = None, **eks) -> list[dict]:
-    cfg = config.load(base_doc(**eks_doc(operators=["training-operator", "mpi-operator"], **eks),
+    cfg = config.load(base_doc(**eks_doc(operators=["trainer", "training-operator", "mpi-operator"], **eks),
                                fleets=[{"name": "gpu", "instanceType": "p5.48xlarge", "availabilityZone": "us-east-1a",
                                         "nodes": {"desired": 2}}],
                                jobs=[{**JOB, **(job or {})}]))

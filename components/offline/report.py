@@ -225,7 +225,7 @@ def render_text(doc: dict[str, Any]) -> str:
         for j in doc["jobs"]:
             where = f"cluster {j['fleet']} (not managed by this stack)" if j["unmanagedCluster"] else f"fleet {j['fleet']}"
             out.append(f"  {j['name']}: {j['launcher']} on {where}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
-                       f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per node), {j['artifacts']}")
+                       f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per pod), {j['artifacts']}")
     out += ["", f"Resources ({len(doc['resources'])})"]
     children: dict[str | None, list[dict]] = {}
     for r in doc["resources"]:

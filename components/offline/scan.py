@@ -3,9 +3,10 @@ as Terraform plan JSON, every job's Kubernetes manifests, and the checkov config
 with the project's skip list (`data/checkov-skips.yaml`, each check with its reason).
 
 Scanners check the pod templates of the kinds Kubernetes defines, not those
-inside an operator's resource (PyTorchJob, MPIJob): each replica's template
-is also written as the Pod the operator makes of it, so the same rules see
-every container that runs.
+inside an operator's resource (PyTorchJob, MPIJob, TrainJob): each replica's
+template is also written as the Pod the operator makes of it (for a TrainJob,
+the trainer's merge of its runtime and the job: trainer_model.py), so the same
+rules see every container that runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from ..planning import config, launch
-from . import mocks, terraform_plan
+from ..planning.launch import trainjob
+from . import mocks, terraform_plan, trainer_model
 
 SKIPS = Path(__file__).resolve().parent.parent / "data" / "checkov-skips.yaml"
 PLAN_FILE, MANIFESTS, CONFIG_FILE = "plan.tf.json", "manifests", "checkov.yaml"
@@ -32,6 +34,8 @@ def skips() -> dict[str, str]:
 def operator_pods(doc: dict) -> list[dict]:
     """The Pods an operator creates from a job's replica templates (none for kinds Kubernetes defines)."""
     specs = doc.get("spec", {}).get(REPLICAS.get(doc.get("kind"), ""), {})
+    if doc.get("kind") == "TrainJob":
+        specs = {"node": {"template": trainer_model.node_pod(trainjob.runtime(), doc)}}
     meta = doc["metadata"]
     return [{"apiVersion": "v1", "kind": "Pod",
              "metadata": {**replica["template"].get("metadata", {}), "name": f"{meta['name']}-{role.lower()}",

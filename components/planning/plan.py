@@ -140,6 +140,7 @@ class JobTarget:
     platform: str  # "eks" (Kubernetes manifests) or "ec2" (node scripts)
     default_nodes: int
     node_selector: dict[str, str]  # Kubernetes labels that pick its nodes
+    dra: bool = False  # its devices are DRA's (eks.devices: dra), not the device plugins'
 
 
 def job_target(cfg: StackConfig, name: str) -> JobTarget:
@@ -150,7 +151,8 @@ def job_target(cfg: StackConfig, name: str) -> JobTarget:
         selector = {FLEET_LABEL: name}
         if fp.efa_devices:
             selector[EFA_LABEL] = "true"
-        return JobTarget(name, fp.itype, fp.efa_devices, "eks" if fp.on_eks else "ec2", fleet.nodes.desired, selector)
+        return JobTarget(name, fp.itype, fp.efa_devices, "eks" if fp.on_eks else "ec2", fleet.nodes.desired, selector,
+                         dra=fp.on_eks and cfg.eks.devices == "dra")
     cluster = next(c for c in cfg.clusters if c.name == name)
     itype = cat.get(cluster.ec2_type)
     # Unmanaged nodes carry none of our labels; EKS and HyperPod both label the instance type

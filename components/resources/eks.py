@@ -19,7 +19,8 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from ..planning import deployer, eks_rules
+from ..planning import deployer, devices, eks_rules
+from ..planning.launch import trainjob
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
 from .fleet import block_schedules, node_role, window_sizes
@@ -28,13 +29,15 @@ from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, 
 SYSTEM_INSTANCE_TYPE = "m6i.large"  # cluster add-ons (CoreDNS, controllers) stay off the GPU nodes
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
 EFA_PLUGIN = ("aws-efa-k8s-device-plugin", "https://aws.github.io/eks-charts", "v0.5.30")
-NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.17.1")
-NEURON_PLUGIN = ("oci://public.ecr.aws/neuron/neuron-helm-chart", None, "1.1.2")  # an OCI chart: no repository
+NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-plugin", "0.20.0")
+NEURON_PLUGIN = devices.driver("neuron").chart  # one chart runs the Neuron device plugin or its DRA driver (OCI: no repository)
 # Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
 # Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
 # the checkout's location in the state, and a laptop's preview would differ from a pipeline's. From a checkout
-# this is components/manifests/training-operator; from an installed package, the path into the project's venv.
-TRAINING_OPERATOR = os.path.relpath(Path(__file__).resolve().parent.parent / "manifests" / "training-operator")
+# these are components/manifests/...; from an installed package, the paths into the project's venv.
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+TRAINING_OPERATOR = os.path.relpath(MANIFESTS / "training-operator")
+TRAINER = os.path.relpath(MANIFESTS / "trainer")  # Kubeflow Trainer v2 with JobSet, pinned like the training operator
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 # Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
 # (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).
@@ -59,12 +62,14 @@ def _affinity(label: str, value: str) -> dict:
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
-def _release(name: str, chart: tuple[str, str, str], opts: pulumi.ResourceOptions, values: dict) -> k8s.helm.v3.Release:
-    """A pinned chart (name, repository, version) in kube-system."""
+def _release(name: str, chart: tuple[str, str | None, str], opts: pulumi.ResourceOptions, values: dict,
+             namespace: str = "kube-system") -> k8s.helm.v3.Release:
+    """A pinned chart (name, repository, version), in kube-system unless it asks for a namespace of its own."""
     chart_name, repo, version = chart
     return k8s.helm.v3.Release(
         name,
-        k8s.helm.v3.ReleaseArgs(chart=chart_name, version=version, namespace="kube-system",
+        k8s.helm.v3.ReleaseArgs(chart=chart_name, version=version, namespace=namespace,
+                                create_namespace=True if namespace != "kube-system" else None,
                                 repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo) if repo else None, values=values),
         opts=opts,
     )
@@ -101,7 +106,9 @@ class EfaCluster(pulumi.ComponentResource):
         self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig),
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=ready))
         on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
-        if device_plugins:
+        if cfg.devices == "dra":  # config.load allows it only on a cluster the stack creates
+            self._dra_drivers(name, plan, on_k8s)
+        elif device_plugins:
             self._device_plugins(name, plan, on_k8s)
         # A cluster setting like the operators: deleting a namespace deletes every job in it.
         self.namespaces = [] if existing is not None else [
@@ -261,9 +268,43 @@ class EfaCluster(pulumi.ComponentResource):
                 "devicePlugin": {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
             })
 
+    def _dra_drivers(self, name: str, plan: StackPlan, on_k8s: pulumi.ResourceOptions) -> None:
+        """eks.devices: dra. The DRA drivers in place of the device plugins, cluster-wide, so that no node runs a
+        driver and a plugin for the same device: each to the nodes our labels name, tolerating their taints
+        (tests/scheduling.py merges these values into each chart's defaults)."""
+        tolerations = _tolerations(plan)
+        if any(fp.efa_devices for fp in plan.fleets):
+            # Its default affinity lists instance types (a list that lags new ones): our label instead.
+            _release(f"{name}-dranet", devices.driver("efa").chart, on_k8s, {
+                "tolerations": tolerations,
+                "supportedInstanceLabels": {"keys": [EFA_LABEL], "values": ["true"]},
+            })
+        kinds = {fp.itype.accelerator.kind for fp in plan.fleets if fp.itype.accelerator}
+        if "gpu" in kinds:
+            gpu = devices.driver("gpu")
+            _release(f"{name}-nvidia-dra-driver", gpu.chart, on_k8s, {
+                # The chart refuses GPU allocation unless told that no GPU device plugin runs beside it.
+                "gpuResourcesEnabledOverride": True,
+                # ComputeDomains are multi-node NVLink (IMEX) domains, which no fleet here has.
+                "resources": {"computeDomains": {"enabled": False}},
+                # Its default affinity wants node-feature-discovery or nvidia.com/gpu.present labels: ours instead.
+                "kubeletPlugin": {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "gpu")},
+            }, namespace=gpu.namespace)
+        if "neuron" in kinds:
+            _release(f"{name}-neuron-dra-driver", devices.driver("neuron").chart, on_k8s, {
+                "npd": {"enabled": False},
+                "devicePlugin": {"enabled": False},  # the chart refuses both at once
+                "draDriver": {"enabled": True, "tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
+            })
+
     @staticmethod
     def _operators(name: str, operators: list[str], on_k8s: pulumi.ResourceOptions) -> None:
         """Operators are a cluster setting, not a job's: removing one deletes its CRDs and every job of that kind."""
+        if "trainer" in operators:
+            trainer = k8s.kustomize.v2.Directory(f"{name}-trainer", k8s.kustomize.v2.DirectoryArgs(directory=TRAINER), opts=on_k8s)
+            # The runtime our TrainJobs name, once its CRD exists.
+            k8s.yaml.v2.ConfigGroup(f"{name}-trainer-runtime", k8s.yaml.v2.ConfigGroupArgs(objs=[trainjob.runtime()]),
+                                    opts=pulumi.ResourceOptions.merge(on_k8s, pulumi.ResourceOptions(depends_on=[trainer])))
         if "training-operator" in operators:
             k8s.kustomize.v2.Directory(
                 f"{name}-training-operator", k8s.kustomize.v2.DirectoryArgs(directory=TRAINING_OPERATOR), opts=on_k8s,

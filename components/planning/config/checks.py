@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from datetime import date, datetime, timezone
 
-from .. import capacity_window, deployer, efa, eks_rules, eks_versions
+from .. import capacity_window, deployer, devices, efa, eks_rules, eks_versions
 from ..bootstrap import DROP_INS_SINCE, HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
 from .base import in_region
@@ -17,7 +17,10 @@ from .sizing import subnet_key_checks
 from .stack import StackConfig
 
 TRANSPORT_LOGGING = {"NCCL_DEBUG", "NCCL_DEBUG_SUBSYS"}  # what the transport check needs NCCL to print
-JOB_OPERATORS = {"pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> the operator that runs it
+JOB_OPERATORS = {"trainjob": "trainer", "pytorchjob": "training-operator", "mpijob": "mpi-operator"}  # job kind -> its operator
+# Trainer v2.3's torch plugin sets these and the master port itself (kubeflow/trainer@v2.3.0 pkg/constants/constants.go).
+TRAINJOB_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+TRAINJOB_PORT = 29500
 
 
 
@@ -170,6 +173,7 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
                    for i, f in fleets if f.ami_release is not None)
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
+        out.extend(dra_checks(cfg, cat))
         nodes = cfg.eks.node_group_version
         # A joined cluster's version is read only at deploy time: EKS itself refuses a node group newer than it.
         lag = nodes and cfg.eks.existing is None and eks_versions.node_group_problem(nodes, cfg.eks.version)
@@ -210,6 +214,14 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("jobs", j, "kind")),
                                f"kind {job.kind} needs the {operator} in the cluster: add {operator} to "
                                f"{key_path(('eks', 'operators'))} (it lists {', '.join(cfg.eks.operators) or 'none'})"))
+        if job.kind == "trainjob" and job.port != TRAINJOB_PORT:
+            out.append(Problem(key_path(("jobs", j, "port")),
+                               f"{job.port}: Trainer v2.3 always puts the rendezvous on port {TRAINJOB_PORT} for kind "
+                               f"trainjob; leave port out, or use kind pytorchjob or indexed-job"))
+        for name in sorted(set(TRAINJOB_ENV) & set(job.env) if job.kind == "trainjob" else ()):
+            out.append(Problem(key_path(("jobs", j, "env", name)),
+                               "Trainer v2.3 sets this itself for kind trainjob and refuses a TrainJob that sets it"))
+        out.extend(_device_request_checks(cfg, j, job, known.get(job.fleet), cat))
         if job.fleet in clusters and job.nodes and job.nodes > clusters[job.fleet].nodes:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but cluster {job.fleet!r} has {clusters[job.fleet].nodes}"))
@@ -281,3 +293,68 @@ def _shm_checks(j: int, shm_size: str, itype: InstanceType, efa_node: bool) -> l
                     f"{shm_size!r} is more than the {room}Gi a pod may use on {itype.name} "
                     f"({itype.memory_mib // 1024} GiB{hugepages}, {POD_MEMORY_SHARE:.0%} of the rest); "
                     f"/dev/shm is memory and counts against it: at most {room}Gi")]
+
+
+def dra_checks(cfg: StackConfig, cat: Catalog) -> list[Problem]:
+    """eks.devices: dra on a cluster the stack creates, at a Kubernetes version every driver it needs supports."""
+    if not cfg.eks.enabled or cfg.eks.devices != "dra":
+        return []
+    at = key_path(("eks", "devices"))
+    if cfg.eks.existing is not None:
+        return [Problem(at, "dra is for a cluster the stack creates: an existing cluster's device management is its own "
+                            "(eks.existing.devicePlugins says whether the stack adds the device plugins)")]
+    out = [Problem(key_path(("fleets", i, "provisioner")),
+                   f"karpenter launches no node for a pod with resource claims before Karpenter 1.15 (EKS user guide, "
+                   f"device-management: DRA with Karpenter), which {key_path(('eks', 'devices'))}: dra gives every job: "
+                   "use node-group, or devices: plugins")
+           for i, f in enumerate(cfg.fleets) if f.provisioner == "karpenter"]
+    kinds = set()
+    for f in cfg.fleets:
+        if f.instance_type not in cat:
+            continue
+        itype = cat.get(f.instance_type)
+        if f.efa and itype.efa_supported:
+            kinds.add("efa")
+        if itype.accelerator:
+            kinds.add(itype.accelerator.kind)
+    drivers = [devices.driver(k) for k in sorted(kinds)]
+    needed = max((d.min_kubernetes for d in drivers), default=None)
+    if needed and devices.version(cfg.eks.version) < needed:
+        which = ", ".join(f"{d.chart[0].rsplit('/', 1)[-1]} {d.chart[2]} ({d.kind}) {'.'.join(map(str, d.min_kubernetes))}"
+                          for d in drivers)
+        out.append(Problem(at, f"dra needs Kubernetes {'.'.join(map(str, needed))} or newer for these fleets' devices "
+                               f"({which}), but {key_path(('eks', 'version'))} is {cfg.eks.version}: raise it, or use "
+                               "devices: plugins"))
+    return out
+
+
+def _device_request_checks(cfg: StackConfig, j: int, job: JobConfig, fleet: FleetConfig | None, cat: Catalog) -> list[Problem]:
+    """What a job may ask of its nodes' devices: part of a node only through DRA, in whole PCIe groups."""
+    out: list[Problem] = []
+    dra = cfg.eks.enabled and cfg.eks.devices == "dra" and fleet is not None
+    if dra and job.kind == "trainjob":
+        out.append(Problem(key_path(("jobs", j, "kind")),
+                           "Trainer v2.3 cannot give a TrainJob's pods resource claims (its runtime patches have no "
+                           "resourceClaims), which eks.devices: dra needs: use kind pytorchjob or indexed-job"))
+    n = job.accelerators_per_node
+    if n is None or fleet is None or fleet.instance_type not in cat:
+        if n is not None and fleet is None:
+            out.append(Problem(key_path(("jobs", j, "acceleratorsPerNode")),
+                               "part of a node is for fleets of a cluster the stack creates with eks.devices: dra"))
+        return out
+    itype = cat.get(fleet.instance_type)
+    at = key_path(("jobs", j, "acceleratorsPerNode"))
+    have = itype.accelerator.count if itype.accelerator else 0
+    groups = devices.pcie_groups(itype.name)
+    if n > have:
+        out.append(Problem(at, f"{n}, but a {itype.name} has {have} accelerators"))
+    elif n < have and not dra:
+        out.append(Problem(at, f"{n} of {have}: part of a node needs {key_path(('eks', 'devices'))}: dra, which puts "
+                               "the pod's EFA devices on its GPUs' PCIe roots (the device plugins cannot)"))
+    elif n < have and (groups is None or itype.accelerator.kind != "gpu"):
+        out.append(Problem(at, f"{n} of {have}: part of a node is for GPU types whose PCIe topology is known "
+                               f"(p4d.24xlarge, p5.48xlarge), not {itype.name}; leave it out to take the whole node"))
+    elif n < have and n % groups.gpus:
+        out.append(Problem(at, f"{n}: a {itype.name} has {groups.gpus} GPUs per PCIe root; take a multiple of "
+                               f"{groups.gpus}"))
+    return out

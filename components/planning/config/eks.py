@@ -143,10 +143,20 @@ class EksConfig(Model):
         description="Install the EKS node monitoring agent add-on, which reports GPU, Neuron, network and kernel faults "
         "as node conditions that node auto repair acts on. Default: on when a fleet has accelerators.",
     )
-    operators: list[Literal["training-operator", "mpi-operator"]] = Field(
+    devices: Literal["plugins", "dra"] = Field(
+        "plugins",
+        description="Who manages the nodes' EFA devices and accelerators: plugins (the EFA, NVIDIA and Neuron device "
+        "plugins; pods request vpc.amazonaws.com/efa, nvidia.com/gpu, aws.amazon.com/neuron) or dra (Dynamic Resource "
+        "Allocation: the DRANET chart aws-dranet for EFA, NVIDIA's DRA driver, Neuron's; pods request devices through "
+        "ResourceClaimTemplates, and a job may take part of a GPU node with the EFA devices on its GPUs' PCIe roots). "
+        "dra needs Kubernetes 1.35 with EFA (1.34 for the GPU and Neuron drivers alone), on a cluster the stack creates. "
+        "A node never runs both for the same device.",
+    )
+    operators: list[Literal["trainer", "training-operator", "mpi-operator"]] = Field(
         default_factory=list,
-        description="Job operators to install in the cluster: training-operator (Kubeflow, for kind pytorchjob) and "
-        "mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
+        description="Job operators to install in the cluster: trainer (Kubeflow Trainer v2.3 with JobSet and efa-infra's "
+        "ClusterTrainingRuntime efa-torch-distributed, for kind trainjob), training-operator (Kubeflow v1, for kind "
+        "pytorchjob) and mpi-operator (v2beta1, for kind mpijob). A cluster setting, kept whatever jobs the stack lists: removing an "
         "operator deletes its CRDs and with them every job of that kind in the cluster.",
     )
 

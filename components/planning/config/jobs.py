@@ -84,6 +84,12 @@ class JobConfig(Model):
             raise ValueError(f"environment variable names take letters, digits and '_' and do not start with a digit: {bad}")
         return v
     procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: one per GPU, or per logical NeuronCore (32 on trn1.32xlarge, 64 on trn2.48xlarge).")
+    accelerators_per_node: int | None = Field(
+        None, ge=1,
+        description="GPUs each pod takes. Default: all of the node's (the pod holds the whole node). Fewer needs "
+        "eks.devices: dra on a type whose PCIe topology is known (p4d.24xlarge, p5.48xlarge): the pod then takes whole "
+        "PCIe groups, each GPU with the EFA devices on its root, and a share of the node's CPUs and memory.",
+    )
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
     efa_check: bool = Field(
         True,
@@ -109,19 +115,21 @@ class JobConfig(Model):
         "Default: 64Gi, or half of what a pod may use on smaller types.",
     )
     port: int = Field(29500, ge=1024, le=65535, description="Rendezvous (master) port.")
-    kind: Literal["indexed-job", "pytorchjob", "mpijob"] = Field(
+    kind: Literal["indexed-job", "pytorchjob", "trainjob", "mpijob"] = Field(
         "indexed-job",
         description="On EKS: indexed-job (a Kubernetes Indexed Job and headless Service, no operator), "
-        "pytorchjob (Kubeflow training operator; torchrun and accelerate) or mpijob (MPI operator v2beta1; nccl-tests).",
+        "trainjob (Kubeflow Trainer v2, TrainJob trainer.kubeflow.org/v1alpha1; torchrun and accelerate), "
+        "pytorchjob (Kubeflow training operator v1, no longer maintained; torchrun and accelerate) or mpijob "
+        "(MPI operator v2beta1; nccl-tests).",
     )
     apply: bool = Field(False, description="On EKS, have Pulumi apply the manifests; they are always exported as stack outputs.")
 
     @model_validator(mode="after")
     def _kind_fits_launcher(self) -> "JobConfig":
-        if self.kind == "pytorchjob" and self.launcher == "nccl-tests":
-            raise ValueError("kind pytorchjob runs torchrun or accelerate; use mpijob or indexed-job for nccl-tests")
+        if self.kind in ("pytorchjob", "trainjob") and self.launcher == "nccl-tests":
+            raise ValueError(f"kind {self.kind} runs torchrun or accelerate; use mpijob or indexed-job for nccl-tests")
         if self.kind == "mpijob" and self.launcher != "nccl-tests":
-            raise ValueError(f"kind mpijob runs nccl-tests; use pytorchjob or indexed-job for {self.launcher}")
+            raise ValueError(f"kind mpijob runs nccl-tests; use trainjob, pytorchjob or indexed-job for {self.launcher}")
         if self.launcher != "nccl-tests" and not self.command:
             raise ValueError(f"launcher {self.launcher} needs a command: the training script and its arguments")
         return self

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import ofi_platform, processes
+from .. import devices, ofi_platform, processes
 from ..bootstrap import HUGEPAGES_MIB, pod_cpus, pod_memory_gib
 from ..config import JobConfig, StackConfig
 from ..plan import EFA_LABEL, job_target
@@ -35,12 +35,14 @@ class JobPlan:
     instance_type: str
     nodes: int
     procs_per_node: int
-    efa_devices: int  # per node; 0 without EFA
+    efa_devices: int  # per pod: the node's, or those on its GPUs' PCIe roots; 0 without EFA
     accelerator_resource: str | None  # nvidia.com/gpu, aws.amazon.com/neuron
     accelerator_kind: str | None  # gpu, neuron
-    accelerator_count: int  # per node
-    hugepages: str | None  # hugepages-2Mi per pod, with EFA
-    memory: str  # what a pod holding the node may use (limit = request)
+    accelerator_count: int  # per pod: the node's, or acceleratorsPerNode of them
+    node_accelerators: int  # the node's
+    dra: bool  # devices through a ResourceClaimTemplate (eks.devices: dra), not the device plugins' resources
+    hugepages: str | None  # hugepages-2Mi per pod, with EFA: the node's reserve, or the pod's part of it
+    memory: str  # what the pod may use (limit = request): a whole node's share, or its part of it
     cpu: str  # likewise its vCPUs
     shm_size: str  # /dev/shm in the pods
     env: dict[str, str]  # NCCL settings, then job.env; on EC2 the script adds the socket interface
@@ -57,16 +59,27 @@ class JobPlan:
     def processes(self) -> int:
         return self.nodes * self.procs_per_node
 
+    @property
+    def whole_node(self) -> bool:
+        return self.accelerator_count == self.node_accelerators
+
 
 def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
     """Everything a launch of `job` needs, derived from the stack config and the catalog."""
     # config.load has checked the rest: the job's EFA needs an EFA fleet, env names are shell names.
     target = job_target(cfg, job.fleet)
     itype = target.itype
-    devices = target.efa_devices if job.efa else 0
     accel = itype.accelerator
+    node_accelerators = accel.count if accel else 0
+    taken = job.accelerators_per_node or node_accelerators
+    efa_devices = target.efa_devices if job.efa else 0
+    share = 1.0
+    if taken < node_accelerators:  # whole PCIe groups of a GPU node (config.load checked)
+        groups = devices.pcie_groups(itype.name)
+        efa_devices = taken // groups.gpus * groups.efa if job.efa else 0
+        share = taken / node_accelerators
     rdma = job.efa and ofi_platform.uses_device_rdma(itype)
-    room = pod_memory_gib(itype.memory_mib, target.efa_devices > 0)
+    room = int(pod_memory_gib(itype.memory_mib, target.efa_devices > 0) * share)
     return JobPlan(
         job=job.name,
         fleet=target.name,
@@ -76,14 +89,18 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         instance_type=itype.name,
         nodes=job.nodes or target.default_nodes,
         node_selector=target.node_selector if job.efa else {k: v for k, v in target.node_selector.items() if k != EFA_LABEL},
-        procs_per_node=job.procs_per_node or processes.per_node(accel),
-        efa_devices=devices,
+        # Part of a node is whole GPUs: one process each.
+        procs_per_node=job.procs_per_node or (taken if share < 1 else processes.per_node(accel)),
+        efa_devices=efa_devices,
         accelerator_resource=accel.resource_name if accel else None,
         accelerator_kind=accel.kind if accel else None,
-        accelerator_count=accel.count if accel else 0,
-        hugepages=f"{HUGEPAGES_MIB}Mi" if job.efa else None,
+        accelerator_count=taken,
+        node_accelerators=node_accelerators,
+        dra=target.dra,
+        # A pod's part of the pages the node sets aside for one whole-node pod (whole GPUs of 8: even MiB counts).
+        hugepages=f"{HUGEPAGES_MIB * taken // node_accelerators if share < 1 else HUGEPAGES_MIB}Mi" if job.efa else None,
         memory=f"{room}Gi",
-        cpu=str(pod_cpus(itype.vcpus)),
+        cpu=str(max(1, int(pod_cpus(itype.vcpus) * share))),
         shm_size=job.shm_size or f"{min(DEFAULT_SHM_GIB, room // 2)}Gi",
         env=_env(job, target.platform),
         rdma=rdma,

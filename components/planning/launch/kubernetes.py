@@ -1,5 +1,6 @@
 """A job's Kubernetes manifests, for fleets in an EKS cluster and unmanaged clusters: an Indexed Job with
-its headless Service, a PyTorchJob or an MPIJob, each pod holding one whole node."""
+its headless Service, a PyTorchJob, a TrainJob (trainjob.py) or an MPIJob, each pod holding one whole node
+or, with DRA (eks.devices: dra), whole PCIe groups of one, through a ResourceClaimTemplate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shlex
 
 import yaml
 
-from .. import preflight, topology
+from .. import devices, preflight, topology
 from ..config import JobConfig, StackConfig
 from . import shell
 from .job_plan import JobPlan, LaunchError, job_plan
@@ -37,11 +38,16 @@ def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
     plan = job_plan(cfg, job)
     if plan.target != "eks":
         raise LaunchError(f"job {job.name!r}: the stack has no EKS cluster; use render_node_script for EC2 fleets")
+    claims = [_claim_template(plan)] if _claims(plan) else []
     if plan.kind == "pytorchjob":
-        return [_pytorchjob(plan, job)]
+        return [*claims, _pytorchjob(plan, job)]
+    if plan.kind == "trainjob":
+        from . import trainjob  # it builds its pod with this module's functions
+
+        return [trainjob.render(plan, job)]
     if plan.kind == "mpijob":
-        return [_mpijob(plan, job)]
-    return _indexed_job(plan, job)
+        return [*claims, _mpijob(plan, job)]
+    return [*claims, *_indexed_job(plan, job)]
 
 
 def manifests_yaml(docs: list[dict]) -> str:
@@ -126,14 +132,32 @@ esac'''
     return resolve + "\n" + shell.run_line(plan, mpirun)
 
 
+def _claims(plan: JobPlan) -> bool:
+    """Whether the pod takes its devices through a resource claim (eks.devices: dra)."""
+    return plan.dra and bool(plan.efa_devices or plan.accelerator_kind)
+
+
+def _claim_template(plan: JobPlan) -> dict:
+    """The ResourceClaimTemplate each node pod's claim is made from (devices.claim_spec)."""
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {**_meta(plan), "name": f"{plan.job}-{devices.CLAIM}"},
+        "spec": {"spec": devices.claim_spec(efa_devices=plan.efa_devices, accelerator_kind=plan.accelerator_kind,
+                                            accelerators=plan.accelerator_count, node_accelerators=plan.node_accelerators,
+                                            instance_type=plan.instance_type)},
+    }
+
+
 def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with_env: bool = True,
               capabilities: tuple[str, ...] = EFA_CAPABILITIES) -> dict:
-    """The template of a pod that holds one whole node: its devices, CPUs and memory (requests = limits, so
-    Guaranteed QoS), /dev/shm and locked memory."""
+    """The template of a pod that holds one whole node, or its part of one: its devices (the device plugins'
+    resources, or a resource claim), CPUs and memory (requests = limits, so Guaranteed QoS), /dev/shm and
+    locked memory."""
     resources: dict = {"cpu": plan.cpu, "memory": plan.memory}
-    if plan.efa_devices:
+    if plan.efa_devices and not plan.dra:
         resources[EFA_RESOURCE] = plan.efa_devices
-    if plan.accelerator_resource:
+    if plan.accelerator_resource and not plan.dra:
         resources[plan.accelerator_resource] = plan.accelerator_count
     if plan.hugepages:
         resources["hugepages-2Mi"] = plan.hugepages
@@ -146,13 +170,17 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
     container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     spec = _placement(plan)
+    if _claims(plan):
+        container["resources"]["claims"] = [{"name": devices.CLAIM}]
+        spec["resourceClaims"] = [{"name": devices.CLAIM, "resourceClaimTemplateName": f"{plan.job}-{devices.CLAIM}"}]
     # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
     _hardened(plan, spec, container, capabilities if plan.efa_devices else tuple(c for c in capabilities if c not in EFA_CAPABILITIES))
-    # The device requests keep one pod per node, except on a type without devices.
+    # The device requests keep one pod per node, except on a type without devices; pods that take part of a
+    # node may share one.
     spec["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
         "labelSelector": {"matchLabels": _labels(plan, "node")},
         "topologyKey": "kubernetes.io/hostname",
-    }]}}
+    }]}} if plan.whole_node else {}
     if plan.efa_devices and plan.nodes > 1:
         same = {"matchLabels": _labels(plan, "node")}
         spec["affinity"]["podAffinity"] = {
@@ -160,6 +188,8 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         }
         if closer := _closer_in_the_network(plan.instance_type, same):
             spec["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = closer
+    if not spec["affinity"]:
+        del spec["affinity"]
     spec["containers"] = [container]
     spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
