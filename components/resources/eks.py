@@ -20,6 +20,7 @@ import pulumi_kubernetes as k8s
 from ..planning import eks_rules
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
+from . import eks_data
 from .fleet import block_schedules, node_role, window_sizes
 from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
@@ -98,6 +99,7 @@ class EfaCluster(pulumi.ComponentResource):
         on_k8s = pulumi.ResourceOptions(parent=self, provider=self.provider)
         if device_plugins:
             self._device_plugins(name, plan, on_k8s)
+        self._data(name, plan, existing is None, ready, tags, on_k8s)
         # A cluster setting like the operators: deleting a namespace deletes every job in it.
         self.namespaces = [] if existing is not None else [
             k8s.core.v1.Namespace(f"{name}-ns-{ns}", metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=JOB_POD_SECURITY), opts=on_k8s)
@@ -239,6 +241,21 @@ class EfaCluster(pulumi.ComponentResource):
                 "npd": {"enabled": False},
                 "devicePlugin": {"tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
             })
+
+    def _data(self, name: str, plan: StackPlan, creates: bool, ready: list[pulumi.Resource], tags: dict[str, str],
+              on_k8s: pulumi.ResourceOptions) -> None:
+        """What jobs' data needs in the cluster: the Pod Identity agent in a cluster the stack creates (a joined one
+        keeps its own add-ons: read_existing checks it has the agent), and the FSx CSI driver where fleets have FSx."""
+        if creates and plan.pod_identity:
+            eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready))
+        if any(fp.config.fsx for fp in plan.fleets):
+            _release(f"{name}-fsx-csi-driver", eks_data.csi_chart(), on_k8s, eks_data.csi_values(plan.config.region))
+
+    def file_system_volume(self, fp: FleetPlan, file_system: aws.fsx.LustreFileSystem) -> None:
+        """The fleet's file system as a static volume and claim in its namespace, which jobs mount."""
+        f = fp.config.fsx
+        eks_data.static_volume(fp.name, file_system, f.storage_gib, f.namespace,
+                               pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=self.namespaces))
 
     @staticmethod
     def _operators(name: str, operators: list[str], on_k8s: pulumi.ResourceOptions) -> None:

@@ -10,14 +10,17 @@ reads the node counts, so scaling a fleet never touches anything else.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pulumi
 import pulumi_aws as aws
 
-from ..planning import bootstrap
+from ..planning import bootstrap, fsx
 from ..planning.capacity_window import Schedule
 from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
+from .data_access import node_data_policy
+from .fsx import FsxLustre
 
 
 def _b64(text: str) -> str:
@@ -95,18 +98,22 @@ class EfaFleet(pulumi.ComponentResource):
         tags: dict[str, str],
         cluster_join: pulumi.Input[dict] | None = None,
         window: Schedule | None = None,
+        file_system: FsxLustre | None = None,
+        data_policy: dict | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """`cluster_join` (a pinned AMI on EKS): the nodeadm cluster section its nodes need to join.
-        `window` (a Capacity Block): when the block's nodes may run."""
+        `window` (a Capacity Block): when the block's nodes may run. `file_system`: the fleet's FSx, which plain
+        EC2 nodes mount at boot. `data_policy`: on plain EC2, its jobs' S3 access, for the node role."""
         super().__init__("efa-infra:index:EfaFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
         self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
         # EKS node groups bring their own role.
-        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, child)
+        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, data_policy, child)
+        boot = self._boot(plan, cluster_join, None if plan.on_eks else file_system)
         self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
-                                                     self.placement_group_name, profile, cluster_join, fleet_tags, child)
+                                                     self.placement_group_name, profile, boot, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
         self.register_outputs({
             "launchTemplateId": self.launch_template.id,
@@ -132,7 +139,16 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
-    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str],
+    def _boot(plan: FleetPlan, cluster_join: pulumi.Input[dict] | None, file_system: FsxLustre | None) -> pulumi.Output[str]:
+        """The user data: the boot script, with the file system to mount once it exists."""
+        if file_system is None:
+            return pulumi.Output.from_input(cluster_join).apply(lambda join: _b64(bootstrap.user_data(plan.boot, join)))
+        fs = file_system.file_system
+        return pulumi.Output.all(pulumi.Output.from_input(cluster_join), fs.dns_name, fs.mount_name).apply(
+            lambda v: _b64(bootstrap.user_data(dataclasses.replace(plan.boot, fsx=fsx.Mount(v[1], v[2], file_system.mount_path)), v[0])))
+
+    @staticmethod
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str], data_policy: dict | None,
                           child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
         """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers, for mpirun
         (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only, and with the boot check the
@@ -168,12 +184,14 @@ class EfaFleet(pulumi.ComponentResource):
                 aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(health_policy(f.name, stack))),
                 opts=child,
             )
+        if data_policy:
+            node_data_policy(name, role, data_policy, child)
         return aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
 
     @staticmethod
     def _launch_template(name: str, plan: FleetPlan, stack: str, subnet_id: pulumi.Input[str],
                          security_group_ids: list[pulumi.Input[str]], placement_group_name: pulumi.Output[str] | None,
-                         profile: aws.iam.InstanceProfile | None, cluster_join: pulumi.Input[dict] | None,
+                         profile: aws.iam.InstanceProfile | None, user_data: pulumi.Output[str],
                          fleet_tags: dict[str, str], child: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
         """Every EFA interface as `efa.interfaces` lays them out, IMDSv2 only, an encrypted root volume, the
         placement group and capacity the fleet names, and the boot script."""
@@ -229,8 +247,7 @@ class EfaFleet(pulumi.ComponentResource):
                 placement=placement,
                 capacity_reservation_specification=capacity_spec,
                 instance_market_options=market,
-                user_data=pulumi.Output.from_input(cluster_join).apply(
-                    lambda join: _b64(bootstrap.user_data(plan.boot, join))),
+                user_data=user_data,
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
                     for kind in ("instance", "volume")

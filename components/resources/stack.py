@@ -18,7 +18,9 @@ from ..planning import config as config_mod
 from ..planning import existing as existing_mod
 from ..planning import plan as plan_mod
 from ..planning.capacity_window import Schedule
+from ..planning import data_access
 from .fleet import EfaFleet
+from .fsx import FsxLustre
 from .job import Job
 from .network import EfaNetwork
 
@@ -91,13 +93,18 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
         problems.extend(missing)
         if not missing:
             cluster = existing_mod.ClusterFacts.of(aws.eks.get_cluster(name=name))
+            if plan.pod_identity:
+                try:
+                    aws.eks.get_addon(addon_name=data_access.POD_IDENTITY_AGENT, cluster_name=name)
+                except Exception as exc:  # EKS answers ResourceNotFoundException for a cluster without it
+                    problems.extend(existing_mod.missing_pod_identity_agent(plan, name, str(exc).strip().splitlines()[-1]))
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
     return vpc_id, cluster, windows
 
 
 def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
-    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups) protected."""
+    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups, file systems) protected."""
     if args.type_ not in plan_mod.PROTECTED_TYPES:
         return None
     return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
@@ -126,15 +133,23 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
-        fleets = {}
+        fleets, file_systems = {}, {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
-            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+            groups = security_groups
+            if fp.config.fsx is not None:
+                # In the fleet's subnet; its group goes on the fleet's nodes, which it admits to Lustre (and EFA).
+                fs = file_systems[fp.name] = FsxLustre(fp.name, fp.config.fsx, fp.fsx_efa, net.vpc_id, subnet_id, tags, opts=guarded)
+                groups = [*security_groups, fs.security_group_id]
+            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=groups, tags=tags,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
-                                       window=windows.get(fp.name))
+                                       window=windows.get(fp.name), file_system=file_systems.get(fp.name),
+                                       data_policy=None if fp.on_eks else data_access.fleet_policy(cfg, fp.name))
             if cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
+                if fp.name in file_systems:
+                    cluster.file_system_volume(fp, file_systems[fp.name].file_system)
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
@@ -142,10 +157,15 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
         outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
         if windows:
             outputs["capacityWindows"] = {n: dataclasses.asdict(w) for n, w in windows.items()}
+        if file_systems:
+            outputs["fileSystems"] = {n: {"id": fs.file_system.id, "dnsName": fs.file_system.dns_name,
+                                          "mountName": fs.file_system.mount_name, "mountPath": fs.mount_path}
+                                      for n, fs in file_systems.items()}
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
-                        namespaces=cluster.namespaces if cluster else None).outputs for j in cfg.jobs
+                        namespaces=cluster.namespaces if cluster else None,
+                        cluster_name=cluster.name if cluster else None).outputs for j in cfg.jobs
         }
     return outputs
 

@@ -40,11 +40,20 @@ def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
     plan = job_plan(cfg, job)
     if plan.target != "eks":
         raise LaunchError(f"job {job.name!r}: the stack has no EKS cluster; use render_node_script for EC2 fleets")
+    identity = [_service_account(plan)] if plan.service_account else []
     if plan.kind == "pytorchjob":
-        return [_pytorchjob(plan, job)]
+        return identity + [_pytorchjob(plan, job)]
     if plan.kind == "mpijob":
-        return [_mpijob(plan, job)]
-    return _indexed_job(plan, job)
+        return identity + [_mpijob(plan, job)]
+    return identity + _indexed_job(plan, job)
+
+
+def _service_account(plan: JobPlan) -> dict:
+    """The job's own service account, which its pod identity association binds to its data role. It grants nothing in
+    the cluster, and its Kubernetes API token is not mounted: EKS Pod Identity gives the pods that run on it a token
+    of its own (audience pods.eks.amazonaws.com), which only its agent takes (EKS user guide, pod-id-how-it-works)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {**_meta(plan), "name": plan.service_account},
+            "automountServiceAccountToken": False}
 
 
 def manifests_yaml(docs: list[dict]) -> str:
@@ -148,7 +157,15 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         container["workingDir"] = plan.working_directory
     container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
+    if plan.fsx_claim:
+        # The fleet's FSx file system: data and checkpoints that outlive the pod.
+        container["volumeMounts"].append({"name": "fsx", "mountPath": plan.fsx_mount_path})
+        volumes.append({"name": "fsx", "persistentVolumeClaim": {"claimName": plan.fsx_claim}})
     spec = _placement(plan)
+    if plan.service_account:
+        # The node pods read and write the job's data: they, and only they, run as the job's identity.
+        spec["serviceAccountName"] = plan.service_account
     # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
     _hardened(plan, spec, container, capabilities if plan.efa_devices else tuple(c for c in capabilities if c not in EFA_CAPABILITIES))
     # The device requests keep one pod per node, except on a type without devices.
@@ -166,7 +183,7 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
             ],
         }
     spec["containers"] = [container]
-    spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
+    spec["volumes"] = volumes
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
 
 
