@@ -19,7 +19,7 @@ from components.planning import catalog, config, launch, ofi_platform, preflight
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
-CORE_KINDS = {"Service", "Job"}  # checked by kubernetes_validate's bundled schemas
+CORE_KINDS = {"Service", "Job", "ServiceAccount"}  # checked by kubernetes_validate's bundled schemas
 K8S_VERSION = "1.31.0"
 
 

@@ -9,10 +9,13 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import ofi_platform
 from .catalog import InstanceType
-from .config.data import FsxConfig
+
+if TYPE_CHECKING:  # the config's checks use this module: no import of config at load time
+    from .config.data import FsxConfig
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "fsx_lustre.json"
 
