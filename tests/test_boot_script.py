@@ -45,7 +45,8 @@ def short_device_wait(monkeypatch):
 
 
 def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: int = 0, reserved_pages: int = 0,
-             script: str | None = None) -> Boot:
+             script: str | None = None, stubs: dict[str, str] | None = None) -> Boot:
+    """`stubs`: more stand-in commands (name -> sh body), each recording its calls in <bin>/<name>.calls."""
     pages = tmp_path / "nr_hugepages"
     pages.write_text(f"{reserved_pages}\n")
     upper, work, logs, bin_dir = (tmp_path / d for d in ("etc", "work", "log", "bin"))
@@ -63,6 +64,8 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
   *) exit 22 ;;
 esac''')
     stub(bin_dir, "aws", "exit 0")
+    for name, body in (stubs or {}).items():
+        stub(bin_dir, name, body)
     setup = " && ".join([
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc",
         f"mount --bind {pages} /proc/sys/vm/nr_hugepages",
