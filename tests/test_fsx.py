@@ -42,6 +42,7 @@ def create_request(inputs: dict) -> dict:
               "EfaEnabled": inputs["efaEnabled"]}
     return {"FileSystemType": "LUSTRE", "StorageCapacity": int(inputs["storageCapacity"]), "StorageType": inputs["storageType"],
             "SubnetIds": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"],
+            "KmsKeyId": "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             "LustreConfiguration": lustre, "Tags": [{"Key": k, "Value": v} for k, v in inputs["tags"].items()]}
 
 
@@ -67,7 +68,7 @@ def test_the_file_system_is_persistent_2_in_the_fleets_subnet_with_efa_on_a_gpud
     fs = ec2_fsx.one(FS)
     assert fs.inputs["deploymentType"] == "PERSISTENT_2" and fs.inputs["subnetIds"] == "<efa-private-us-east-1a.id>"
     assert fs.inputs["efaEnabled"] is True  # p5.48xlarge does GPUDirect RDMA (aws-ofi-nccl's table)
-    assert fs.inputs["securityGroupIds"] == ["<p5-fsx.id>"]
+    assert fs.inputs["securityGroupIds"] == ["<p5-fsx.id>"] and fs.inputs["kmsKeyId"] == "<p5-fsx.arn>"  # its own key
     # The fleet's nodes carry the file system's group on every interface, beside the EFA group.
     lt = ec2_fsx.one("aws:ec2/launchTemplate:LaunchTemplate")
     assert all(i["securityGroups"] == ["<efa-efa.id>", "<p5-fsx.id>"] for i in lt.inputs["networkInterfaces"])

@@ -21,6 +21,7 @@ from ..planning import eks_rules
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
 from . import eks_data
+from .kms import account_key
 from .fleet import block_schedules, node_role, window_sizes
 from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
@@ -154,21 +155,7 @@ class EfaCluster(pulumi.ComponentResource):
                         vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
         cfg = plan.config.eks
         self.name = f"{stack}-{name}"
-        account = aws.get_caller_identity_output().account_id
-        key = aws.kms.Key(
-            f"{name}-secrets",
-            aws.kms.KeyArgs(
-                description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags,
-                # Said outright rather than left to KMS: the account administers the key, through IAM policies
-                # (KMS's default key policy); EKS uses it through the cluster role's grants.
-                policy=account.apply(lambda account_id: json.dumps({
-                    "Version": "2012-10-17",
-                    "Statement": [{"Sid": "AccountAdministersThroughIam", "Effect": "Allow",
-                                   "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"}, "Action": "kms:*", "Resource": "*"}],
-                })),
-            ),
-            opts=child,
-        )
+        key = account_key(f"{name}-secrets", f"EKS secrets encryption for {self.name}", tags, child)
         cluster = eks.Cluster(
             f"{name}-cluster",
             eks.ClusterArgs(

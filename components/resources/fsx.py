@@ -13,6 +13,7 @@ import pulumi_aws as aws
 
 from ..planning import fsx
 from ..planning.config.data import FsxConfig
+from .kms import account_key
 
 
 class FsxLustre(pulumi.ComponentResource):
@@ -29,6 +30,8 @@ class FsxLustre(pulumi.ComponentResource):
         self.mount_path = cfg.mount_path
         self.security_group_id = self._security_group(name, efa, vpc_id, tagged, child)
         facts = fsx.facts()
+        # Replacing the key would replace the file system: it is the file system's own, created with it.
+        key = account_key(f"{name}-fsx", f"FSx for Lustre file system of fleet {name}", tagged, child)
         self.file_system = aws.fsx.LustreFileSystem(
             f"{name}-fsx",
             aws.fsx.LustreFileSystemArgs(
@@ -40,6 +43,7 @@ class FsxLustre(pulumi.ComponentResource):
                 per_unit_storage_throughput=cfg.throughput_per_tib,
                 metadata_configuration=aws.fsx.LustreFileSystemMetadataConfigurationArgs(mode=facts["metadataConfiguration"]["mode"]),
                 efa_enabled=efa,
+                kms_key_id=key.arn,
                 tags=tagged,
             ),
             opts=child,
