@@ -15,7 +15,7 @@ from moto.core import set_initial_no_auth_action_count
 
 from components.planning import config, data_access, launch
 from components.offline import mocks
-from conftest import base_doc, settings_of, stack_settings
+from conftest import ROOT, base_doc, settings_of, stack_run
 from test_existing import doc as existing_doc, lookups as existing_lookups
 from test_launch import check_manifest, pod_templates, schema_versions
 
@@ -24,11 +24,9 @@ POLICY = "aws:iam/rolePolicy:RolePolicy"
 ASSOCIATION = "aws:eks/podIdentityAssociation:PodIdentityAssociation"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def eks_data() -> mocks.Run:
-    run = mocks.run(stack_settings("eks-data"), "eks-data")
-    assert run.error is None, run.error
-    return run
+    return stack_run("eks-data")
 
 
 # --- the policy, evaluated ---------------------------------------------------------
@@ -141,7 +139,7 @@ def test_the_eks_plan_registers_the_agent_the_role_its_policy_and_the_associatio
 
 
 def test_the_pods_run_on_the_jobs_service_account_with_the_fsx_volume_and_validate(eks_data):
-    cfg = config.load_file(__import__("conftest").ROOT / "stacks" / "Pulumi.eks-data.yaml")
+    cfg = config.load_file(ROOT / "stacks" / "Pulumi.eks-data.yaml")
     docs = launch.render_manifests(cfg, cfg.jobs[0])
     account, job = docs
     assert account == {"apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
@@ -166,7 +164,7 @@ def test_the_pods_run_on_the_jobs_service_account_with_the_fsx_volume_and_valida
 
 
 def test_only_the_node_pods_of_an_mpijob_take_the_identity():
-    doc = copy.deepcopy(config.read_stack_file(__import__("conftest").ROOT / "stacks" / "Pulumi.prod.yaml"))
+    doc = copy.deepcopy(config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml"))
     jobs = doc["efa-infra:jobs"]
     jobs[1]["s3"] = [{"uri": "s3://results-bucket/nccl/", "access": "read-write"}]
     cfg = config.load(config.document_from_settings(doc))
@@ -223,9 +221,8 @@ def test_the_ec2_node_role_gets_the_union_of_its_jobs_policies():
 
 
 def test_ec2_jobs_are_given_their_paths():
-    run = mocks.run(stack_settings("ec2-fsx"), "ec2-fsx")
-    assert run.error is None, run.error
-    cfg = config.load_file(__import__("conftest").ROOT / "stacks" / "Pulumi.ec2-fsx.yaml")
+    stack_run("ec2-fsx")  # the stack runs clean
+    cfg = config.load_file(ROOT / "stacks" / "Pulumi.ec2-fsx.yaml")
     script = launch.render_node_script(cfg, cfg.jobs[0], stack="ec2-fsx")
     assert "export DATA_PATH=/fsx/datasets/corpus" in script
     assert "export CHECKPOINT_PATH=s3://example-training-results/pretrain/checkpoints" in script

@@ -14,25 +14,21 @@ import pytest
 
 from components.planning import bootstrap, config, fsx
 from components.offline import diff, flows, mocks
-from conftest import ROOT, base_doc, settings_of, stack_settings
+from conftest import ROOT, base_doc, settings_of, stack_run
 from test_boot_script import p5, run_boot
 
 FS = "aws:fsx/lustreFileSystem:LustreFileSystem"
 DRA = "aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ec2_fsx() -> mocks.Run:
-    run = mocks.run(stack_settings("ec2-fsx"), "ec2-fsx")
-    assert run.error is None, run.error
-    return run
+    return stack_run("ec2-fsx")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def eks_data() -> mocks.Run:
-    run = mocks.run(stack_settings("eks-data"), "eks-data")
-    assert run.error is None, run.error
-    return run
+    return stack_run("eks-data")
 
 
 def create_request(inputs: dict) -> dict:

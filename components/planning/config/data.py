@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from .base import JOB_NAMESPACE, NAMESPACE_PATTERN, Model
 
@@ -25,8 +25,16 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return m["bucket"], (m["prefix"] or "").strip("/")
 
 
+def _s3_uri(v: str) -> str:
+    split_s3_uri(v)
+    return v
+
+
+S3Uri = Annotated[str, AfterValidator(_s3_uri)]
+
+
 class S3Location(Model):
-    uri: str = Field(..., description="The location: s3://bucket/prefix/ (everything under the prefix) or s3://bucket (the whole bucket).")
+    uri: S3Uri = Field(..., description="The location: s3://bucket/prefix/ (everything under the prefix) or s3://bucket (the whole bucket).")
     access: Literal["read-only", "read-write"] = Field(
         "read-only", description="read-only: list and get; read-write: also put and delete (checkpoints, outputs).",
     )
@@ -36,24 +44,12 @@ class S3Location(Model):
         "generate data keys, through S3 only.",
     )
 
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        split_s3_uri(v)
-        return v
-
 
 class DataRepository(Model):
-    s3: str = Field(..., description="The bucket location linked to the file system, e.g. s3://my-bucket/datasets/.")
+    s3: S3Uri = Field(..., description="The bucket location linked to the file system, e.g. s3://my-bucket/datasets/.")
     path: str = Field(..., pattern=r"^/[^*?]*$", description="Where it appears in the file system, e.g. /datasets.")
     auto_import: bool = Field(True, description="Bring in the location's new, changed and deleted objects as they happen.")
     auto_export: bool = Field(False, description="Write new, changed and deleted files back to the location as they happen.")
-
-    @field_validator("s3")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        split_s3_uri(v)
-        return v
 
 
 class FsxConfig(Model):
