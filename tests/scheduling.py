@@ -76,12 +76,23 @@ def _neuron(v: dict) -> PodScheduling:
     return PodScheduling(dp.get("nodeSelector") or {}, fill(dp.get("affinity") or {}), dp.get("tolerations") or [])
 
 
+def _fsx_csi_node(v: dict) -> PodScheduling:
+    # templates/node-daemonset.yaml: nodeSelector kubernetes.io/os: linux plus .Values.node.nodeSelector; with
+    # .Values.node.tolerateAllTaints one toleration `operator: Exists`, else .Values.node.tolerations and the driver's
+    # own not-ready taint; affinity from .Values.node.affinity.
+    node = v["node"]
+    tolerations = ([{"operator": "Exists"}] if node.get("tolerateAllTaints")
+                   else [*(node.get("tolerations") or []), {"key": "fsx.csi.aws.com/agent-not-ready", "operator": "Exists"}])
+    return PodScheduling({"kubernetes.io/os": "linux", **(node.get("nodeSelector") or {})}, node.get("affinity") or {}, tolerations)
+
+
 @dataclass(frozen=True)
 class Chart:
     release: str  # our release's resource name
     directory: str  # under tests/data/helm
     scheduling: Callable[[dict], PodScheduling]
     accelerator: str | None  # the accelerator whose nodes it must reach; None for the EFA plugin
+    everywhere: bool = False  # a node agent every node runs (the FSx CSI driver's node plugin)
 
     def defaults(self) -> dict:
         return yaml.safe_load((HELM_DATA / self.directory / "values.yaml").read_text())
@@ -91,6 +102,7 @@ CHARTS = {
     "aws-efa-k8s-device-plugin": Chart("eks-efa-device-plugin", "aws-efa-k8s-device-plugin-v0.5.30", _efa, None),
     "nvidia-device-plugin": Chart("eks-nvidia-device-plugin", "nvidia-device-plugin-0.17.1", _nvidia, "gpu"),
     "oci://public.ecr.aws/neuron/neuron-helm-chart": Chart("eks-neuron-device-plugin", "neuron-helm-chart-1.1.2", _neuron, "neuron"),
+    "aws-fsx-csi-driver": Chart("eks-fsx-csi-driver", "aws-fsx-csi-driver-1.17.0", _fsx_csi_node, None, everywhere=True),
 }
 
 

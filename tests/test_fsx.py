@@ -214,7 +214,7 @@ def test_eks_gets_the_pinned_csi_driver_and_a_static_volume(eks_data):
     release = eks_data.one("kubernetes:helm.sh/v3:Release", "eks-fsx-csi-driver")
     assert (release.inputs["chart"], release.inputs["version"], release.inputs["repositoryOpts"]["repo"]) == (
         "aws-fsx-csi-driver", "1.17.0", "https://kubernetes-sigs.github.io/aws-fsx-csi-driver")
-    assert release.inputs["values"] == {"controller": {"region": "us-east-1"}}
+    assert release.inputs["values"] == {"controller": {"region": "us-east-1"}, "node": {"region": "us-east-1"}}
     volume = eks_data.one("kubernetes:core/v1:PersistentVolume", "p5-fsx")
     spec = volume.inputs["spec"]
     assert spec["csi"] == {"driver": "fsx.csi.aws.com", "volumeHandle": "<p5-fsx.id>",

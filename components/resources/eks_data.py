@@ -25,8 +25,9 @@ def csi_chart() -> tuple[str, str, str]:
 
 def csi_values(region: str) -> dict:
     """Static volumes only: the controller (which creates file systems for dynamic claims) needs no AWS rights.
-    The region is given so that it never reads instance metadata, which the hop limit keeps from pods."""
-    return {"controller": {"region": region}}
+    The region is given to both so that neither looks for it in instance metadata, which the hop limit keeps from
+    pods (the node plugin then reads the rest of its node's facts from the Kubernetes API: data/fsx_lustre.json)."""
+    return {"controller": {"region": region}, "node": {"region": region}}
 
 
 def static_volume(fleet: str, file_system: aws.fsx.LustreFileSystem, storage_gib: int, namespace: str,
