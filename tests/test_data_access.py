@@ -228,6 +228,20 @@ def test_ec2_jobs_are_given_their_paths():
     assert "export CHECKPOINT_PATH=s3://example-training-results/pretrain/checkpoints" in script
 
 
+def test_plan_shows_each_jobs_access_and_paths():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "components", "plan", "--stack", "eks-data", "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (job,) = json.loads(out.stdout)["jobs"]
+    assert job["identity"] == "EKS Pod Identity, service account efa-jobs/finetune" and job["fsxMount"] == "/fsx"
+    assert job["s3"] == [{"uri": "s3://example-training-data/tokenizers/", "access": "read-only"},
+                         {"uri": "s3://example-training-results/finetune/", "access": "read-write"}]
+    assert job["env"]["CHECKPOINT_PATH"] == "/fsx/checkpoints/finetune"
+
+
 # --- config refusals -----------------------------------------------------------------
 
 

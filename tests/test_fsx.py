@@ -164,6 +164,7 @@ def test_plan_shows_the_lustre_flows():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ok      Lustre LNet, client to file system (TCP 988): p5 node -> p5 file system" in out.stdout
+    assert "FSx for Lustre    2400 GiB, 250 MB/s/TiB, EFA on, at /fsx (mounted by the boot script)" in out.stdout
 
 
 # --- mounting --------------------------------------------------------------------------

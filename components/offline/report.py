@@ -10,6 +10,7 @@ from typing import Any
 from . import flows
 from ..planning.addressing import Subnet
 from ..planning.bootstrap import BOOT_CHECK_TAINT
+from ..planning.config.data import PATH_ENV
 from ..planning.plan import FleetPlan, StackPlan, default_ami
 
 AWS_ASSIGNED = "assigned by AWS at deploy time"
@@ -76,11 +77,23 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "bootCheck": _boot_check(fp),
         "autoRepair": fp.auto_repair if fp.on_eks else None,
         "capacityWindow": _window(fp, window),
+        "fileSystem": _file_system(fp),
     }
 
 
-def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
-    """A job as the plan lists it (jp: launch.JobPlan; unmanaged: it targets a cluster the stack does not manage)."""
+def _file_system(fp: FleetPlan) -> dict | None:
+    f = fp.config.fsx
+    if f is None:
+        return None
+    return {"storageGiB": f.storage_gib, "throughputPerTiB": f.throughput_per_tib, "efa": fp.fsx_efa, "mountPath": f.mount_path,
+            "mountedBy": "the CSI driver, for the jobs' pods" if fp.on_eks else "the boot script",
+            "dataRepositories": [{"s3": r.s3, "path": r.path} for r in f.data_repositories]}
+
+
+def job_facts(jp, unmanaged: bool, s3: list | None = None) -> dict[str, Any]:
+    """A job as the plan lists it (jp: launch.JobPlan; unmanaged: it targets a cluster the stack does not manage;
+    s3: the job's S3 locations)."""
+    s3 = s3 or []
     artifacts = (f"{jp.kind} manifests on EKS" if jp.target == "eks"
                  else "a launch script in an SSM document, run on every node of the fleet")
     return {
@@ -89,6 +102,10 @@ def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
         "nodes": jp.nodes, "procsPerNode": jp.procs_per_node, "efa": jp.efa_devices > 0,
         "efaDevices": jp.efa_devices, "accelerators": jp.accelerator_count, "rdma": jp.rdma,
         "env": jp.env, "artifacts": artifacts,
+        "s3": [{"uri": loc.uri, "access": loc.access} for loc in s3],
+        "identity": (f"EKS Pod Identity, service account {jp.namespace}/{jp.service_account}" if jp.service_account
+                     else "the fleet's node role" if s3 and jp.target == "ec2" else None),
+        "fsxMount": jp.fsx_mount_path,
     }
 
 
@@ -154,6 +171,11 @@ def render_text(doc: dict[str, Any]) -> str:
         if f["capacityWindow"]:
             w = f["capacityWindow"]
             out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
+        if f["fileSystem"]:
+            fs = f["fileSystem"]
+            repos = "".join(f"; {r['s3']} at {r['path']}" for r in fs["dataRepositories"])
+            out.append(f"    FSx for Lustre    {fs['storageGiB']} GiB, {fs['throughputPerTiB']} MB/s/TiB, EFA "
+                       f"{'on' if fs['efa'] else 'off'}, at {fs['mountPath']} (mounted by {fs['mountedBy']}){repos}")
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""
@@ -171,6 +193,12 @@ def render_text(doc: dict[str, Any]) -> str:
             where = f"cluster {j['fleet']} (not managed by this stack)" if j["unmanagedCluster"] else f"fleet {j['fleet']}"
             out.append(f"  {j['name']}: {j['launcher']} on {where}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
                        f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per node), {j['artifacts']}")
+            if j["s3"]:
+                out.append(f"    S3 through {j['identity']}: " + ", ".join(f"{s['uri']} ({s['access']})" for s in j["s3"]))
+            where = ([f"FSx at {j['fsxMount']}"] if j["fsxMount"] else []) + [
+                f"{k}={j['env'][k]}" for k in PATH_ENV.values() if k in j["env"]]
+            if where:
+                out.append("    " + "; ".join(where))
     out += ["", f"Resources ({len(doc['resources'])})"]
     children: dict[str | None, list[dict]] = {}
     for r in doc["resources"]:
