@@ -50,8 +50,10 @@ def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
 
 def _service_account(plan: JobPlan) -> dict:
     """The job's own service account, which its pod identity association binds to its data role. It grants nothing in
-    the cluster, and its Kubernetes API token is not mounted: EKS Pod Identity gives the pods that run on it a token
-    of its own (audience pods.eks.amazonaws.com), which only its agent takes (EKS user guide, pod-id-how-it-works)."""
+    the cluster, and its Kubernetes API token is not mounted: EKS's pod identity webhook gives the pods that run on it
+    a projected token of their own (volume eks-pod-identity-token, audience pods.eks.amazonaws.com, which only the
+    agent at 169.254.170.23 takes), whatever automountServiceAccountToken says (aws/amazon-eks-pod-identity-webhook
+    @3bf80a34, main.go lines 87-91; pkg/handler reads no automount setting)."""
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {**_meta(plan), "name": plan.service_account},
             "automountServiceAccountToken": False}
 
