@@ -185,6 +185,14 @@ def test_a_joined_cluster_gets_the_association_but_no_agent():
     assert run.error is None, run.error
     assert run.one(ASSOCIATION).inputs["clusterName"] == "ml-shared"
     assert not run.of_type("aws:eks/addon:Addon")
+    # A file system there gets its volume and claim; the cluster runs its own CSI driver.
+    d["fleets"][0]["fsx"] = {"storageGiB": 1200, "namespace": "efa-jobs"}
+    answers[mocks.GET_CALLER_IDENTITY] = mocks.stand_in_lookups(settings_of(d))[mocks.GET_CALLER_IDENTITY]  # its key's policy
+    with_fsx = mocks.run(settings_of(d), "byo", answers)
+    assert with_fsx.error is None, with_fsx.error
+    assert with_fsx.one("kubernetes:core/v1:PersistentVolumeClaim", "gpu-fsx")
+    assert "aws-fsx-csi-driver" not in {r.inputs["chart"] for r in with_fsx.of_type("kubernetes:helm.sh/v3:Release")}
+    del d["fleets"][0]["fsx"]
 
     # As the provider fails the lookup: ResourceNotFoundException from DescribeAddon.
     answers[mocks.GET_ADDON] = lambda args: ({}, [("addonName", "ResourceNotFoundException: No addon: eks-pod-identity-agent "

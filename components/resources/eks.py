@@ -231,11 +231,12 @@ class EfaCluster(pulumi.ComponentResource):
 
     def _data(self, name: str, plan: StackPlan, creates: bool, ready: list[pulumi.Resource], tags: dict[str, str],
               on_k8s: pulumi.ResourceOptions) -> None:
-        """What jobs' data needs in the cluster: the Pod Identity agent in a cluster the stack creates, kept whatever
-        jobs are listed (like the operators: pods may use it that the stack does not know of; a joined cluster keeps
-        its own add-ons, and read_existing checks it has the agent), and the FSx CSI driver where fleets have FSx."""
-        if creates:
-            eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready))
+        """What jobs' data needs in a cluster the stack creates: the Pod Identity agent, kept whatever jobs are listed
+        (like the operators: pods the stack does not know of may use it), and the FSx CSI driver where fleets have
+        FSx. A joined cluster keeps its own (read_existing checks it has the agent; the README asks for the driver)."""
+        if not creates:
+            return
+        eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready))
         if any(fp.config.fsx for fp in plan.fleets):
             _release(f"{name}-fsx-csi-driver", eks_data.csi_chart(), on_k8s, eks_data.csi_values(plan.config.region))
 
