@@ -10,6 +10,7 @@ import json
 
 import botocore.session
 import botocore.validate
+import kubernetes_validate
 import pytest
 
 from components.planning import bootstrap, config, fsx
@@ -224,6 +225,12 @@ def test_eks_gets_the_pinned_csi_driver_and_a_static_volume(eks_data):
                                                                                             {"storage": "4800Gi"})
     claim = eks_data.one("kubernetes:core/v1:PersistentVolumeClaim", "p5-fsx")
     assert claim.inputs["spec"]["volumeName"] == "p5-fsx" and claim.inputs["spec"]["storageClassName"] == ""
+    # Both as the API server takes them (strict: no unknown field), with AWS's values standing in for placeholders.
+    for obj in (volume, claim):
+        concrete = json.loads(json.dumps(obj.inputs).replace("<p5-fsx.id>", "fs-0123456789abcdef0")
+                              .replace("<p5-fsx.dnsName>", "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com")
+                              .replace("<p5-fsx.mountName>", "abcdefgh"))
+        kubernetes_validate.validate(concrete, "1.33.0", strict=True)
 
 
 # --- day 2 -------------------------------------------------------------------------------
