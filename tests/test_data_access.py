@@ -132,6 +132,8 @@ def test_the_eks_plan_registers_the_agent_the_role_its_policy_and_the_associatio
     association = eks_data.one(ASSOCIATION, "finetune-data")
     assert {k: association.inputs[k] for k in ("clusterName", "namespace", "serviceAccount", "roleArn")} == {
         "clusterName": "eks-data-eks", "namespace": "efa-jobs", "serviceAccount": "finetune", "roleArn": "<finetune-data.arn>"}
+    # It names the cluster by its (known) name, so it waits for the cluster explicitly.
+    assert eks_data.one("eks:index:Cluster").urn in association.depends_on
     with moto.mock_aws():  # moto checks both documents as IAM does
         iam = boto3.client("iam", region_name=REGION)
         iam.create_role(RoleName="job", AssumeRolePolicyDocument=role.inputs["assumeRolePolicy"])
@@ -184,6 +186,7 @@ def test_a_joined_cluster_gets_the_association_but_no_agent():
     run = mocks.run(settings_of(d), "byo", answers)
     assert run.error is None, run.error
     assert run.one(ASSOCIATION).inputs["clusterName"] == "ml-shared"
+    assert run.one("aws:eks/accessEntry:AccessEntry").urn in run.one(ASSOCIATION).depends_on
     assert not run.of_type("aws:eks/addon:Addon")
     # A file system there gets its volume and claim; the cluster runs its own CSI driver.
     d["fleets"][0]["fsx"] = {"storageGiB": 1200, "namespace": "efa-jobs"}

@@ -19,9 +19,11 @@ POD_IDENTITY_TRUST = {
 
 def pod_identity(name: str, cluster_name: pulumi.Input[str], namespace: str, service_account: str, policy: dict,
                  tags: dict[str, str], opts: pulumi.ResourceOptions) -> aws.eks.PodIdentityAssociation:
-    """The job's role, its data policy, and the association that gives it to the pods on its service account."""
-    role = aws.iam.Role(f"{name}-data", aws.iam.RoleArgs(assume_role_policy=json.dumps(POD_IDENTITY_TRUST), tags=tags), opts=opts)
-    aws.iam.RolePolicy(f"{name}-data", aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(policy)), opts=opts)
+    """The job's role, its data policy, and the association that gives it to the pods on its service account;
+    `opts` carry what the association waits for: the cluster it names."""
+    own = pulumi.ResourceOptions(parent=opts.parent)
+    role = aws.iam.Role(f"{name}-data", aws.iam.RoleArgs(assume_role_policy=json.dumps(POD_IDENTITY_TRUST), tags=tags), opts=own)
+    aws.iam.RolePolicy(f"{name}-data", aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(policy)), opts=own)
     return aws.eks.PodIdentityAssociation(
         f"{name}-data",
         aws.eks.PodIdentityAssociationArgs(cluster_name=cluster_name, namespace=namespace, service_account=service_account,

@@ -76,6 +76,7 @@ class EfaCluster(pulumi.ComponentResource):
     provider: k8s.Provider
     namespaces: list[k8s.core.v1.Namespace]  # the jobs' namespaces, on a cluster the stack creates
     node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
+    ready: list[pulumi.Resource]  # the cluster, or for one the stack joins the node role's access entry
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
                  vpc_id: pulumi.Input[str], tags: dict[str, str], existing: ClusterFacts | None = None,
@@ -94,6 +95,7 @@ class EfaCluster(pulumi.ComponentResource):
             self._system_nodes(name, private_subnet_ids, tags, [cluster, *attachments])
             ready = [cluster]
             device_plugins = True
+        self.ready = ready  # what resources in the cluster (or naming it, as pod identity associations do) wait for
         self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
         self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig),
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=ready))

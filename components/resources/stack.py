@@ -13,12 +13,11 @@ from datetime import datetime, timezone
 import pulumi
 import pulumi.runtime.config as runtime_config
 
-from ..planning import capacity_window
+from ..planning import capacity_window, data_access
 from ..planning import config as config_mod
 from ..planning import existing as existing_mod
 from ..planning import plan as plan_mod
 from ..planning.capacity_window import Schedule
-from ..planning import data_access
 from .fleet import EfaFleet
 from .fsx import FsxLustre
 from .job import Job
@@ -165,7 +164,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
                         namespaces=cluster.namespaces if cluster else None,
-                        cluster_name=cluster.name if cluster else None).outputs for j in cfg.jobs
+                        cluster_name=cluster.name if cluster else None,
+                        cluster_ready=cluster.ready if cluster else None).outputs for j in cfg.jobs
         }
     return outputs
 
