@@ -115,6 +115,12 @@ def test_storage_and_throughput_errors_come_together_naming_the_keys():
     assert "For <code>PERSISTENT_2</code> SSD storage: 125, 250, 500, 1000 MB/s/TiB" in shape.members["PerUnitStorageThroughput"].documentation
 
 
+def test_two_links_to_one_path_are_refused():
+    repos = [{"s3": "s3://bkt-a/x/", "path": "/data"}, {"s3": "s3://bkt-b/y/", "path": "/data/"}]
+    with pytest.raises(config.ConfigError, match=r"fleets\[0\]\.fsx\.dataRepositories\[1\]\.path: /data is already linked"):
+        config.load(fleet_doc({"storageGiB": 1200, "dataRepositories": repos}))
+
+
 def test_data_repositories_link_the_buckets(eks_data):
     (dra,) = eks_data.of_type(DRA)
     assert dra.inputs["dataRepositoryPath"] == "s3://example-training-data/datasets/"
