@@ -194,7 +194,8 @@ def test_the_boot_script_mounts_the_file_system(tmp_path):
     assert (tmp_path / "fsx").is_dir() and f"FSx: mounted {DEVICE} on {path}" in boot.log
     # Mounted again at every boot, once the network is up.
     assert (boot.etc / "fstab").read_text().splitlines()[-1] == (
-        f"{DEVICE} {path} lustre defaults,relatime,flock,_netdev,x-systemd.automount,x-systemd.requires=network.service 0 0")
+        f"{DEVICE} {path} lustre defaults,relatime,flock,_netdev,x-systemd.automount,"
+        "x-systemd.requires=systemd-networkd-wait-online.service 0 0")
     assert "boot check passed" in boot.log
 
 
