@@ -79,6 +79,9 @@ def fleet_doc(fsx_cfg: dict, **fleet) -> dict:
 
 
 @pytest.mark.parametrize("itype,efa,expected", [("p5.48xlarge", True, True), ("p5.48xlarge", False, False),
+                                                ("p5en.48xlarge", True, True), ("p6-b200.48xlarge", True, True),
+                                                ("p5.4xlarge", True, False),  # a GDS family, but no GPUDirect RDMA
+                                                ("p4d.24xlarge", True, False),  # not among FSx's GDS types
                                                 ("g6.8xlarge", True, False)])
 def test_efa_by_default_where_the_type_does_gpudirect(itype, efa, expected):
     cfg = config.load(fleet_doc({"storageGiB": 1200}, instanceType=itype, efa=efa))
@@ -88,11 +91,17 @@ def test_efa_by_default_where_the_type_does_gpudirect(itype, efa, expected):
 
 
 @pytest.mark.parametrize("fleet,words", [({"efa": False}, "has efa: false"),
-                                         ({"instanceType": "m6i.large"}, "which has no EFA device")])
+                                         ({"instanceType": "m6i.large"}, "which has no EFA device"),
+                                         ({"instanceType": "trn2.48xlarge"}, "no EFA clients of the trn2 family")])
 def test_efa_on_a_file_system_its_fleet_cannot_reach_over_efa_is_refused(fleet, words):
     with pytest.raises(config.ConfigError) as err:
         config.load(fleet_doc({"storageGiB": 1200, "efa": True}, **fleet))
     assert "efa-infra:fleets[0].fsx.efa" in str(err.value) and words in str(err.value)
+    # A trn1 fleet is an EFA client: asked for, EFA is taken (GDS is not, so it is not the default).
+    cfg = config.load(fleet_doc({"storageGiB": 1200, "efa": True}, instanceType="trn1.32xlarge"))
+    from components.planning import plan
+
+    assert plan.build(cfg).fleets[0].fsx_efa is True
 
 
 @pytest.mark.parametrize("size,ok", [(1200, True), (2400, True), (4800, True), (9600, True), (1000, False),

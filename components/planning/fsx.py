@@ -53,12 +53,26 @@ def storage_problems(fsx: FsxConfig) -> list[tuple[str, str]]:
     return out
 
 
+def family(itype: InstanceType) -> str:
+    return itype.name.split(".")[0]
+
+
+def efa_client(itype: InstanceType) -> bool:
+    """Whether nodes of this type can reach a file system over EFA: an EFA type outside the families FSx leaves out."""
+    return itype.efa_supported and family(itype) not in facts()["efa"]["clients"]["excludedFamilies"]
+
+
+def gds(itype: InstanceType) -> bool:
+    """Whether the type does GPUDirect Storage from FSx: a family FSx names, and GPUDirect RDMA on the type."""
+    return family(itype) in facts()["efa"]["gds"]["families"] and ofi_platform.uses_device_rdma(itype)
+
+
 def efa_enabled(fsx: FsxConfig, itype: InstanceType, fleet_efa: bool) -> bool:
-    """The file system's EFA (and GPUDirect Storage): as asked, else on where the fleet has EFA and its type
-    does GPUDirect RDMA."""
+    """The file system's EFA (and GPUDirect Storage): as asked, else on where the fleet has EFA and its type does
+    GPUDirect Storage."""
     if fsx.efa is not None:
         return fsx.efa
-    return fleet_efa and itype.efa_supported and ofi_platform.uses_device_rdma(itype)
+    return fleet_efa and efa_client(itype) and gds(itype)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ class FsxConfig(Model):
     efa: bool | None = Field(
         None,
         description="Serve the file system over EFA (with GPUDirect Storage): set at creation, never changed. Default: on "
-        "when the fleet has EFA and its type does GPUDirect RDMA.",
+        "when the fleet has EFA and its type does GPUDirect Storage (p5, p5e, p5en, p6-b200 with GPUDirect RDMA). "
+        "Refused for a fleet FSx cannot serve over EFA (no EFA, efa: false, the trn2 family).",
     )
     mount_path: str = Field(
         "/fsx", pattern=r"^/[A-Za-z0-9._/-]*$",

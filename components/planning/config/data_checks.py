@@ -22,10 +22,17 @@ def fsx_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     at = lambda *key: key_path(("fleets", i, "fsx", *key))  # noqa: E731
     out = [Problem(at(key), msg) for key, msg in fsx_mod.storage_problems(f.fsx)]
     itype = cat.get(f.instance_type)
-    if f.fsx.efa and not (f.efa and itype.efa_supported):
-        why = "has efa: false" if itype.efa_supported else f"is {f.instance_type}, which has no EFA device"
-        out.append(Problem(at("efa"), f"an EFA-enabled file system serves clients over EFA, and fleet {f.name!r} {why}: "
-                                      "set fsx.efa: false (Lustre over TCP), or enable EFA on the fleet"))
+    if f.fsx.efa and not (f.efa and fsx_mod.efa_client(itype)):
+        if not itype.efa_supported:
+            why = f"is {f.instance_type}, which has no EFA device"
+        elif not fsx_mod.efa_client(itype):
+            why = (f"is {f.instance_type}: FSx for Lustre serves no EFA clients of the {fsx_mod.family(itype)} family "
+                   "(FSx guide, configuring EFA clients)")
+        else:
+            why = "has efa: false"
+        fix = ", or enable EFA on the fleet" if fsx_mod.efa_client(itype) else ""
+        out.append(Problem(at("efa"), f"an EFA-enabled file system serves its clients over EFA, and fleet {f.name!r} {why}: "
+                                      f"set fsx.efa: false (Lustre over TCP){fix}"))
     paths = [r.path.rstrip("/") or "/" for r in f.fsx.data_repositories]
     for k, p in enumerate(paths):
         if paths.index(p) != k:
