@@ -84,7 +84,7 @@ def fleet_doc(fsx_cfg: dict, **fleet) -> dict:
                                                 ("p4d.24xlarge", True, False),  # not among FSx's GDS types
                                                 ("g6.8xlarge", True, False)])
 def test_efa_by_default_where_the_type_does_gpudirect(itype, efa, expected):
-    cfg = config.load(fleet_doc({"storageGiB": 1200}, instanceType=itype, efa=efa))
+    cfg = config.load(fleet_doc({"storageGiB": 4800, "throughputPerTiB": 1000}, instanceType=itype, efa=efa))
     from components.planning import plan
 
     assert plan.build(cfg).fleets[0].fsx_efa is expected
@@ -95,10 +95,10 @@ def test_efa_by_default_where_the_type_does_gpudirect(itype, efa, expected):
                                          ({"instanceType": "trn2.48xlarge"}, "no EFA clients of the trn2 family")])
 def test_efa_on_a_file_system_its_fleet_cannot_reach_over_efa_is_refused(fleet, words):
     with pytest.raises(config.ConfigError) as err:
-        config.load(fleet_doc({"storageGiB": 1200, "efa": True}, **fleet))
+        config.load(fleet_doc({"storageGiB": 4800, "throughputPerTiB": 1000, "efa": True}, **fleet))
     assert "efa-infra:fleets[0].fsx.efa" in str(err.value) and words in str(err.value)
     # A trn1 fleet is an EFA client: asked for, EFA is taken (GDS is not, so it is not the default).
-    cfg = config.load(fleet_doc({"storageGiB": 1200, "efa": True}, instanceType="trn1.32xlarge"))
+    cfg = config.load(fleet_doc({"storageGiB": 4800, "throughputPerTiB": 1000, "efa": True}, instanceType="trn1.32xlarge"))
     from components.planning import plan
 
     assert plan.build(cfg).fleets[0].fsx_efa is True
@@ -111,6 +111,30 @@ def test_storage_follows_the_services_steps(size, ok):
         {"name": "g", "instanceType": "p5.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 1},
          "fsx": {"storageGiB": size}}).fsx)
     assert (problems == []) is ok
+
+
+@pytest.mark.parametrize("fsx_cfg,key,words", [
+    ({"storageGiB": 2400, "throughputPerTiB": 1000, "efa": True}, "fsx.efa",
+     "2400 GiB cannot carry EFA at 1000 MB/s/TiB: an EFA-enabled file system takes multiples of 4800 GiB there"),
+    ({"storageGiB": 9600, "throughputPerTiB": 250}, "fsx.storageGiB",  # EFA by default on p5
+     "multiples of 19200 GiB there (nearest: 19200; at 1000 MB/s/TiB multiples of 4800); EFA is the default for this "
+     "fleet's type: or set fsx.efa: false"),
+])
+def test_options_that_cannot_carry_efa_are_refused_naming_the_key(fsx_cfg, key, words):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(fleet_doc(fsx_cfg))
+    assert f"efa-infra:fleets[0].{key}: " in str(err.value) and words in str(err.value)
+    # The same sizes without EFA are fine; and each tier's EFA step is taken.
+    config.load(fleet_doc({**fsx_cfg, "efa": False}))
+    for tier, step in ((125, 38400), (250, 19200), (500, 9600), (1000, 4800)):
+        config.load(fleet_doc({"storageGiB": 2 * step, "throughputPerTiB": tier}))
+
+
+def test_a_file_system_takes_at_most_eight_links():
+    repos = [{"s3": f"s3://bkt-a/p{i}/", "path": f"/p{i}"} for i in range(9)]
+    with pytest.raises(config.ConfigError, match=r"fleets\[0\]\.fsx\.dataRepositories: 9 links; a file system takes at most 8"):
+        config.load(fleet_doc({"storageGiB": 1200, "efa": False, "dataRepositories": repos}))
+    config.load(fleet_doc({"storageGiB": 1200, "efa": False, "dataRepositories": repos[:8]}))
 
 
 def test_storage_and_throughput_errors_come_together_naming_the_keys():
@@ -127,7 +151,7 @@ def test_storage_and_throughput_errors_come_together_naming_the_keys():
 def test_two_links_to_one_path_are_refused():
     repos = [{"s3": "s3://bkt-a/x/", "path": "/data"}, {"s3": "s3://bkt-b/y/", "path": "/data/"}]
     with pytest.raises(config.ConfigError, match=r"fleets\[0\]\.fsx\.dataRepositories\[1\]\.path: /data is already linked"):
-        config.load(fleet_doc({"storageGiB": 1200, "dataRepositories": repos}))
+        config.load(fleet_doc({"storageGiB": 1200, "efa": False, "dataRepositories": repos}))
 
 
 def test_data_repositories_link_the_buckets(eks_data):
@@ -180,7 +204,7 @@ def test_plan_shows_the_lustre_flows():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ok      Lustre LNet, client to file system (TCP 988): p5 node -> p5 file system" in out.stdout
-    assert "FSx for Lustre    2400 GiB, 250 MB/s/TiB, EFA on, at /fsx (mounted by the boot script)" in out.stdout
+    assert "FSx for Lustre    4800 GiB, 1000 MB/s/TiB, EFA on, at /fsx (mounted by the boot script)" in out.stdout
 
 
 # --- mounting --------------------------------------------------------------------------
@@ -238,7 +262,7 @@ def test_eks_gets_the_pinned_csi_driver_and_a_static_volume(eks_data):
     assert spec["csi"] == {"driver": "fsx.csi.aws.com", "volumeHandle": "<p5-fsx.id>",
                            "volumeAttributes": {"dnsname": "<p5-fsx.dnsName>", "mountname": "<p5-fsx.mountName>"}}
     assert (spec["persistentVolumeReclaimPolicy"], spec["accessModes"], spec["capacity"]) == ("Retain", ["ReadWriteMany"],
-                                                                                            {"storage": "4800Gi"})
+                                                                                            {"storage": "9600Gi"})
     claim = eks_data.one("kubernetes:core/v1:PersistentVolumeClaim", "p5-fsx")
     assert claim.inputs["spec"]["volumeName"] == "p5-fsx" and claim.inputs["spec"]["storageClassName"] == ""
     # Both as the API server takes them (strict: no unknown field), with AWS's values standing in for placeholders.
@@ -253,7 +277,7 @@ def test_eks_gets_the_pinned_csi_driver_and_a_static_volume(eks_data):
 
 
 def test_the_file_system_is_a_guarded_kind_replaced_by_its_force_new_inputs():
-    before = fleet_doc({"storageGiB": 1200})
+    before = fleet_doc({"storageGiB": 4800, "throughputPerTiB": 1000})
     after = copy.deepcopy(before)
     after["fleets"][0]["fsx"]["efa"] = False
     runs = [mocks.run(settings_of(d), "t").resources for d in (before, after)]
@@ -262,13 +286,13 @@ def test_the_file_system_is_a_guarded_kind_replaced_by_its_force_new_inputs():
     assert (fs.action, fs.because) == ("replace", ["efaEnabled"])
     assert [c.protected for c in diff.blocked(list(changes.values()))] == ["FSx for Lustre file system"]
     grown = copy.deepcopy(before)
-    grown["fleets"][0]["fsx"]["storageGiB"] = 2400
+    grown["fleets"][0]["fsx"]["storageGiB"] = 9600
     runs = [mocks.run(settings_of(d), "t").resources for d in (before, grown)]
     assert {(c.action, c.type) for c in diff.compare(*runs)} == {("update", FS)}  # grown in place
 
 
 def test_production_stacks_protect_the_file_system():
-    doc = fleet_doc({"storageGiB": 1200})
+    doc = fleet_doc({"storageGiB": 1200, "efa": False})
     assert mocks.run(settings_of(doc), "prod-eu").one(FS).protect is True
     assert mocks.run(settings_of(doc), "dev").one(FS).protect is False
     assert json.loads(json.dumps(fsx.facts()))["deploymentType"] == "PERSISTENT_2"

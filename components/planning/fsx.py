@@ -35,21 +35,30 @@ def lnet_ports() -> list[tuple[int, int]]:
     return [tuple(r) for r in facts()["lnetPorts"]["tcp"]]
 
 
-def storage_problems(fsx: FsxConfig) -> list[tuple[str, str]]:
-    """(key under fsx, message) for a size or throughput the service refuses."""
+def storage_problems(fsx: FsxConfig, efa: bool = False) -> list[tuple[str, str]]:
+    """(key under fsx, message) for a size or throughput the service refuses; with `efa`, the size steps an
+    EFA-enabled file system takes at its throughput (larger ones: its servers hold more each)."""
     out = []
     steps = facts()["storageGiB"]
     size, step = fsx.storage_gib, steps["thenMultiplesOf"]
+    allowed = facts()["throughputPerTiB"]["values"]
+    if fsx.throughput_per_tib not in allowed:
+        out.append(("throughputPerTiB", f"{fsx.throughput_per_tib} MB/s/TiB is not offered for {facts()['deploymentType']} "
+                                        f"SSD: one of {', '.join(map(str, allowed))}"))
     if size not in steps["values"] and (size <= 0 or size % step):
         lower = max([v for v in steps["values"] if v < size] + ([size // step * step] if size >= step else []), default=0)
         upper = min(v for v in [*steps["values"], (size // step + 1) * step] if v > size)
         near = " or ".join(str(v) for v in (lower, upper) if v)
         out.append(("storageGiB", f"{size} GiB is not a size FSx for Lustre {facts()['deploymentType']} SSD takes: "
                                   f"1200, 2400 or a multiple of {step} (nearest: {near})"))
-    allowed = facts()["throughputPerTiB"]["values"]
-    if fsx.throughput_per_tib not in allowed:
-        out.append(("throughputPerTiB", f"{fsx.throughput_per_tib} MB/s/TiB is not offered for {facts()['deploymentType']} "
-                                        f"SSD: one of {', '.join(map(str, allowed))}"))
+    elif efa and fsx.throughput_per_tib in allowed:
+        efa_step = facts()["efa"]["storageIncrementGiB"]["byThroughputPerTiB"][str(fsx.throughput_per_tib)]
+        if size % efa_step:
+            near = " or ".join(str(v) for v in (size // efa_step * efa_step, (size // efa_step + 1) * efa_step) if v)
+            out.append(("efa" if fsx.efa else "storageGiB",
+                        f"{size} GiB cannot carry EFA at {fsx.throughput_per_tib} MB/s/TiB: an EFA-enabled file system "
+                        f"takes multiples of {efa_step} GiB there (nearest: {near}; at 1000 MB/s/TiB multiples of 4800)"
+                        + ("" if fsx.efa else "; EFA is the default for this fleet's type: or set fsx.efa: false")))
     return out
 
 

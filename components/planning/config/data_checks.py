@@ -20,8 +20,11 @@ def fsx_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     if f.fsx is None:
         return []
     at = lambda *key: key_path(("fleets", i, "fsx", *key))  # noqa: E731
-    out = [Problem(at(key), msg) for key, msg in fsx_mod.storage_problems(f.fsx)]
     itype = cat.get(f.instance_type)
+    out = [Problem(at(key), msg) for key, msg in fsx_mod.storage_problems(f.fsx, fsx_mod.efa_enabled(f.fsx, itype, f.efa))]
+    most = fsx_mod.facts()["dataRepositoryAssociations"]["maximum"]
+    if len(f.fsx.data_repositories) > most:
+        out.append(Problem(at("dataRepositories"), f"{len(f.fsx.data_repositories)} links; a file system takes at most {most}"))
     if f.fsx.efa and not (f.efa and fsx_mod.efa_client(itype)):
         if not itype.efa_supported:
             why = f"is {f.instance_type}, which has no EFA device"
