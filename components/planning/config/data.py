@@ -57,7 +57,9 @@ class FsxConfig(Model):
 
     storage_gib: int = Field(
         ..., alias="storageGiB",
-        description="Storage capacity, GiB: 1200, 2400, or a multiple of 2400 (the service's steps for PERSISTENT_2 SSD).",
+        description="Storage capacity, GiB: 1200, 2400, or a multiple of 2400 (the service's steps for PERSISTENT_2 SSD); "
+        "with EFA a multiple of 4800, 9600, 19200 or 38400 at 1000, 500, 250 or 125 MB/s/TiB. It grows in place; "
+        "shrinking it replaces the file system.",
     )
     throughput_per_tib: int = Field(
         250, alias="throughputPerTiB",
