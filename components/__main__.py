@@ -189,8 +189,9 @@ def cmd_types(args: argparse.Namespace) -> int:
     for itype in Catalog().efa_types():
         s = efa.summarize(itype, efa.interfaces(itype, args.layout))
         accel = f"{itype.accelerator.count} x {itype.accelerator.name}" if itype.accelerator else "-"
+        note = f"  [{itype.bandwidth_note}]" if itype.bandwidth_note else ""
         print(f"{itype.name:<22} cards {len(itype.network_cards):>2}  EFA {s.efa_devices:>2}  "
-              f"EFA {s.efa_bandwidth_gbps:>6g} of {s.network_bandwidth_gbps:>6g} Gbps  {accel}")
+              f"EFA {s.efa_bandwidth_gbps:>6g} of {s.network_bandwidth_gbps:>6g} Gbps  {accel}{note}")
     return 0
 
 

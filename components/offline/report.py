@@ -68,6 +68,7 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "interfaces": [i.as_api() for i in fp.interfaces],
         "efaBandwidthGbps": s.efa_bandwidth_gbps,
         "networkBandwidthGbps": s.network_bandwidth_gbps,
+        "bandwidthNote": itype.bandwidth_note,
         "privateIpsPerNode": s.private_ips,
         "addressesPerNode": fp.addresses_per_node,
         "maxPodsPerNode": fp.max_pods,
@@ -159,7 +160,8 @@ def render_text(doc: dict[str, Any]) -> str:
         out.append(f"    EFA               {f['efaDevicesPerNode']} of {f['efaDevicesMax']} devices per node, layout {f['efaLayout']}")
         layout = ", ".join(f"{i['NetworkCardIndex']}/{i['DeviceIndex']} {i['InterfaceType']}" for i in f["interfaces"])
         out.append(f"    interfaces        card/device: {layout}")
-        out.append(f"    EFA bandwidth     {f['efaBandwidthGbps']:g} of {f['networkBandwidthGbps']:g} Gbps attached")
+        out.append(f"    EFA bandwidth     {f['efaBandwidthGbps']:g} of {f['networkBandwidthGbps']:g} Gbps attached"
+                   + (f" ({f['bandwidthNote']})" if f["bandwidthNote"] else ""))
         pods = f"; {f['addressesPerNode']} with up to {f['maxPodsPerNode']} pods" if f["maxPodsPerNode"] is not None else ""
         out.append(f"    addresses         {f['privateIpsPerNode']} private IP per node{pods}")
         s = f["subnet"]
