@@ -151,11 +151,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     changes = diff.compare(*runs)
     unchanged = len({r.urn for r in runs[1]} & {r.urn for r in runs[0]}) - sum(c.action in ("update", "replace") for c in changes)
     stopped = [] if args.allow_replace else diff.blocked(changes)
+    refused, notes = diff.eks_refusals(runs[0], runs[1]), diff.eks_notes(runs[0], runs[1], changes)
     if args.json:
         print(json.dumps({"stack": name, "base": base, "changed": str(path), "summary": diff.summary(changes, unchanged),
-                          "changes": [c.as_dict() for c in changes], "blocked": [c.as_dict() for c in stopped]}, indent=2))
+                          "changes": [c.as_dict() for c in changes], "blocked": [c.as_dict() for c in stopped],
+                          "refusedByEks": refused, "notes": notes}, indent=2))
     else:
         print(diff.render_text(changes, unchanged, f"diff of stack {name}: {base} -> {path} (offline, no AWS call)"))
+        for note in notes:
+            print(f"note: {note}")
+    for problem in refused:
+        print(f"error: EKS refuses this change: {problem}", file=sys.stderr)
+    if refused:
+        return 2
     if stopped:
         names = ", ".join(f"{c.protected} {c.name} ({c.action})" for c in stopped)
         print(f"error: {len(stopped)} protected resource{'s' * (len(stopped) != 1)} would be replaced or deleted: {names}. "
@@ -171,8 +179,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in paths:
         try:
-            config.load_file(path)
+            cfg = config.load_file(path)
             print(f"ok      {path.name}")
+            for warning in config.advisories(cfg):
+                print(f"  warning: {warning}")
         except config.ConfigError as err:
             failed += 1
             print(f"invalid {path.name}")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.planning import catalog, config, launch, ofi_platform, preflight
+from conftest import DEPLOYER
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
@@ -32,7 +33,7 @@ def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: b
     }
     spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
     if eks:
-        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"],
+        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER,
                       "operators": ["training-operator", "mpi-operator"]}
         spec.setdefault("image", "public.ecr.aws/example/train:1")
     doc["jobs"] = [spec]

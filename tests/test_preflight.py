@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from components.planning import config, launch
-from conftest import stand_in_devices
+from conftest import DEPLOYER, stand_in_devices
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 
@@ -27,7 +27,7 @@ WHERE = "pod train-0 on node ip-10-1-2-3"
 def stack(job: dict, instance_type: str = "p4d.24xlarge") -> tuple[config.StackConfig, config.JobConfig]:
     cfg = config.load({
         "region": "us-east-1",
-        "eks": {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "operators": ["mpi-operator"]},
+        "eks": {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER, "operators": ["mpi-operator"]},
         "network": {"availabilityZones": ["us-east-1b"]},
         "fleets": [{"name": "gpu", "instanceType": instance_type, "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}],
         "jobs": [{"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"], "image": "x:1", **job}],

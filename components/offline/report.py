@@ -5,9 +5,11 @@ run's registrations.
 
 from __future__ import annotations
 
+from datetime import date, datetime, timezone
 from typing import Any
 
 from . import flows
+from ..planning import deployer, eks_versions
 from ..planning.addressing import Subnet
 from ..planning.bootstrap import BOOT_CHECK_TAINT
 from ..planning.config.data import PATH_ENV
@@ -39,7 +41,8 @@ def _boot_check(fp: FleetPlan) -> str:
     if not fp.config.boot_check:
         return "logs only (bootCheck: false)"
     if fp.on_eks:
-        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}"
+        release = f" (through nodeadm's drop-in: the pinned AMI's release {fp.config.ami_release} reads it)" if fp.config.ami else ""
+        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}{release}"
     return "a node missing EFA devices or accelerators marks itself unhealthy; its Auto Scaling group replaces it"
 
 
@@ -110,10 +113,38 @@ def job_facts(jp, unmanaged: bool, s3: list | None = None) -> dict[str, Any]:
     }
 
 
+def cluster_facts(plan: StackPlan, today: date) -> dict[str, Any] | None:
+    """The cluster's versions, on the calendar, and where `pulumi up` runs."""
+    eks = plan.config.eks
+    if not eks.enabled:
+        return None
+    control = eks_versions.calendar()[eks.version]
+    pinned = [fp.name for fp in plan.fleets if fp.config.ami]
+    nodes = eks.node_group_version
+    if nodes is None:
+        node_note = ("keep the version they were created with (eks.nodeGroupVersion unset): after an eks.version change "
+                     "they lag the control plane until it is set")
+    elif nodes != eks.version:
+        node_note = f"{nodes}: lag the control plane's {eks.version}; EKS moves the control plane again only once they match it"
+    else:
+        node_note = f"{nodes}, as the control plane"
+    return {
+        "version": eks.version, "support": control.status(today), "endOfStandardSupport": str(control.end_of_standard),
+        "endOfExtendedSupport": str(control.end_of_extended), "calendarRead": str(eks_versions.read_on()),
+        "nodeGroupVersion": nodes, "nodeGroups": node_note,
+        "pinnedAmiFleets": pinned,  # their AMI's release decides their version
+        "existing": eks.existing is not None,
+        "deployer": {"runsOn": deployer.runs_on(plan.config),
+                     "sources": [{"from": s.name, "endpoint": s.endpoint} for s in deployer.sources(plan.config)]},
+    }
+
+
 def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "region": plan.config.region,
+        "runsOn": deployer.runs_on(plan.config),
+        "cluster": cluster_facts(plan, datetime.now(timezone.utc).date()),
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
         "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
         "subnets": [
@@ -121,7 +152,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
              "need": s.need, "fleets": s.fleets}
             for s in plan.subnets
         ],
-        "flows": [flows.describe(v) for v in flows.model(resources).verdicts()] if plan.fleets else [],
+        "flows": [flows.describe(v) for v in flows.model(resources, deployer.sources(plan.config)).verdicts()] if plan.fleets else [],
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
              "component": not r.custom, "inputs": r.inputs}
@@ -178,6 +209,15 @@ def render_text(doc: dict[str, Any]) -> str:
             repos = "".join(f"; {r['s3']} at {r['path']}" for r in fs["dataRepositories"])
             out.append(f"    FSx for Lustre    {fs['storageGiB']} GiB, {fs['throughputPerTiB']} MB/s/TiB, EFA "
                        f"{'on' if fs['efa'] else 'off'}, at {fs['mountPath']} (mounted by {fs['mountedBy']}){repos}")
+    c = doc["cluster"]
+    if c is not None and not c["existing"]:
+        out += ["", "EKS cluster"]
+        out.append(f"  version           {c['version']}: {c['support']} support (standard until {c['endOfStandardSupport']}, "
+                   f"extended until {c['endOfExtendedSupport']}; EKS calendar read {c['calendarRead']})")
+        out.append(f"  node groups       {c['nodeGroups']}"
+                   + (f"; pinned AMIs decide for {', '.join(c['pinnedAmiFleets'])}" if c["pinnedAmiFleets"] else ""))
+        ways = ", ".join(f"{s['from']} to the {s['endpoint']} endpoint" for s in c["deployer"]["sources"])
+        out.append(f"  pulumi up runs on {c['deployer']['runsOn']}: {ways}")
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""

@@ -116,6 +116,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
+    fleets: dict[str, EfaFleet] = {}
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
@@ -132,7 +133,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
-        fleets, file_systems = {}, {}
+        file_systems = {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
@@ -164,6 +165,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
                         namespaces=cluster.namespaces if cluster else None,
+                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None,
                         cluster_name=cluster.name if cluster else None,
                         cluster_ready=cluster.ready if cluster else None).outputs for j in cfg.jobs
         }

@@ -12,6 +12,7 @@ across fields in checks and sizing, problems in errors, loading in loading.
 This package's names are the config's public API.
 """
 
+from .checks import advisories
 from .errors import ConfigError, Problem, key_path
 from .fleets import FleetConfig
 from .jobs import JobConfig
@@ -21,6 +22,6 @@ from .schema import stack_file_schema
 from .sizing import address_plan, fleet_addresses_per_node
 from .stack import StackConfig
 
-__all__ = ["ConfigError", "ExistingNetwork", "FleetConfig", "JobConfig", "Problem", "StackConfig", "address_plan",
+__all__ = ["ConfigError", "advisories", "ExistingNetwork", "FleetConfig", "JobConfig", "Problem", "StackConfig", "address_plan",
            "document_from_settings", "fleet_addresses_per_node", "key_path", "load", "load_file",
            "read_stack_file", "stack_file_schema"]
