@@ -15,7 +15,7 @@ from moto.core import set_initial_no_auth_action_count
 
 from components.planning import config, data_access, launch
 from components.offline import mocks
-from conftest import ROOT, base_doc, settings_of, stack_run
+from conftest import DEPLOYER, ROOT, base_doc, settings_of, stack_run
 from test_existing import doc as existing_doc, lookups as existing_lookups
 from test_launch import check_manifest, pod_templates, schema_versions
 
@@ -257,7 +257,8 @@ def test_plan_shows_each_jobs_access_and_paths():
 
 
 def eks_doc(job: dict, fleet: dict | None = None) -> dict:
-    d = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "operators": ["training-operator"]})
+    d = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "operators": ["training-operator"],
+                      **DEPLOYER})
     d["fleets"][0].update(fleet or {})
     d["jobs"] = [{"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["t.py"], "image": "repo/train:1", **job}]
     return d
