@@ -8,6 +8,7 @@ stack creates nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timezone
 
 import pulumi
@@ -38,19 +39,40 @@ def load_config() -> config_mod.StackConfig:
         raise pulumi.RunError(str(err)) from None
 
 
-def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None, dict[str, Schedule]]:
-    """Read the VPC, subnets, cluster and Capacity Blocks the config names (pulumi-aws data
-    sources) and check them against the plan; raises pulumi.RunError naming each problem.
-    Returns the VPC id, the cluster, and each Capacity Block fleet's window."""
+def read_reservations(f: config_mod.FleetConfig) -> list[existing_mod.ReservationFacts]:
+    """The On-Demand Capacity Reservations a fleet targets (its one, or each in its resource group),
+    read through AWS Cloud Control: pulumi-aws has no data source for them."""
+    import pulumi_aws as aws
+
+    def read(type_name: str, identifier: str) -> dict:
+        return json.loads(aws.cloudcontrol.get_resource(type_name=type_name, identifier=identifier).properties or "{}")
+
+    c = f.capacity
+    ids = [c.reservation_id] if c.reservation_id else existing_mod.reservation_ids_of_group(
+        read(existing_mod.RESOURCE_GROUP_TYPE, c.reservation_group_arn).get("Resources") or [])
+    return [existing_mod.ReservationFacts.of(rid, read(existing_mod.RESERVATION_TYPE, rid)) for rid in ids]
+
+
+def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None, dict[str, Schedule],
+                                                     dict[str, list[existing_mod.ReservationFacts]]]:
+    """Read the VPC, subnets, cluster, Capacity Blocks and capacity reservations the config names
+    (pulumi-aws data sources) and check them against the plan; raises pulumi.RunError naming each
+    problem. Returns the VPC id, the cluster, each Capacity Block fleet's window and each
+    reservation fleet's reservations."""
     import pulumi_aws as aws
 
     cfg = plan.config
     problems: list = []
     vpc_id = cluster = None
     windows: dict[str, Schedule] = {}
+    reservations: dict[str, list[existing_mod.ReservationFacts]] = {}
     now = datetime.now(timezone.utc)
     for i, f in enumerate(cfg.fleets):
         c = f.capacity
+        if c.type == "reservation":
+            reservations[f.name] = read_reservations(f)
+            problems.extend(existing_mod.check_reservations(i, f, reservations[f.name], now))
+            continue
         if c.type != "capacity-block":
             continue
         at = config_mod.key_path(("fleets", i, "capacity", "reservationId"))
@@ -99,7 +121,7 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
                     problems.extend(existing_mod.missing_pod_identity_agent(plan, name, str(exc).strip().splitlines()[-1]))
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
-    return vpc_id, cluster, windows
+    return vpc_id, cluster, windows, reservations
 
 
 def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
@@ -112,7 +134,7 @@ def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTra
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
-    existing_vpc_id, existing_cluster, windows = read_existing(plan)
+    existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
@@ -133,6 +155,12 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        karpenter = None
+        if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
+            from .karpenter import Karpenter
+
+            karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags)
+            karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
         file_systems = {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
@@ -143,16 +171,22 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
                 fs = file_systems[fp.name] = FsxLustre(fp.name, fp.config.fsx, fp.fsx_efa, net.vpc_id, subnet_id, tags, opts=guarded)
                 groups = [*security_groups, fs.security_group_id]
             fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=groups, tags=tags,
+                                       region=cfg.region,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
                                        window=windows.get(fp.name), file_system=file_systems.get(fp.name),
                                        data_policy=None if fp.on_eks else data_access.fleet_policy(cfg, fp.name))
-            if cluster is not None:
+            if karpenter is not None and fp.config.provisioner == "karpenter":
+                # The same security groups as the node groups' launch templates carry.
+                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, groups, fleets[fp.name].placement_group_name,
+                                cluster.provider)
+            elif cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
-                if fp.name in file_systems:
-                    cluster.file_system_volume(fp, file_systems[fp.name].file_system)
+            if cluster is not None and fp.name in file_systems:
+                cluster.file_system_volume(fp, file_systems[fp.name].file_system)
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
+            if f.launch_template is not None
         }
         outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
         if windows:
@@ -161,6 +195,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             outputs["fileSystems"] = {n: {"id": fs.file_system.id, "dnsName": fs.file_system.dns_name,
                                           "mountName": fs.file_system.mount_name, "mountPath": fs.mount_path}
                                       for n, fs in file_systems.items()}
+        if reservations:
+            outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
