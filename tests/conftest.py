@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def stack_settings(name: str) -> dict:
     from components.planning import config
 
     return config.read_stack_file(ROOT / "stacks" / f"Pulumi.{name}.yaml")
+
+
+@functools.lru_cache(maxsize=None)
+def stack_run(name: str):
+    """What the program registers for an example stack, run once per session (it must run clean)."""
+    from components.offline import mocks
+
+    run = mocks.run(stack_settings(name), name)
+    assert run.error is None, run.error
+    return run
 
 
 def register(settings: dict, stack: str) -> list:

@@ -139,9 +139,19 @@ def _neuron_dra(v: dict) -> PodScheduling | None:
 
 @dataclass(frozen=True)
 class DaemonSet:
-    device: str  # efa, gpu or neuron: what its pods manage on a node
-    how: str  # "plugin" (a device plugin) or "dra" (a DRA driver's kubelet plugin)
+    device: str | None  # efa, gpu or neuron: what its pods manage on a node; None: a node agent that every node runs
+    how: str  # "plugin" (a device plugin), "dra" (a DRA driver's kubelet plugin) or "agent"
     scheduling: Callable[[dict], PodScheduling | None]  # None: the values render no such DaemonSet
+
+
+def _fsx_csi_node(v: dict) -> PodScheduling:
+    # templates/node-daemonset.yaml: nodeSelector kubernetes.io/os: linux plus .Values.node.nodeSelector; with
+    # .Values.node.tolerateAllTaints one toleration `operator: Exists`, else .Values.node.tolerations and the driver's
+    # own not-ready taint; affinity from .Values.node.affinity.
+    node = v["node"]
+    tolerations = ([{"operator": "Exists"}] if node.get("tolerateAllTaints")
+                   else [*(node.get("tolerations") or []), {"key": "fsx.csi.aws.com/agent-not-ready", "operator": "Exists"}])
+    return PodScheduling({"kubernetes.io/os": "linux", **(node.get("nodeSelector") or {})}, node.get("affinity") or {}, tolerations)
 
 
 @dataclass(frozen=True)
@@ -170,6 +180,7 @@ CHARTS = {
     "aws-dranet": Chart("aws-dranet-1.0.0", (DaemonSet("efa", "dra", _dranet),)),
     "oci://registry.k8s.io/dra-driver-nvidia/charts/dra-driver-nvidia-gpu": Chart(
         "dra-driver-nvidia-gpu-0.4.1", (DaemonSet("gpu", "dra", _nvidia_dra),), _nvidia_dra_validate),
+    "aws-fsx-csi-driver": Chart("aws-fsx-csi-driver-1.17.0", (DaemonSet(None, "agent", _fsx_csi_node),)),
 }
 
 

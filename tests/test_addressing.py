@@ -168,7 +168,9 @@ def protected(doc_or_settings: dict, stack: str) -> set[tuple[str, str]]:
 
 def test_production_stacks_protect_the_network_and_the_cluster():
     got = protected(config.read_stack_file(ROOT / "stacks" / "Pulumi.prod.yaml"), "prod")
-    assert {t for t, _ in got} == set(diff.PROTECTED_TYPES) - {"aws:ec2/vpcIpv4CidrBlockAssociation:VpcIpv4CidrBlockAssociation"}
+    # prod has no secondary block and no file system (tests/test_fsx.py checks a protected file system).
+    assert {t for t, _ in got} == set(diff.PROTECTED_TYPES) - {"aws:ec2/vpcIpv4CidrBlockAssociation:VpcIpv4CidrBlockAssociation",
+                                                               "aws:fsx/lustreFileSystem:LustreFileSystem"}
     assert ("aws:eks/nodeGroup:NodeGroup", "eks-system") in got and ("eks:index:Cluster", "eks-cluster") in got
     assert len(got) == 10  # VPC, 4 subnets, 2 NAT gateways, the cluster, 2 node groups
 

@@ -50,8 +50,9 @@ def short_device_wait(monkeypatch):
 
 
 def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: int = 0, reserved_pages: int = 0,
-             script: str | None = None, aws: str = "exit 0") -> Boot:
-    """`aws`: the stand-in AWS CLI's shell code (its arguments in "$@")."""
+             script: str | None = None, aws: str = "exit 0", stubs: dict[str, str] | None = None) -> Boot:
+    """`aws`: the stand-in AWS CLI's shell code (its arguments in "$@"); `stubs`: more stand-in commands (name -> sh
+    body), each recording its calls in <bin>/<name>.calls."""
     pages = tmp_path / "nr_hugepages"
     pages.write_text(f"{reserved_pages}\n")
     upper, work, logs, bin_dir = (tmp_path / d for d in ("etc", "work", "log", "bin"))
@@ -69,6 +70,8 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
   *) exit 22 ;;
 esac''')
     stub(bin_dir, "aws", aws)
+    for name, body in (stubs or {}).items():
+        stub(bin_dir, name, body)
     setup = " && ".join([
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc",
         f"mount --bind {pages} /proc/sys/vm/nr_hugepages",

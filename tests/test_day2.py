@@ -187,9 +187,17 @@ def test_removing_a_job_deletes_only_the_job(stack):
     expected = {("delete", "efa-infra:index:Job", gone["name"])}
     if fleets_of(stack) and not on_eks(stack):
         expected.add(("delete", "aws:ssm/document:Document", f"{gone['name']}-launch"))
+    if gone.get("s3") and on_eks(stack):  # the job's own data role goes with it
+        expected |= {("delete", typ, f"{gone['name']}-data") for typ in (
+            "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy", "aws:eks/podIdentityAssociation:PodIdentityAssociation")}
+    elif gone.get("s3"):  # the fleet's node role keeps the other jobs' access only
+        others = any(j.get("s3") for j in jobs[:-1] if j["fleet"] == gone["fleet"])
+        expected.add(("update" if others else "delete", "aws:iam/rolePolicy:RolePolicy", f"{gone['fleet']}-data"))
     # Operators are a cluster setting: the last job of a kind going leaves its operator (and CRDs) in place.
     assert actions(changes) == expected
-    assert_untouched_except(changes, resources)
+    # Beyond the job's access (its own, or its share of the node role's), no fleet is touched.
+    assert_untouched_except([c for c in changes if not (c.type == "aws:iam/rolePolicy:RolePolicy"
+                                                        and c.name == f"{gone['fleet']}-data")], resources)
 
 
 @pytest.mark.parametrize("stack", CREATED_NETWORK)

@@ -180,6 +180,7 @@ def registered_types() -> set[str]:
 def test_every_registered_type_has_replace_facts_or_only_groups_resources():
     data = diff.facts()
     grouping = {"efa-infra:index:EfaNetwork", "efa-infra:index:EfaFleet", "efa-infra:index:EfaCluster", "efa-infra:index:Job",
+                "efa-infra:index:FsxLustre",
                 "kubernetes:kustomize/v2:Directory", "kubernetes:yaml/v2:ConfigFile", "kubernetes:yaml/v2:ConfigGroup"}
     missing = registered_types() - set(data["types"]) - set(data["components"]) - grouping
     assert missing == set()
@@ -202,6 +203,7 @@ def test_each_fact_names_its_provider_file_and_commit():
     ("aws:ec2/natGateway:NatGateway", {"subnet_id", "allocation_id"}),
     ("aws:eks/nodeGroup:NodeGroup", {"subnet_ids", "ami_type", "launch_template.id", "instance_types", "node_role_arn"}),
     ("aws:ec2/placementGroup:PlacementGroup", {"strategy", "name"}),
+    ("aws:fsx/lustreFileSystem:LustreFileSystem", {"subnet_ids", "deployment_type", "efa_enabled", "security_group_ids"}),
 ])
 def test_the_guarded_kinds_carry_the_provider_force_new_attributes(typ, attributes):
     fact = diff.facts()["types"][typ]

@@ -188,7 +188,7 @@ def device_managers(run: mocks.Run) -> dict[str, dict[str, list[str]]]:
         managers = out.setdefault(name, {})
         for release in run.of_type(RELEASE):
             for daemonset, pod in scheduling.CHARTS[release.inputs["chart"]].pods(release.inputs["values"]):
-                if scheduling.schedules(pod, labels, taints):
+                if daemonset.device and scheduling.schedules(pod, labels, taints):
                     managers.setdefault(daemonset.device, []).append(f"{release.name} ({daemonset.how})")
     return out
 
@@ -226,6 +226,17 @@ def test_the_dra_charts_refuse_what_their_templates_refuse(runs):
     (neuron,) = [r for r in runs["trainium-dra"].of_type(RELEASE) if "neuron" in r.inputs["chart"]]
     with pytest.raises(scheduling.ChartRefuses):
         scheduling.CHARTS[neuron.inputs["chart"]].pods({**neuron.inputs["values"], "devicePlugin": {"enabled": True}})
+
+
+@pytest.mark.parametrize("name", EKS_STACKS)
+def test_node_agents_run_on_every_node(runs, name):
+    """Node agents that manage no device (the FSx CSI driver's node plugin) reach every node, system nodes included."""
+    run = runs[name]
+    for node, (labels, taints, _) in nodes(run).items():
+        for release in run.of_type(RELEASE):
+            for daemonset, pod in scheduling.CHARTS[release.inputs["chart"]].pods(release.inputs["values"]):
+                if daemonset.device is None:
+                    assert scheduling.schedules(pod, labels, taints), (name, node, release.name)
 
 
 def test_an_empty_affinity_leaves_the_nvidia_default_and_no_gpu_node_gets_the_plugin(runs):

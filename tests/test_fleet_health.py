@@ -64,7 +64,7 @@ def test_node_health_can_be_turned_off():
     run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     assert "nodeRepairConfig" not in run.one(NODEGROUP, "gpu-nodes").inputs
-    assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["vpc-cni"]
+    assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["eks-pod-identity-agent", "vpc-cni"]  # no monitoring agent
 
 
 def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
@@ -73,7 +73,7 @@ def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
     run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     assert "nodeRepairConfig" not in run.one(NODEGROUP, "cpu-nodes").inputs
-    assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["vpc-cni"]
+    assert [a.inputs["addonName"] for a in run.of_type(ADDON)] == ["eks-pod-identity-agent", "vpc-cni"]  # no monitoring agent
 
 
 # --- Capacity Block windows ----------------------------------------------------------

@@ -27,7 +27,7 @@ CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubefl
              "TrainJob": "trainer.kubeflow.org_trainjobs.v1alpha1.yaml",
              "ClusterTrainingRuntime": "trainer.kubeflow.org_clustertrainingruntimes.v1alpha1.yaml",
              "JobSet": "jobset.x-k8s.io_jobsets.v1alpha2.yaml"}
-CORE_KINDS = {"Service", "Job", "ResourceClaimTemplate"}  # checked by kubernetes_validate's bundled schemas
+CORE_KINDS = {"Service", "Job", "ResourceClaimTemplate", "ServiceAccount"}  # checked by kubernetes_validate's bundled schemas
 K8S_VERSION = "1.31.0"
 
 

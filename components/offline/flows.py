@@ -14,11 +14,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from ..planning import fsx
+
 SG, INGRESS, EGRESS = ("aws:ec2/securityGroup:SecurityGroup", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
                        "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
 CLUSTER, NODE_GROUP, LT = "eks:index:Cluster", "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate"
 VPC, ENDPOINT, ASG = "aws:ec2/vpc:Vpc", "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:autoscaling/group:Group"
 SUBNET = "aws:ec2/subnet:Subnet"
+FSX = "aws:fsx/lustreFileSystem:LustreFileSystem"
 NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 ANYWHERE = "0.0.0.0/0"
 ALL_PORTS = (0, 65535)
@@ -231,6 +234,12 @@ def model(resources: list, deployers: list = ()) -> Model:
             fleet = asg.parent or asg.name  # the fleet's component
             parties[f"{fleet} node"] = Party(f"{fleet} node", primary_groups(lt), where(asg.inputs.get("vpcZoneIdentifiers")))
             fleets.append(fleet)
+    file_systems = {}  # fleet -> its FSx file system (the component it sits in is named for the fleet)
+    for fs in of(FSX):
+        fleet = fs.parent or fs.name
+        file_systems[fleet] = fs
+        parties[f"{fleet} file system"] = Party(f"{fleet} file system", tuple(fs.inputs.get("securityGroupIds") or []),
+                                                where([fs.inputs.get("subnetIds")]))
     endpoints = [e for e in of(ENDPOINT) if e.inputs.get("vpcEndpointType") == "Interface"]
     if endpoints:
         parties["interface endpoints"] = Party("interface endpoints", tuple(endpoints[0].inputs.get("securityGroupIds") or []), cidr)
@@ -248,6 +257,16 @@ def model(resources: list, deployers: list = ()) -> Model:
             add("system pods to training pods (all TCP)", "system pod", pod, "tcp", ALL_PORTS)
         else:
             add("rendezvous and mpirun between a fleet's nodes (all TCP)", node, node, "tcp", ALL_PORTS)
+        if f in file_systems:
+            # The node mounts it (the boot script on EC2, the CSI driver's node plugin on EKS); LNet connects either way.
+            fs_party = f"{f} file system"
+            for low, high in fsx.lnet_ports():
+                ports = f"TCP {low}" if low == high else f"TCP {low}-{high}"
+                add(f"Lustre LNet, client to file system ({ports})", node, fs_party, "tcp", (low, high))
+                add(f"Lustre LNet, file system to client ({ports})", fs_party, node, "tcp", (low, high))
+            if file_systems[f].inputs.get("efaEnabled"):
+                add("EFA between clients and the file system (all traffic)", node, fs_party, "-1", ALL_PORTS)
+                add("EFA between the file system and clients (all traffic)", fs_party, node, "-1", ALL_PORTS)
     if "control plane" in parties:
         for node in nodes:
             add("node to the API server (TCP 443)", node, "control plane", "tcp", (443, 443))

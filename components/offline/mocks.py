@@ -50,6 +50,7 @@ class Registered:
 Lookups = dict[str, Callable[[dict], dict]]  # data-source token -> its answer to the given arguments
 GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubnets:getSubnets", "aws:ec2/getSubnet:getSubnet"
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
+GET_ADDON = "aws:eks/getAddon:getAddon"
 GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 GET_CAPACITY_BLOCK = "aws:ec2/getCapacityBlockReservation:getCapacityBlockReservation"
 GET_CLOUD_CONTROL = "aws:cloudcontrol/getResource:getResource"
@@ -80,6 +81,8 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
         # A block's window is AWS's to say: its times stay placeholders, its size unknown.
         GET_CAPACITY_BLOCK: lambda args: {"id": args["id"], "startDate": placeholder(args["id"], "startDate"),
                                           "endDate": placeholder(args["id"], "endDate")},
+        GET_ADDON: lambda args: {"addonName": args["addonName"], "clusterName": args["clusterName"],
+                                 "addonVersion": placeholder(args["addonName"], "addonVersion")},
         # A capacity reservation's facts are AWS's to say: every one a placeholder; a resource group lists
         # one reservation, named after it.
         GET_CLOUD_CONTROL: lambda args: {"id": args["identifier"], "identifier": args["identifier"], "properties": json.dumps(
@@ -113,6 +116,8 @@ class PlanMocks(pulumi.runtime.Mocks):
             state["latestVersion"] = 1
         if args.typ == "aws:eks/nodeGroup:NodeGroup":
             state["resources"] = [{"autoscalingGroups": [{"name": placeholder(args.name, "autoScalingGroup")}]}]
+        if args.typ == "aws:fsx/lustreFileSystem:LustreFileSystem":
+            state["dnsName"], state["mountName"] = placeholder(args.name, "dnsName"), placeholder(args.name, "mountName")
         if args.typ == "eks:index:Cluster":
             # Plain values only: resource-typed outputs do not survive the mock monitor.
             # pulumi-eks returns EKS's own cluster group when it makes none (nodejs/eks/cluster/cluster.ts).

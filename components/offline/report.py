@@ -12,6 +12,7 @@ from . import flows
 from ..planning import deployer, eks_versions
 from ..planning.addressing import Subnet
 from ..planning.bootstrap import BOOT_CHECK_TAINT
+from ..planning.config.data import PATH_ENV
 from ..planning.plan import FleetPlan, StackPlan, default_ami
 
 AWS_ASSIGNED = "assigned by AWS at deploy time"
@@ -83,13 +84,25 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None, reser
         "provisioner": f.provisioner if fp.on_eks else None,
         "autoRepair": fp.auto_repair if fp.on_eks and f.provisioner == "node-group" else None,
         "capacityWindow": _window(fp, window),
+        "fileSystem": _file_system(fp),
         # What the deploy reads of each reservation and checks against the fleet (placeholders offline).
         "capacityReservations": reservations,
     }
 
 
-def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
-    """A job as the plan lists it (jp: launch.JobPlan; unmanaged: it targets a cluster the stack does not manage)."""
+def _file_system(fp: FleetPlan) -> dict | None:
+    f = fp.config.fsx
+    if f is None:
+        return None
+    return {"storageGiB": f.storage_gib, "throughputPerTiB": f.throughput_per_tib, "efa": fp.fsx_efa, "mountPath": f.mount_path,
+            "mountedBy": "the CSI driver, for the jobs' pods" if fp.on_eks else "the boot script",
+            "dataRepositories": [{"s3": r.s3, "path": r.path} for r in f.data_repositories]}
+
+
+def job_facts(jp, unmanaged: bool, s3: list | None = None) -> dict[str, Any]:
+    """A job as the plan lists it (jp: launch.JobPlan; unmanaged: it targets a cluster the stack does not manage;
+    s3: the job's S3 locations)."""
+    s3 = s3 or []
     artifacts = (f"{jp.kind} manifests on EKS" if jp.target == "eks"
                  else "a launch script in an SSM document, run on every node of the fleet")
     return {
@@ -98,6 +111,10 @@ def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
         "nodes": jp.nodes, "procsPerNode": jp.procs_per_node, "efa": jp.efa_devices > 0,
         "efaDevices": jp.efa_devices, "accelerators": jp.accelerator_count, "rdma": jp.rdma,
         "env": jp.env, "artifacts": artifacts,
+        "s3": [{"uri": loc.uri, "access": loc.access} for loc in s3],
+        "identity": (f"EKS Pod Identity, service account {jp.namespace}/{jp.service_account}" if jp.service_account
+                     else "the fleet's node role" if s3 and jp.target == "ec2" else None),
+        "fsxMount": jp.fsx_mount_path,
     }
 
 
@@ -196,6 +213,11 @@ def render_text(doc: dict[str, Any]) -> str:
         if f["capacityWindow"]:
             w = f["capacityWindow"]
             out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
+        if f["fileSystem"]:
+            fs = f["fileSystem"]
+            repos = "".join(f"; {r['s3']} at {r['path']}" for r in fs["dataRepositories"])
+            out.append(f"    FSx for Lustre    {fs['storageGiB']} GiB, {fs['throughputPerTiB']} MB/s/TiB, EFA "
+                       f"{'on' if fs['efa'] else 'off'}, at {fs['mountPath']} (mounted by {fs['mountedBy']}){repos}")
         for r in f["capacityReservations"] or []:
             ends = "no end" if r["end_date_type"] == "unlimited" else f"ends {r['end_date']}"
             out.append(f"    reservation       {r['id']}: {r['instance_type']} in {r['availability_zone']}, {r['state']}, "
@@ -226,6 +248,12 @@ def render_text(doc: dict[str, Any]) -> str:
             where = f"cluster {j['fleet']} (not managed by this stack)" if j["unmanagedCluster"] else f"fleet {j['fleet']}"
             out.append(f"  {j['name']}: {j['launcher']} on {where}, {j['nodes']} nodes x {j['procsPerNode']} processes, "
                        f"EFA {'on' if j['efa'] else 'off'} ({j['efaDevices']} devices per pod), {j['artifacts']}")
+            if j["s3"]:
+                out.append(f"    S3 through {j['identity']}: " + ", ".join(f"{s['uri']} ({s['access']})" for s in j["s3"]))
+            where = ([f"FSx at {j['fsxMount']}"] if j["fsxMount"] else []) + [
+                f"{k}={j['env'][k]}" for k in PATH_ENV.values() if k in j["env"]]
+            if where:
+                out.append("    " + "; ".join(where))
     out += ["", f"Resources ({len(doc['resources'])})"]
     children: dict[str | None, list[dict]] = {}
     for r in doc["resources"]:

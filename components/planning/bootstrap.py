@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from . import fsx
 from .preflight import COUNT_EFA_DEVICES, count_accelerators
 
 HUGEPAGES_MIB = 5120  # what AWS's nccl-tests manifests request per pod (hugepages-2Mi: 5120Mi)
@@ -65,6 +66,7 @@ class Node:
     max_pods: int | None = None  # EKS only
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[dict[str, str]] = field(default_factory=list)
+    fsx: fsx.Mount | None = None  # plain EC2: the fleet's file system, mounted at boot
 
 
 def _taints_flag(taints: list[dict[str, str]]) -> str:
@@ -198,7 +200,7 @@ else
   log "boot check FAILED ($reason): ${{seen[*]}}; NCCL would fall back to TCP or lose ranks"
 {_failure_action(node)}
 fi
-"""
+{fsx.mount_script(node.fsx) if node.fsx else ""}"""
 
 
 def user_data(node: Node, cluster: dict[str, str] | None = None) -> str:

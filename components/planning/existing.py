@@ -57,6 +57,19 @@ def missing_cluster(name: str, found: list[str], region: str) -> list[Problem]:
     return [Problem(key_path(("eks", "existing", "clusterName")), f"no EKS cluster {name!r} in {region}; {hint}")]
 
 
+def missing_pod_identity_agent(plan: StackPlan, cluster: str, answer: str) -> list[Problem]:
+    """The joined cluster lacks the EKS Pod Identity agent (`answer`: what EKS said) that jobs' S3 access needs.
+    The stack installs no add-on in a cluster it joins."""
+    from . import data_access
+
+    return [Problem(key_path(("jobs", j, "s3")),
+                    f"job {job.name!r} reaches S3 through EKS Pod Identity, but cluster {cluster!r} has no "
+                    f"{data_access.POD_IDENTITY_AGENT} add-on ({answer}); a cluster this stack joins keeps its own add-ons: "
+                    "install the agent where the cluster is managed (aws eks create-addon --addon-name "
+                    f"{data_access.POD_IDENTITY_AGENT}), or remove the job's s3")
+            for j, job in enumerate(plan.config.jobs) if data_access.pod_identity(plan.config, job)]
+
+
 def check_subnets(plan: StackPlan, vpc_id: str | None, facts: dict[str, SubnetFacts]) -> list[Problem]:
     """Every way an existing subnet fails its fleets, naming the subnet and the fleets.
     Subnets without facts (not found) and the VPC check without a VPC are left to the finders above."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import addressing, bootstrap, efa
+from . import addressing, bootstrap, data_access, efa, fsx
 from .catalog import Catalog, InstanceType
 from .config import FleetConfig, StackConfig, address_plan, fleet_addresses_per_node
 
@@ -86,6 +86,11 @@ class FleetPlan:
                               self.max_pods, self.node_labels, self.node_taints)
 
     @property
+    def fsx_efa(self) -> bool:
+        """Whether the fleet's file system, if it has one, runs over EFA."""
+        return self.config.fsx is not None and fsx.efa_enabled(self.config.fsx, self.itype, self.config.efa)
+
+    @property
     def node_taints(self) -> list[dict[str, str]]:
         if self.config.taints is not None:
             return [t.model_dump() for t in self.config.taints]
@@ -105,6 +110,11 @@ class StackPlan:
         """The EKS node monitoring agent add-on: on when a fleet has accelerators unless the config says otherwise."""
         wanted = self.config.eks.node_monitoring_agent
         return wanted if wanted is not None else any(fp.itype.accelerator for fp in self.fleets)
+
+    @property
+    def pod_identity(self) -> bool:
+        """Whether a job's pods get an AWS identity of their own (EKS Pod Identity), which needs the agent."""
+        return any(data_access.pod_identity(self.config, j) for j in self.config.jobs)
 
     def fleet_subnet(self, fp: FleetPlan) -> addressing.Subnet:
         """The subnet a fleet's nodes take their addresses from."""
@@ -169,6 +179,7 @@ PROTECTED_TYPES = {
     "aws:ec2/natGateway:NatGateway": "NAT gateway",
     "eks:index:Cluster": "EKS cluster",
     "aws:eks/nodeGroup:NodeGroup": "node group",
+    "aws:fsx/lustreFileSystem:LustreFileSystem": "FSx for Lustre file system",  # its replacement loses its data
 }
 
 

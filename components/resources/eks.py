@@ -23,6 +23,8 @@ from ..planning import deployer, devices, eks_rules
 from ..planning.launch import trainjob
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
+from . import eks_data
+from .kms import account_key
 from .fleet import block_schedules, node_role, window_sizes
 from ..planning.plan import ACCELERATOR_LABEL, EFA_LABEL, FLEET_TAG, FleetPlan, StackPlan
 
@@ -82,6 +84,7 @@ class EfaCluster(pulumi.ComponentResource):
     provider: k8s.Provider
     namespaces: list[k8s.core.v1.Namespace]  # the jobs' namespaces, on a cluster the stack creates
     node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
+    ready: list[pulumi.Resource]  # the cluster, or for one the stack joins the node role's access entry
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
                  vpc_id: pulumi.Input[str], tags: dict[str, str], existing: ClusterFacts | None = None,
@@ -102,6 +105,7 @@ class EfaCluster(pulumi.ComponentResource):
             self._system_nodes(name, private_subnet_ids, tags, cfg.node_group_version, [cluster, *attachments])
             ready = [cluster]
             device_plugins = True
+        self.ready = ready  # what resources in the cluster (or naming it, as pod identity associations do) wait for
         self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
         self.provider = k8s.Provider(f"{name}-k8s", k8s.ProviderArgs(kubeconfig=self.kubeconfig),
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=ready))
@@ -110,6 +114,7 @@ class EfaCluster(pulumi.ComponentResource):
             self._dra_drivers(name, plan, on_k8s)
         elif device_plugins:
             self._device_plugins(name, plan, on_k8s)
+        self._data(name, plan, existing is None, ready, tags, on_k8s)
         # A cluster setting like the operators: deleting a namespace deletes every job in it.
         self.namespaces = [] if existing is not None else [
             k8s.core.v1.Namespace(f"{name}-ns-{ns}", metadata=k8s.meta.v1.ObjectMetaArgs(name=ns, labels=JOB_POD_SECURITY), opts=on_k8s)
@@ -180,21 +185,7 @@ class EfaCluster(pulumi.ComponentResource):
                         vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
         cfg = plan.config.eks
         self.name = f"{stack}-{name}"
-        account = aws.get_caller_identity_output().account_id
-        key = aws.kms.Key(
-            f"{name}-secrets",
-            aws.kms.KeyArgs(
-                description=f"EKS secrets encryption for {self.name}", enable_key_rotation=True, tags=tags,
-                # Said outright rather than left to KMS: the account administers the key, through IAM policies
-                # (KMS's default key policy); EKS uses it through the cluster role's grants.
-                policy=account.apply(lambda account_id: json.dumps({
-                    "Version": "2012-10-17",
-                    "Statement": [{"Sid": "AccountAdministersThroughIam", "Effect": "Allow",
-                                   "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"}, "Action": "kms:*", "Resource": "*"}],
-                })),
-            ),
-            opts=child,
-        )
+        key = account_key(f"{name}-secrets", f"EKS secrets encryption for {self.name}", tags, child)
         cluster = eks.Cluster(
             f"{name}-cluster",
             eks.ClusterArgs(
@@ -296,6 +287,23 @@ class EfaCluster(pulumi.ComponentResource):
                 "devicePlugin": {"enabled": False},  # the chart refuses both at once
                 "draDriver": {"enabled": True, "tolerations": tolerations, "affinity": _affinity(ACCELERATOR_LABEL, "neuron")},
             })
+
+    def _data(self, name: str, plan: StackPlan, creates: bool, ready: list[pulumi.Resource], tags: dict[str, str],
+              on_k8s: pulumi.ResourceOptions) -> None:
+        """What jobs' data needs in a cluster the stack creates: the Pod Identity agent, kept whatever jobs are listed
+        (like the operators: pods the stack does not know of may use it), and the FSx CSI driver where fleets have
+        FSx. A joined cluster keeps its own (read_existing checks it has the agent; the README asks for the driver)."""
+        if not creates:
+            return
+        eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready))
+        if any(fp.config.fsx for fp in plan.fleets):
+            _release(f"{name}-fsx-csi-driver", eks_data.csi_chart(), on_k8s, eks_data.csi_values(plan.config.region))
+
+    def file_system_volume(self, fp: FleetPlan, file_system: aws.fsx.LustreFileSystem) -> None:
+        """The fleet's file system as a static volume and claim in its namespace, which jobs mount."""
+        f = fp.config.fsx
+        eks_data.static_volume(fp.name, file_system, f.storage_gib, f.namespace,
+                               pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=self.namespaces))
 
     @staticmethod
     def _operators(name: str, operators: list[str], on_k8s: pulumi.ResourceOptions) -> None:

@@ -10,14 +10,17 @@ reads the node counts, so scaling a fleet never touches anything else.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 import pulumi
 import pulumi_aws as aws
 
-from ..planning import bootstrap, launch
+from ..planning import bootstrap, fsx, launch
 from ..planning.capacity_window import Schedule
 from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
+from .data_access import node_data_policy
+from .fsx import FsxLustre
 
 
 def _b64(text: str) -> str:
@@ -122,10 +125,13 @@ class EfaFleet(pulumi.ComponentResource):
         region: str,
         cluster_join: pulumi.Input[dict] | None = None,
         window: Schedule | None = None,
+        file_system: FsxLustre | None = None,
+        data_policy: dict | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         """`cluster_join` (a pinned AMI on EKS): the nodeadm cluster section its nodes need to join.
-        `window` (a Capacity Block): when the block's nodes may run."""
+        `window` (a Capacity Block): when the block's nodes may run. `file_system`: the fleet's FSx, which plain
+        EC2 nodes mount at boot. `data_policy`: on plain EC2, its jobs' S3 access, for the node role."""
         super().__init__("efa-infra:index:EfaFleet", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
@@ -140,10 +146,11 @@ class EfaFleet(pulumi.ComponentResource):
                 opts=child,
             )
             self.run_log_group = logs.name
-            profile = self._instance_profile(name, plan, stack, region, fleet_tags, logs, child)
+            profile = self._instance_profile(name, plan, stack, region, fleet_tags, logs, data_policy, child)
         # Karpenter makes its nodes' launch templates itself, from the fleet's EC2NodeClass.
         self.launch_template = None if plan.config.provisioner == "karpenter" else self._launch_template(
-            name, plan, stack, subnet_id, security_group_ids, self.placement_group_name, profile, cluster_join, fleet_tags, child)
+            name, plan, stack, subnet_id, security_group_ids, self.placement_group_name, profile,
+            self._boot(plan, cluster_join, None if plan.on_eks else file_system), fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
         self.register_outputs({
             "launchTemplateId": self.launch_template.id if self.launch_template else None,
@@ -170,12 +177,23 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
+    def _boot(plan: FleetPlan, cluster_join: pulumi.Input[dict] | None, file_system: FsxLustre | None) -> pulumi.Output[str]:
+        """The user data: the boot script, with the file system to mount once it exists."""
+        if file_system is None:
+            return pulumi.Output.from_input(cluster_join).apply(lambda join: _b64(bootstrap.user_data(plan.boot, join)))
+        fs = file_system.file_system
+        return pulumi.Output.all(pulumi.Output.from_input(cluster_join), fs.dns_name, fs.mount_name).apply(
+            lambda v: _b64(bootstrap.user_data(dataclasses.replace(plan.boot, fsx=fsx.Mount(v[1], v[2], file_system.mount_path)), v[0])))
+
+    @staticmethod
     def _instance_profile(name: str, plan: FleetPlan, stack: str, region: str, fleet_tags: dict[str, str],
-                          logs: aws.cloudwatch.LogGroup, child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
+                          logs: aws.cloudwatch.LogGroup, data_policy: dict | None,
+                          child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
         """Plain EC2 nodes' role: SSM access, writing run output into the fleet's log group only, EC2 read access for
         the launch script to find peers and order them by the network (DescribeInstanceTopology, in the fleet's
         region: EC2's Describe actions take no resource-level permissions), for mpirun (nccl-tests) the right to
-        push a one-time SSH key to its fleet's nodes only, and with the boot check the right to mark itself unhealthy."""
+        push a one-time SSH key to its fleet's nodes only, with the boot check the right to mark itself unhealthy,
+        and its jobs' S3 access (a policy of its own)."""
         f = plan.config
         role = node_role(f"{name}-node", fleet_tags, child)
         aws.iam.RolePolicyAttachment(
@@ -214,12 +232,14 @@ class EfaFleet(pulumi.ComponentResource):
                 aws.iam.RolePolicyArgs(role=role.id, policy=json.dumps(health_policy(f.name, stack))),
                 opts=child,
             )
+        if data_policy:
+            node_data_policy(name, role, data_policy, child)
         return aws.iam.InstanceProfile(f"{name}-node", aws.iam.InstanceProfileArgs(role=role.name, tags=fleet_tags), opts=child)
 
     @staticmethod
     def _launch_template(name: str, plan: FleetPlan, stack: str, subnet_id: pulumi.Input[str],
                          security_group_ids: list[pulumi.Input[str]], placement_group_name: pulumi.Output[str] | None,
-                         profile: aws.iam.InstanceProfile | None, cluster_join: pulumi.Input[dict] | None,
+                         profile: aws.iam.InstanceProfile | None, user_data: pulumi.Output[str],
                          fleet_tags: dict[str, str], child: pulumi.ResourceOptions) -> aws.ec2.LaunchTemplate:
         """Every EFA interface as `efa.interfaces` lays them out, IMDSv2 only, an encrypted root volume, the
         placement group and capacity the fleet names, and the boot script."""
@@ -276,8 +296,7 @@ class EfaFleet(pulumi.ComponentResource):
                 placement=placement,
                 capacity_reservation_specification=capacity_spec,
                 instance_market_options=market,
-                user_data=pulumi.Output.from_input(cluster_join).apply(
-                    lambda join: _b64(bootstrap.user_data(plan.boot, join))),
+                user_data=user_data,
                 tag_specifications=[
                     aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags={**fleet_tags, "Name": f"{stack}-{f.name}"})
                     for kind in ("instance", "volume")

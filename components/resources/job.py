@@ -14,8 +14,9 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from ..planning import launch
+from ..planning import data_access, launch
 from ..planning.config import JobConfig, StackConfig
+from .data_access import pod_identity
 
 
 class Job(pulumi.ComponentResource):
@@ -24,11 +25,16 @@ class Job(pulumi.ComponentResource):
 
     def __init__(self, job: JobConfig, cfg: StackConfig, stack: str, k8s_provider=None,
                  tags: dict[str, str] | None = None, namespaces: list[pulumi.Resource] | None = None,
-                 run_log_group: pulumi.Input[str] | None = None, opts: pulumi.ResourceOptions | None = None):
+                 run_log_group: pulumi.Input[str] | None = None, cluster_name: pulumi.Input[str] | None = None,
+                 cluster_ready: list[pulumi.Resource] | None = None, opts: pulumi.ResourceOptions | None = None):
         """`namespaces`: what applied manifests wait for (the namespaces the stack creates). `run_log_group` (plain
-        EC2): the fleet's log group, where the launch's output goes."""
+        EC2): the fleet's log group, where the launch's output goes. `cluster_name`: the EKS cluster of the job's
+        fleet, where its pods get the job's data role, once `cluster_ready` exist."""
         super().__init__("efa-infra:index:Job", job.name, None, opts)
         plan = launch.job_plan(cfg, job)
+        if plan.service_account:
+            pod_identity(job.name, cluster_name, plan.namespace, plan.service_account, data_access.job_policy(cfg, job),
+                         tags or {}, pulumi.ResourceOptions(parent=self, depends_on=cluster_ready or []))
         if plan.target == "ec2":
             document = aws.ssm.Document(
                 f"{job.name}-launch",

@@ -81,11 +81,7 @@ class Karpenter(pulumi.ComponentResource):
             )
             attached.append(aws.iam.RolePolicyAttachment(
                 f"{name}-{policy_name}", aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn=policy.arn), opts=child))
-        agent = aws.eks.Addon(
-            f"{name}-pod-identity-agent",
-            aws.eks.AddonArgs(cluster_name=cluster_name, addon_name="eks-pod-identity-agent", tags=tags),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
-        )
+        # The EKS Pod Identity agent that serves this role is the cluster's own (resources/eks_data.py), in `after`.
         identity = aws.eks.PodIdentityAssociation(
             f"{name}-controller",
             aws.eks.PodIdentityAssociationArgs(cluster_name=cluster_name, namespace=NAMESPACE, service_account=SERVICE_ACCOUNT,
@@ -98,7 +94,7 @@ class Karpenter(pulumi.ComponentResource):
             k8s.helm.v3.ReleaseArgs(chart=facts["chart"], version=facts["version"], namespace=NAMESPACE,
                                     values=pulumi.Output.all(cluster_name, queue.name).apply(
                                         lambda v: plan_k.helm_values(v[0], v[1]))),
-            opts=pulumi.ResourceOptions(parent=self, provider=k8s_provider, depends_on=[agent, identity, *attached, *after]),
+            opts=pulumi.ResourceOptions(parent=self, provider=k8s_provider, depends_on=[identity, *attached, *after]),
         )
         self.register_outputs({"interruptionQueue": queue.name, "controllerRole": role.arn})
 

@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 import pulumi
 import pulumi.runtime.config as runtime_config
 
-from ..planning import capacity_window
+from ..planning import capacity_window, data_access
 from ..planning import config as config_mod
 from ..planning import existing as existing_mod
 from ..planning import plan as plan_mod
 from ..planning.capacity_window import Schedule
 from .fleet import EfaFleet
+from .fsx import FsxLustre
 from .job import Job
 from .network import EfaNetwork
 
@@ -113,13 +114,18 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
         problems.extend(missing)
         if not missing:
             cluster = existing_mod.ClusterFacts.of(aws.eks.get_cluster(name=name))
+            if plan.pod_identity:
+                try:
+                    aws.eks.get_addon(addon_name=data_access.POD_IDENTITY_AGENT, cluster_name=name)
+                except Exception as exc:  # EKS answers ResourceNotFoundException for a cluster without it
+                    problems.extend(existing_mod.missing_pod_identity_agent(plan, name, str(exc).strip().splitlines()[-1]))
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
     return vpc_id, cluster, windows, reservations
 
 
 def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
-    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups) protected."""
+    """Marks the kinds that `diff` guards (VPC, subnets, NAT gateways, the cluster, node groups, file systems) protected."""
     if args.type_ not in plan_mod.PROTECTED_TYPES:
         return None
     return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
@@ -155,19 +161,28 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
 
             karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags)
             karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
+        file_systems = {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
-            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+            groups = security_groups
+            if fp.config.fsx is not None:
+                # In the fleet's subnet; its group goes on the fleet's nodes, which it admits to Lustre (and EFA).
+                fs = file_systems[fp.name] = FsxLustre(fp.name, fp.config.fsx, fp.fsx_efa, net.vpc_id, subnet_id, tags, opts=guarded)
+                groups = [*security_groups, fs.security_group_id]
+            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=groups, tags=tags,
                                        region=cfg.region,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
-                                       window=windows.get(fp.name))
+                                       window=windows.get(fp.name), file_system=file_systems.get(fp.name),
+                                       data_policy=None if fp.on_eks else data_access.fleet_policy(cfg, fp.name))
             if karpenter is not None and fp.config.provisioner == "karpenter":
                 # The same security groups as the node groups' launch templates carry.
-                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, security_groups, fleets[fp.name].placement_group_name,
+                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, groups, fleets[fp.name].placement_group_name,
                                 cluster.provider)
             elif cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
+            if cluster is not None and fp.name in file_systems:
+                cluster.file_system_volume(fp, file_systems[fp.name].file_system)
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
@@ -176,13 +191,19 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
         outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
         if windows:
             outputs["capacityWindows"] = {n: dataclasses.asdict(w) for n, w in windows.items()}
+        if file_systems:
+            outputs["fileSystems"] = {n: {"id": fs.file_system.id, "dnsName": fs.file_system.dns_name,
+                                          "mountName": fs.file_system.mount_name, "mountPath": fs.mount_path}
+                                      for n, fs in file_systems.items()}
         if reservations:
             outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
                         namespaces=cluster.namespaces if cluster else None,
-                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None).outputs for j in cfg.jobs
+                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None,
+                        cluster_name=cluster.name if cluster else None,
+                        cluster_ready=cluster.ready if cluster else None).outputs for j in cfg.jobs
         }
     return outputs
 

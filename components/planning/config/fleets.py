@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
 from .base import NAME_PATTERN, Model, in_region, known_type
+from .data import FsxConfig
 
 
 class NodeCounts(Model):
@@ -132,6 +133,12 @@ class FleetConfig(Model):
         None,
         description="On EKS, the node group's taints. Default: the accelerator's taint "
         "(nvidia.com/gpu=true:NoSchedule or aws.amazon.com/neuron=true:NoSchedule); [] for none.",
+    )
+
+    fsx: FsxConfig | None = Field(
+        None,
+        description="An FSx for Lustre file system for the fleet, in its AZ and subnet, mounted by its nodes (EC2) or "
+        "its jobs' pods (EKS). Replacing it loses its data: diff guards it, and production stacks protect it.",
     )
 
     @field_validator("instance_type")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .base import JOB_NAMESPACE, NAME_PATTERN, NAMESPACE_PATTERN, Model, known_type
+from .data import S3Location
 
 # An image reference's tag: after the last ':' that follows the last '/' (a registry's :port comes before a '/').
 IMAGE_TAG = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9._/:-]*?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
@@ -123,6 +124,26 @@ class JobConfig(Model):
         "(MPI operator v2beta1; nccl-tests).",
     )
     apply: bool = Field(False, description="On EKS, have Pulumi apply the manifests; they are always exported as stack outputs.")
+    s3: list[S3Location] = Field(
+        default_factory=list,
+        description="S3 locations the job reads or writes. The job gets an IAM policy for exactly these: on EKS through "
+        "a role of its own (EKS Pod Identity, on a service account named after the job), on plain EC2 on its fleet's "
+        "node role.",
+    )
+    data_path: str | None = Field(
+        None,
+        description="Where the job reads its data, given to it as DATA_PATH: an S3 URI under one of its s3 locations, "
+        "or a path under its fleet's FSx mount.",
+    )
+    checkpoint_path: str | None = Field(
+        None,
+        description="Where the job writes checkpoints that outlive its pods and nodes, given to it as CHECKPOINT_PATH: "
+        "an S3 URI under one of its read-write s3 locations, or a path under its fleet's FSx mount.",
+    )
+    fsx_mount_path: str | None = Field(
+        None, pattern=r"^/[A-Za-z0-9._/-]*$",
+        description="On EKS, where the job's pods mount its fleet's FSx file system. Default: the file system's mountPath.",
+    )
 
     @model_validator(mode="after")
     def _kind_fits_launcher(self) -> "JobConfig":

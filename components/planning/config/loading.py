@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from .base import NAMESPACE
 from .checks import fleet_checks, stack_checks
+from .data_checks import data_checks
 from .eks import EksConfig
 from .errors import ConfigError, Problem, from_pydantic
 from .fleets import FleetConfig, InstanceTypeSpec
@@ -72,6 +73,7 @@ def load(raw: dict, source: str = "stack config") -> StackConfig:
         raw_fleets = raw.get("fleets") if isinstance(raw.get("fleets"), list) else []
         raw_names = {f.get("name") for f in raw_fleets if isinstance(f, dict)}
         problems.extend(stack_checks(cfg, fleets, jobs, raw_names))
+        problems.extend(data_checks(cfg, fleets, jobs))
         if not problems and cfg.network.existing is None:  # existing subnets are checked at deploy time
             problems.extend(sizing_checks(cfg, fleets, cat))
     if problems:

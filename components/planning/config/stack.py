@@ -24,7 +24,8 @@ class StackConfig(Model):
     jobs: list[JobConfig] = Field(default_factory=list, description="Training jobs rendered for the fleets and clusters.")
     protect: bool | None = Field(
         None,
-        description="Mark the VPC, its CIDR blocks, subnets and NAT gateways, the EKS cluster and its node groups protected "
+        description="Mark the VPC, its CIDR blocks, subnets and NAT gateways, the EKS cluster, its node groups and the FSx "
+        "file systems protected "
         "(Pulumi protect: no update or destroy can delete them). Default: true for production stacks, whose name starts with prod.",
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import devices, ofi_platform, processes
+from .. import data_access, devices, fsx, ofi_platform, processes
 from ..bootstrap import HUGEPAGES_MIB, pod_cpus, pod_memory_gib
 from ..config import JobConfig, StackConfig
 from ..plan import EFA_LABEL, job_target
@@ -54,6 +54,9 @@ class JobPlan:
     port: int
     namespace: str
     seccomp_profile: str
+    service_account: str | None = None  # on EKS with S3 access: the job's own, bound to its role (EKS Pod Identity)
+    fsx_claim: str | None = None  # on EKS: the PersistentVolumeClaim of the fleet's FSx file system
+    fsx_mount_path: str | None = None  # where the pods mount it
 
     @property
     def processes(self) -> int:
@@ -79,6 +82,8 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         efa_devices = taken // groups.gpus * groups.efa if job.efa else 0
         share = taken / node_accelerators
     rdma = job.efa and ofi_platform.uses_device_rdma(itype)
+    fleet = next((f for f in cfg.fleets if f.name == job.fleet), None)
+    on_k8s_fsx = target.platform == "eks" and fleet is not None and fleet.fsx is not None
     room = int(pod_memory_gib(itype.memory_mib, target.efa_devices > 0) * share)
     return JobPlan(
         job=job.name,
@@ -110,6 +115,9 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         port=job.port,
         namespace=job.namespace,
         seccomp_profile=job.seccomp_profile,
+        service_account=job.name if data_access.pod_identity(cfg, job) else None,
+        fsx_claim=fsx.claim_name(fleet.name) if on_k8s_fsx else None,
+        fsx_mount_path=(job.fsx_mount_path or fleet.fsx.mount_path) if on_k8s_fsx else None,
     )
 
 
@@ -123,5 +131,6 @@ def _env(job: JobConfig, target: str) -> dict[str, str]:
         env["NCCL_DEBUG_SUBSYS"] = "INIT,NET"
     if target == "eks":
         env["NCCL_SOCKET_IFNAME"] = K8S_SOCKET_IFNAME
+    env.update(data_access.path_env(job))
     env.update(job.env)
     return env

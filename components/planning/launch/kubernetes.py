@@ -38,16 +38,27 @@ def render_manifests(cfg: StackConfig, job: JobConfig) -> list[dict]:
     plan = job_plan(cfg, job)
     if plan.target != "eks":
         raise LaunchError(f"job {job.name!r}: the stack has no EKS cluster; use render_node_script for EC2 fleets")
+    identity = [_service_account(plan)] if plan.service_account else []
     claims = [_claim_template(plan)] if _claims(plan) else []
     if plan.kind == "pytorchjob":
-        return [*claims, _pytorchjob(plan, job)]
+        return [*identity, *claims, _pytorchjob(plan, job)]
     if plan.kind == "trainjob":
         from . import trainjob  # it builds its pod with this module's functions
 
-        return [trainjob.render(plan, job)]
+        return [*identity, trainjob.render(plan, job)]
     if plan.kind == "mpijob":
-        return [*claims, _mpijob(plan, job)]
-    return [*claims, *_indexed_job(plan, job)]
+        return [*identity, *claims, _mpijob(plan, job)]
+    return [*identity, *claims, *_indexed_job(plan, job)]
+
+
+def _service_account(plan: JobPlan) -> dict:
+    """The job's own service account, which its pod identity association binds to its data role. It grants nothing in
+    the cluster, and its Kubernetes API token is not mounted: EKS's pod identity webhook gives the pods that run on it
+    a projected token of their own (volume eks-pod-identity-token, audience pods.eks.amazonaws.com, which only the
+    agent at 169.254.170.23 takes), whatever automountServiceAccountToken says (aws/amazon-eks-pod-identity-webhook
+    @3bf80a34, main.go lines 87-91; pkg/handler reads no automount setting)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {**_meta(plan), "name": plan.service_account},
+            "automountServiceAccountToken": False}
 
 
 def manifests_yaml(docs: list[dict]) -> str:
@@ -169,10 +180,18 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         container["workingDir"] = plan.working_directory
     container["resources"] = {"requests": dict(resources), "limits": dict(resources)}
     container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes: list[dict] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
+    if plan.fsx_claim:
+        # The fleet's FSx file system: data and checkpoints that outlive the pod.
+        container["volumeMounts"].append({"name": "fsx", "mountPath": plan.fsx_mount_path})
+        volumes.append({"name": "fsx", "persistentVolumeClaim": {"claimName": plan.fsx_claim}})
     spec = _placement(plan)
     if _claims(plan):
         container["resources"]["claims"] = [{"name": devices.CLAIM}]
         spec["resourceClaims"] = [{"name": devices.CLAIM, "resourceClaimTemplateName": f"{plan.job}-{devices.CLAIM}"}]
+    if plan.service_account:
+        # The node pods read and write the job's data: they, and only they, run as the job's identity.
+        spec["serviceAccountName"] = plan.service_account
     # EFA registers (locks) memory: ulimit -l unlimited comes from the runtime, the capability from here.
     _hardened(plan, spec, container, capabilities if plan.efa_devices else tuple(c for c in capabilities if c not in EFA_CAPABILITIES))
     # The device requests keep one pod per node, except on a type without devices; pods that take part of a
@@ -191,7 +210,7 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
     if not spec["affinity"]:
         del spec["affinity"]
     spec["containers"] = [container]
-    spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
+    spec["volumes"] = volumes
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
 
 

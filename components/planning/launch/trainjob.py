@@ -83,7 +83,7 @@ def render(plan: JobPlan, job: JobConfig) -> dict:
                      "numProcPerNode": plan.procs_per_node, "resourcesPerNode": container["resources"]}
     if container.get("env"):
         trainer["env"] = container["env"]
-    pod_patch = {k: spec[k] for k in ("nodeSelector", "tolerations", "affinity", "volumes", "securityContext") if k in spec}
+    pod_patch = {k: spec[k] for k in ("nodeSelector", "tolerations", "affinity", "volumes", "securityContext", "serviceAccountName") if k in spec}
     pod_patch["containers"] = [{"name": CONTAINER, "volumeMounts": container["volumeMounts"],
                                 "securityContext": container["securityContext"]}]
     patch = {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
