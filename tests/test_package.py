@@ -177,6 +177,21 @@ def test_a_job_refuses_what_the_package_does_not_do(program_run):
     assert built.resources == []
 
 
+def test_what_the_package_does_not_make_yet_is_refused_not_left_out():
+    settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.ec2-fsx.yaml")
+    doc = config.document_from_settings(settings)
+    fleet = next(f for f in doc["fleets"] if "fsx" in f)
+    built = construct("EfaFleet", fleet["name"], {"region": doc["region"], "fleet": fleet, "subnetId": "subnet-0123456789abcdef0",
+                                                  "securityGroupIds": ["sg-0123456789abcdef0"]}, settings, stack="ec2-fsx")
+    assert "fleet.fsx: the package's EfaFleet does not make FSx" in str(built.error)
+    assert built.resources == []
+    job = next(j for j in doc["jobs"] if j.get("s3"))
+    built = construct("Job", job["name"], {"region": doc["region"], "fleets": doc["fleets"], "job": job,
+                                           "runLogGroup": "/efa-infra/ec2-fsx/x/run-command"}, settings, stack="ec2-fsx")
+    assert "job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role" in str(built.error)
+    assert built.resources == []
+
+
 def test_bad_arguments_name_their_keys_and_register_nothing(program_run):
     settings, _ = program_run
     doc = config.document_from_settings(settings)

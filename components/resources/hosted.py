@@ -17,7 +17,7 @@ import pulumi
 
 from ..planning import config as config_mod
 from ..planning import plan as plan_mod
-from ..planning import launch
+from ..planning import data_access, launch
 from . import arguments, fleet, job, network
 from .stack import read_existing
 
@@ -104,6 +104,9 @@ class EfaFleet(fleet.EfaFleet):
         document = {k: v for k, v in given.items() if k in ("region", "instanceTypes")}
         document["fleets"] = [given.get("fleet")]
         cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
+        if cfg.fleets[0].fsx is not None:  # refused rather than left out: the stack program makes it beside the fleet
+            raise pulumi.InputPropertyError("fleet.fsx", "fleet.fsx: the package's EfaFleet does not make FSx for Lustre "
+                                            "file systems yet; use a stack of this repository for a fleet with one")
         plan = plan_mod.build(cfg)
         _, _, windows, *_ = read_existing(plan)
         fp = plan.fleets[0]
@@ -139,8 +142,13 @@ class Job(job.Job):
         if spec.apply:
             problems.append("job.apply: the package renders manifests and leaves applying them to the program "
                             "(its kubernetes provider); set apply false")
-        if launch.job_plan(cfg, spec).target == "ec2" and given.get("runLogGroup") is None:
-            problems.append("runLogGroup: a job on a plain EC2 fleet needs its fleet's log group (EfaFleet's runLogGroup)")
+        if launch.job_plan(cfg, spec).target == "ec2":
+            if given.get("runLogGroup") is None:
+                problems.append("runLogGroup: a job on a plain EC2 fleet needs its fleet's log group (EfaFleet's runLogGroup)")
+            if data_access.job_policy(cfg, spec) is not None:
+                # The stack program grants it on the fleet's node role, which the package's EfaFleet makes without it.
+                problems.append("job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role, which the "
+                                "package's EfaFleet does not grant yet; use a stack of this repository for it")
         if problems:
             raise pulumi.InputPropertyError(problems[0].split(":")[0], "; ".join(problems))
         super().__init__(spec, cfg, pulumi.get_stack(), tags=tags(), run_log_group=given.get("runLogGroup"), opts=opts)
