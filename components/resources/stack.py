@@ -32,7 +32,7 @@ def load_config() -> config_mod.StackConfig:
     """The stack's config as `pulumi up` sees it; invalid config ends the run
     with the list of problems and no Python traceback."""
     try:
-        return config_mod.load(config_mod.document_from_settings(settings_from_engine()), f"stack {pulumi.get_stack()}")
+        return config_mod.load_settings(settings_from_engine(), f"stack {pulumi.get_stack()}")
     except config_mod.ConfigError as err:
         raise pulumi.RunError(str(err)) from None
 

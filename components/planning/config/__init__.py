@@ -15,12 +15,12 @@ This package's names are the config's public API.
 from .errors import ConfigError, Problem, key_path
 from .fleets import FleetConfig
 from .jobs import JobConfig
-from .loading import document_from_settings, load, load_file, read_stack_file
+from .loading import document_from_settings, load, load_file, load_settings, read_stack_file
 from .network import ExistingNetwork
 from .schema import stack_file_schema
 from .sizing import address_plan, fleet_addresses_per_node
 from .stack import StackConfig
 
 __all__ = ["ConfigError", "ExistingNetwork", "FleetConfig", "JobConfig", "Problem", "StackConfig", "address_plan",
-           "document_from_settings", "fleet_addresses_per_node", "key_path", "load", "load_file",
+           "document_from_settings", "fleet_addresses_per_node", "key_path", "load", "load_file", "load_settings",
            "read_stack_file", "stack_file_schema"]

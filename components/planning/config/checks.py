@@ -6,10 +6,9 @@ from __future__ import annotations
 import difflib
 from datetime import datetime, timezone
 
-from .. import capacity_window, efa, eks_rules
+from .. import capacity_window, efa, eks_rules, zones
 from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
-from .base import in_region
 from .errors import Problem, key_path
 from .fleets import FleetConfig
 from .jobs import JobConfig
@@ -89,13 +88,13 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("fleets", i, "name")), f"{f.name!r} is already the name of fleets[{seen[f.name]}]"))
         seen.setdefault(f.name, i)
     for k, az in enumerate(cfg.network.availability_zones):
-        if not in_region(az, cfg.region):
-            out.append(Problem(key_path(("network", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
+        if why := zones.refusal(az, cfg.region):
+            out.append(Problem(key_path(("network", "availabilityZones", k)), why))
     existing = cfg.network.existing
     if existing is not None:
         for az in existing.private_subnet_ids:
-            if not in_region(az, cfg.region):
-                out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{az!r} is not an AZ of region {cfg.region}"))
+            if why := zones.refusal(az, cfg.region):
+                out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), why))
         for i, f in fleets:
             if f.availability_zone not in existing.private_subnet_ids:
                 out.append(Problem(key_path(("fleets", i, "availabilityZone")),
@@ -117,7 +116,8 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("clusters", k, "name")), f"{c.name!r} is already the name of fleets[{seen[c.name]}]"))
         if c.ec2_type in cat and not cat.get(c.ec2_type).efa_supported:
             out.append(Problem(key_path(("clusters", k, "instanceType")), f"{c.instance_type} has no EFA device; name the cluster's EFA node type"))
-    known = {f.name: f for _, f in fleets}
+    # A name two fleets share is reported above: jobs on it are not checked against either.
+    known = {f.name: f for _, f in fleets if sum(g.name == f.name for _, g in fleets) == 1}
     for j, job in jobs:
         if job.fleet not in raw_fleet_names and job.fleet not in clusters:
             out.append(Problem(key_path(("jobs", j, "fleet")),
