@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 from .. import capacity_window, efa, eks_rules, zones
 from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
-from .errors import Problem, key_path
+from .errors import key_path
+from .problems import Problem
 from .fleets import FleetConfig
 from .jobs import JobConfig
 from .sizing import subnet_key_checks
@@ -26,7 +27,7 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     itype = cat.get(f.instance_type)  # known: checked with the fields
     if f.efa and not itype.efa_supported:
         family = f.instance_type.split(".")[0]
-        alike = [t.name for t in cat.efa_types() if t.name.split(".")[0] == family][:4]
+        alike = [t.name for t in cat.efa_types() if t.name.split(".")[0] == family]  # every size, smallest first
         hint = f"EFA sizes of {family}: {', '.join(alike)}" if alike else "python -m components types lists them"
         out.append(Problem(at("efa"), f"{f.instance_type} has no EFA device; set efa: false or pick an EFA type ({hint})"))
     elif f.efa:

@@ -1,37 +1,16 @@
-"""Problems with a config: each names its key path, the bad value and what would be valid; ConfigError
-lists them all at once. Pydantic's validation errors are told the same way."""
+"""Pydantic's validation errors told as the project's problems (problems.py): each names its key path,
+the bad value and what would be valid, in the project's words."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from .base import NAMESPACE
+from .problems import Problem
 from .stack import StackConfig
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str  # e.g. efa-infra:fleets[0].nodes.max
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem], source: str = "stack config"):
-        self.problems = problems
-        self.source = source
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = [f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)} in {self.source}:"]
-        lines += [f"  - {p}" for p in self.problems]
-        return "\n".join(lines)
 
 
 def key_path(loc: tuple) -> str:

@@ -15,7 +15,8 @@ from . import yaml_reading
 from .base import NAMESPACE
 from .checks import fleet_checks, stack_checks
 from .eks import EksConfig
-from .errors import ConfigError, Problem, from_pydantic, section_names
+from .errors import from_pydantic, section_names
+from .problems import ConfigError, Problem
 from .fleets import FleetConfig, InstanceTypeSpec
 from .jobs import ClusterConfig, JobConfig
 from .network import NetworkConfig

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .. import addressing, efa, zones
 from ..catalog import Catalog
-from .errors import Problem, key_path
+from .errors import key_path
+from .problems import Problem
 from .fleets import FleetConfig
 from .stack import StackConfig
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, Problem
+from .problems import ConfigError, Problem
 
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
