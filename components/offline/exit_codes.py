@@ -22,7 +22,7 @@ BY_COMMAND = {
     "scan-inputs": (OK, INVALID, USAGE, TOOL),
     "diff": (OK, INVALID, USAGE, TOOL, BLOCKED),
     "validate": (OK, INVALID, USAGE, TOOL),
-    "types": (OK, USAGE),
+    "types": (OK, USAGE, TOOL),
     "nccl-report": (OK, INVALID, USAGE, TOOL),
 }
 

@@ -18,7 +18,7 @@ PLAIN = {
         "a tab character: YAML indents with spaces only; replace the tab with spaces",
     "found a tab character":
         "a tab character: YAML indents with spaces only; replace the tab with spaces",
-    "mapping values are not allowed here":
+    "mapping values are not allowed":
         "a ':' where no key can start: a 'key: value' continuing a value, or a value holding ': ' that needs quotes",
     "could not find expected ':'":
         "a line that is not 'key: value' inside a mapping: check the ':' after the key and the indentation",
