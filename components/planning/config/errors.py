@@ -66,34 +66,29 @@ def _field_at(loc: tuple):
     return next((f for n, f in model.model_fields.items() if (f.alias or n) == loc[-1]), None)
 
 
-# Pydantic's error types -> the project's words (ctx holds the limits pydantic checked).
-WORDS = {
+# Pydantic's error types -> the project's words: fixed ones, then those that name the limit pydantic checked (ctx).
+_ZONED = "a date and time with its zone, e.g. '2026-12-14T11:30:00Z' (quoted)"
+_FIXED = {
+    ("int_parsing", "int_from_float", "int_type"): "must be a whole number",
+    ("float_parsing", "float_type"): "must be a number",
+    ("bool_parsing", "bool_type"): "must be true or false",
+    ("string_type",): "must be text (quote it in YAML if it looks like a number, a date or true/false)",
+    ("list_type",): "must be a list (YAML '- item' lines or [a, b])",
+    ("dict_type", "model_type", "model_attributes_type"): "must be a mapping (YAML 'key: value' lines)",
+    ("timezone_aware",): f"needs a time zone: {_ZONED}",
+    ("datetime_from_date_parsing", "datetime_parsing", "datetime_type"): f"must be {_ZONED}",
+}
+WORDS = {kind: (lambda c, w=words: w) for kinds, words in _FIXED.items() for kind in kinds} | {
     "greater_than_equal": lambda c: f"must be at least {c['ge']}",
     "greater_than": lambda c: f"must be more than {c['gt']}",
     "less_than_equal": lambda c: f"must be at most {c['le']}",
     "less_than": lambda c: f"must be less than {c['lt']}",
-    "int_parsing": lambda c: "must be a whole number",
-    "int_from_float": lambda c: "must be a whole number",
-    "int_type": lambda c: "must be a whole number",
-    "float_parsing": lambda c: "must be a number",
-    "float_type": lambda c: "must be a number",
-    "bool_parsing": lambda c: "must be true or false",
-    "bool_type": lambda c: "must be true or false",
-    "string_type": lambda c: "must be text (quote it in YAML if it looks like a number, a date or true/false)",
     "string_too_short": lambda c: f"must be at least {c['min_length']} character{'s' * (c['min_length'] != 1)} long",
     "string_too_long": lambda c: f"must be at most {c['max_length']} characters long",
     "literal_error": lambda c: f"must be one of {c['expected'].replace(' or ', ', ')}",
     "enum": lambda c: f"must be one of {c['expected'].replace(' or ', ', ')}",
-    "list_type": lambda c: "must be a list (YAML '- item' lines or [a, b])",
-    "dict_type": lambda c: "must be a mapping (YAML 'key: value' lines)",
-    "model_type": lambda c: "must be a mapping (YAML 'key: value' lines)",
-    "model_attributes_type": lambda c: "must be a mapping (YAML 'key: value' lines)",
     "too_short": lambda c: f"needs at least {c['min_length']} item{'s' * (c['min_length'] != 1)}",
     "too_long": lambda c: f"takes at most {c['max_length']} items",
-    "timezone_aware": lambda c: "needs a time zone, e.g. '2026-12-14T11:30:00Z' (quoted)",
-    "datetime_from_date_parsing": lambda c: "must be a date and time with its zone, e.g. '2026-12-14T11:30:00Z' (quoted)",
-    "datetime_parsing": lambda c: "must be a date and time with its zone, e.g. '2026-12-14T11:30:00Z' (quoted)",
-    "datetime_type": lambda c: "must be a date and time with its zone, e.g. '2026-12-14T11:30:00Z' (quoted)",
 }
 
 
