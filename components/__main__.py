@@ -14,6 +14,7 @@ No command needs AWS credentials or the Pulumi CLI. Each command's --help lists 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -382,6 +383,9 @@ def run() -> int:
 
 
 if __name__ == "__main__":
+    # A short-lived process: the cyclic collector's passes over the many objects the SDKs create at import
+    # cost a tenth to a fifth of a plan's time and free nothing that matters before it exits (same peak memory).
+    gc.disable()
     code = run()
     try:
         sys.stderr.flush()
