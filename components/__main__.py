@@ -27,7 +27,9 @@ from .offline.exit_codes import ToolError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ROOT / "stacks"
-RENDERED = ".efa-infra-render.json"  # what render wrote into its folder, so that it removes only its own files
+# What render wrote into its folder (JSON), so that it removes only its own files. No .json/.yaml extension:
+# `kubectl apply -f DIR` reads only such files of a folder (k8s.io/cli-runtime pkg/resource/visitor.go, ignoreFile).
+RENDERED = ".efa-infra-render"
 
 
 def name_of_file(path: Path) -> str | None:

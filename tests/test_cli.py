@@ -225,12 +225,12 @@ def test_render_removes_its_stale_files_and_only_those(tmp_path):
     out = tmp_path / "out"
     first = cli("render", "--config", stack, "--out", out)
     assert first.returncode == 0, first.stderr
-    assert sorted(p.name for p in out.iterdir()) == [".efa-infra-render.json", "nccl-efa.yaml", "pretrain.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [".efa-infra-render", "nccl-efa.yaml", "pretrain.yaml"]
     doc["config"]["efa-infra:jobs"] = [j for j in doc["config"]["efa-infra:jobs"] if j["name"] != "nccl-efa"]
     stack.write_text(yaml.safe_dump(doc))
     again = cli("render", "--config", stack, "--out", out)
     assert again.returncode == 0 and f"removed {out / 'nccl-efa.yaml'}" in again.stdout
-    assert sorted(p.name for p in out.iterdir()) == [".efa-infra-render.json", "pretrain.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [".efa-infra-render", "pretrain.yaml"]
     (out / "mine.yaml").write_text("kind: ConfigMap\n")
     refused = cli("render", "--config", stack, "--out", out)
     assert refused.returncode == exit_codes.TOOL and "holds files render did not write (mine.yaml)" in refused.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pulumi
-import pulumi_aws as aws
 
 from ..planning import launch
 from ..planning.config import JobConfig, StackConfig
@@ -34,6 +33,8 @@ class Job(pulumi.ComponentResource):
         super().__init__("efa-infra:index:Job", job.name, None, opts)
         plan = launch.job_plan(cfg, job)
         if plan.target == "ec2":
+            import pulumi_aws as aws  # loaded only where a job creates AWS resources (not for a cluster's jobs)
+
             document = aws.ssm.Document(
                 f"{job.name}-launch",
                 aws.ssm.DocumentArgs(

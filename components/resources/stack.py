@@ -18,9 +18,7 @@ from ..planning import config as config_mod
 from ..planning import existing as existing_mod
 from ..planning import plan as plan_mod
 from ..planning.capacity_window import Schedule
-from .fleet import EfaFleet
 from .job import Job
-from .network import EfaNetwork
 
 
 def settings_from_engine() -> dict:
@@ -41,9 +39,11 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
     """Read the VPC, subnets, cluster and Capacity Blocks the config names (pulumi-aws data
     sources) and check them against the plan; raises pulumi.RunError naming each problem.
     Returns the VPC id, the cluster, and each Capacity Block fleet's window."""
+    cfg = plan.config
+    if not (cfg.network.existing or cfg.eks.existing or any(f.capacity.type == "capacity-block" for f in cfg.fleets)):
+        return None, None, {}  # nothing to read: pulumi-aws stays unloaded for a stack of jobs only
     import pulumi_aws as aws
 
-    cfg = plan.config
     problems: list = []
     vpc_id = cluster = None
     windows: dict[str, Schedule] = {}
@@ -113,6 +113,10 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
+        # pulumi-aws loads only for stacks that create AWS resources: a stack of jobs for another team's cluster does not.
+        from .fleet import EfaFleet
+        from .network import EfaNetwork
+
         net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
         outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
         security_groups = [net.security_group_id]
