@@ -81,13 +81,14 @@ def describe_all(client) -> list[dict]:
     return out
 
 
-def describe_zones(client) -> list[dict]:
-    """The region's Availability Zones (not Local or Wavelength Zones), name and zone id, by name."""
+def describe_zones(client) -> list[str]:
+    """The names of the region's Availability Zones (not Local or Wavelength Zones). Their ids are left out:
+    in older regions an account's names map to ids of its own (components/planning/zones.py)."""
     zones = client.describe_availability_zones(Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}])
-    return sorted(({"name": z["ZoneName"], "id": z["ZoneId"]} for z in zones["AvailabilityZones"]), key=lambda z: z["name"])
+    return sorted(z["ZoneName"] for z in zones["AvailabilityZones"])
 
 
-def write_zones(zones: dict[str, list[dict]], source: str) -> None:
+def write_zones(zones: dict[str, list[str]], source: str) -> None:
     from datetime import date
 
     lines = ['{"source": ' + json.dumps(source) + ",", '"date": ' + json.dumps(date.today().isoformat()) + ",", '"regions": {']

@@ -1,8 +1,10 @@
 """Each region's Availability Zones, from data (`data/availability_zones.json`, written by
 tools/refresh_catalog.py from DescribeAvailabilityZones, with its source and date). Pure: no Pulumi import.
 
-AZ names only: AWS maps names to zone ids (use1-az4) separately for each account, so an id
-cannot be turned into a name without asking the account."""
+AZ names only, not AZ ids (use1-az4): in its older regions AWS maps the names to physical zones
+separately for each account (accounts created before November 2025; AWS docs, "AZ IDs",
+docs.aws.amazon.com/global-infrastructure/latest/regions/az-ids.html), so only the account can say
+which name an id is."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def _data() -> dict:
 def zones(region: str) -> tuple[str, ...] | None:
     """The region's AZ names; None when the data has no list for it."""
     listed = _data()["regions"].get(region)
-    return tuple(z["name"] for z in listed) if listed else None
+    return tuple(listed) if listed else None
 
 
 def refusal(az: str, region: str) -> str | None:
