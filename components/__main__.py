@@ -211,14 +211,22 @@ def cmd_diff(args: argparse.Namespace) -> int:
     changes = diff.compare(*runs)
     unchanged = len({r.urn for r in runs[1]} & {r.urn for r in runs[0]}) - sum(c.action in ("update", "replace") for c in changes)
     stopped = [] if args.allow_replace else diff.blocked(changes)
+    refused, notes = diff.eks_refusals(runs[0], runs[1]), diff.eks_notes(runs[0], runs[1], changes)
     if args.json:
         print(json.dumps({"stack": name, "base": base, "changed": str(path), "summary": diff.summary(changes, unchanged),
-                          "changes": [c.as_dict() for c in changes], "blocked": [c.as_dict() for c in stopped]}, indent=2))
+                          "changes": [c.as_dict() for c in changes], "blocked": [c.as_dict() for c in stopped],
+                          "refusedByEks": refused, "notes": notes}, indent=2))
     else:
         print(diff.render_text(changes, unchanged, f"diff of stack {name}: {base} -> {path} (offline, no AWS call)"))
+        for note in notes:
+            print(f"note: {note}")
+    for problem in refused:
+        print(f"error: EKS refuses this change: {problem}", file=sys.stderr)
+    if refused:
+        return exit_codes.GATE
     if stopped:
         print(f"error: {diff.blocked_message(stopped)}. Rerun with --allow-replace if that is what you mean.", file=sys.stderr)
-        return exit_codes.BLOCKED
+        return exit_codes.GATE
     return exit_codes.OK
 
 
@@ -232,17 +240,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results = []
     for path in paths:
         try:
-            config.load_file(path)
-            results.append({"file": str(path), "valid": True, "problems": []})
+            cfg = config.load_file(path)
+            results.append({"file": str(path), "valid": True, "problems": [],
+                            "warnings": [str(w) for w in config.advisories(cfg)]})
         except config.ConfigError as err:
             results.append({"file": str(path), "valid": False,
-                            "problems": [{"key": p.path, "message": p.message} for p in err.problems]})
+                            "problems": [{"key": p.path, "message": p.message} for p in err.problems], "warnings": []})
     failed = sum(not r["valid"] for r in results)
     if args.json:
         print(json.dumps({"valid": len(results) - failed, "total": len(results), "stacks": results}, indent=2))
     else:
         for r in results:
             print(f"{'ok     ' if r['valid'] else 'invalid'} {Path(r['file']).name}")
+            for w in r["warnings"]:
+                print(f"  warning: {w}")
             for p in r["problems"]:
                 print(f"  - {p['key']}: {p['message']}")
         print(f"{len(results) - failed} of {len(results)} stack configs valid")
@@ -261,8 +272,9 @@ def cmd_types(args: argparse.Namespace) -> int:
     for itype in types:  # the catalog's natural order
         s = efa.summarize(itype, efa.interfaces(itype, args.layout))
         accel = f"{itype.accelerator.count} x {itype.accelerator.name}" if itype.accelerator else "-"
+        note = f"  [{itype.bandwidth_note}]" if itype.bandwidth_note else ""
         print(f"{itype.name:<22} {len(itype.network_cards):>5}  {s.efa_devices:>3}  "
-              f"{s.efa_bandwidth_gbps:>8g} of {s.network_bandwidth_gbps:>8g}  {accel}")
+              f"{s.efa_bandwidth_gbps:>8g} of {s.network_bandwidth_gbps:>8g}  {accel}{note}")
     return exit_codes.OK
 
 

@@ -313,7 +313,9 @@ def _check_eks_endpoint(args: ResourceValidationArgs, report: ReportViolation) -
     if (public is None or _true(public)) and (not cidrs or "0.0.0.0/0" in cidrs):
         report(
             f"the API endpoint is public to {', '.join(cidrs) if cidrs else 'the world (no publicAccessCidrs)'}; "
-            "in prod keep it private (endpointPublicAccess false) or list the CIDRs that may reach it"
+            "in prod keep it private (endpointPublicAccess false; the deployer then reaches it from inside an existing "
+            "VPC, efa-infra:eks.deployer) or list the CIDRs that may reach it (efa-infra:eks.publicAccessCidrs, the "
+            "deployer's runner among them)"
         )
 
 

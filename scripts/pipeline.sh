@@ -7,11 +7,15 @@
 #   scripts/pipeline.sh diff [BASE_REF] on pull requests: what each stack file changes against BASE_REF (default
 #                                      origin/main), offline; fails when the network or the cluster would be replaced
 #                                      or deleted (ALLOW_REPLACE=1 to accept), diffs in out/diff-<stack>.json
+#   scripts/pipeline.sh where STACK    the runner STACK's `pulumi up` runs on (efa-infra:eks.deployer.runsOn;
+#                                      ubuntu-latest, any host on the internet, for a stack without a cluster)
 #   scripts/pipeline.sh preview STACK  pulumi preview of STACK with the policy pack (policy/)
 #   scripts/pipeline.sh up STACK       pulumi up of STACK with the policy pack
 #
 # preview and up need the Pulumi CLI, a backend login (PULUMI_ACCESS_TOKEN, or PULUMI_BACKEND_URL
-# and PULUMI_CONFIG_PASSPHRASE) and AWS credentials in the environment.
+# and PULUMI_CONFIG_PASSPHRASE) and AWS credentials in the environment, and RUNNER_LABEL naming the runner they run
+# on: an EKS stack applies its Kubernetes resources from there, and its API endpoint admits only the place its config
+# names (the offline plan checks that path as the flow "deployer to the API server"); they refuse to run elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +23,7 @@ usage() {
   cat >&2 <<'EOF'
 usage: scripts/pipeline.sh check            validate, plan and scan every stack offline, run the tests
        scripts/pipeline.sh diff [BASE_REF]  what each stack file changes against BASE_REF (default origin/main)
+       scripts/pipeline.sh where STACK      the runner STACK deploys from
        scripts/pipeline.sh preview STACK    pulumi preview with the policy pack
        scripts/pipeline.sh up STACK         pulumi up with the policy pack
 EOF
@@ -69,17 +74,32 @@ diff_stacks() {  # diff_stacks BASE_REF
   return $status
 }
 
-deploy() {  # deploy preview|up STACK
-  local command=$1 stack=$2
-  if [[ ! -f "stacks/Pulumi.$stack.yaml" ]]; then
-    echo "error: no stack file stacks/Pulumi.$stack.yaml; stacks: $(stacks)" >&2
+known() {  # known STACK: refuse a stack without a stack file
+  if [[ ! -f "stacks/Pulumi.$1.yaml" ]]; then
+    echo "error: no stack file stacks/Pulumi.$1.yaml; stacks: $(stacks)" >&2
     exit 2
   fi
+}
+
+where() {  # where STACK: the runner its `pulumi up` runs on, from its offline plan
+  known "$1"
+  venv/bin/python -m components plan --config "stacks/Pulumi.$1.yaml" --json | venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["runsOn"])'
+}
+
+deploy() {  # deploy preview|up STACK
+  local command=$1 stack=$2 runs_on
+  known "$stack"
   if ! command -v pulumi >/dev/null; then
     echo "error: the pulumi CLI is not on PATH; install it (https://www.pulumi.com/docs/install/) or use 'check'" >&2
     exit 127
   fi
   python3 -m venv venv && venv/bin/pip install -r requirements.txt -r policy/requirements.txt
+  runs_on=$(where "$stack")
+  if [[ ${RUNNER_LABEL:-} != "$runs_on" ]]; then
+    echo "error: stack $stack deploys from $runs_on (efa-infra:eks.deployer.runsOn), the place its API endpoint admits;" \
+         "this runner is '${RUNNER_LABEL:-}' (set RUNNER_LABEL to the runner's label)" >&2
+    exit 2
+  fi
   # eks-endpoint-not-public-in-prod reads the stack's environment from the policy config: the stack name.
   policy_config=$(mktemp)
   trap 'rm -f "$policy_config"' EXIT
@@ -96,6 +116,7 @@ case "${1:-} $#" in
   "check 1") check ;;
   "diff 1") diff_stacks origin/main ;;
   "diff 2") diff_stacks "$2" ;;
+  "where 2") where "$2" ;;
   "preview 2" | "up 2") deploy "$1" "$2" ;;
   *) usage ;;
 esac

@@ -33,6 +33,11 @@ def base_doc(**overrides) -> dict:
     return doc
 
 
+# How `pulumi up` reaches the API server of a cluster a test stack creates (eks.deployer): a runner whose
+# addresses the public endpoint admits, as the example stacks do.
+DEPLOYER = {"publicAccessCidrs": ["203.0.113.0/28"], "deployer": {"runsOn": "ci-runner", "cidrs": ["203.0.113.0/28"]}}
+
+
 def settings_of(doc: dict) -> dict:
     """A config document as stack-file settings (`ns:key`)."""
     return {("aws:region" if k == "region" else f"efa-infra:{k}"): v for k, v in doc.items()}

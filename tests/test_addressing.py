@@ -8,7 +8,7 @@ import pytest
 
 from components.planning import addressing, config
 from components.offline import diff, mocks
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 
 SUBNET = "aws:ec2/subnet:Subnet"
 
@@ -44,7 +44,7 @@ def test_slots_scale_with_the_block(vpc, private, public):
 
 def test_a_fleet_past_its_room_names_the_fleet_the_need_the_room_and_the_ways_out():
     doc = base_doc(network={"vpcCidr": "10.0.0.0/20"},
-                   fleets=[fleet("big", "us-east-1a", 400), fleet("small", "us-east-1b", 4)], eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]})
+                   fleets=[fleet("big", "us-east-1a", 400), fleet("small", "us-east-1b", 4)], eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER})
     with pytest.raises(config.ConfigError) as err:
         config.load(doc)
     (problem,) = err.value.problems
@@ -112,13 +112,13 @@ def test_an_az_past_the_slots_is_named():
 def test_the_cluster_azs_get_subnets_only_for_a_new_cluster():
     off = base_doc(eks={"availabilityZones": ["us-east-1a", "us-east-1b"]})
     assert {az for _, az in cidrs(off)} == {"us-east-1a"}
-    on = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]})
+    on = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER})
     assert {az for _, az in cidrs(on)} == {"us-east-1a", "us-east-1b"}
 
 
 def test_eks_names_its_own_azs():
     with pytest.raises(config.ConfigError) as err:
-        config.load(base_doc(eks={"enabled": True}, network={"availabilityZones": ["us-east-1b"]}))
+        config.load(base_doc(eks={"enabled": True, **DEPLOYER}, network={"availabilityZones": ["us-east-1b"]}))
     (problem,) = err.value.problems
     assert problem.path == "efa-infra:eks.availabilityZones" and "us-east-1a, us-east-1b" in problem.message
 

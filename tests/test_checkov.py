@@ -55,7 +55,7 @@ def test_every_stack_was_scanned(findings):
 
 def test_the_skip_list_is_short_reasoned_and_still_needed(findings):
     skips = scan.skips()
-    assert 0 < len(skips) <= 10
+    assert 0 < len(skips) <= 12  # CKV_AWS_339 goes once the locked checkov knows EKS 1.36 (the last assert says when)
     for check, reason in skips.items():
         assert isinstance(reason, str) and len(reason) > 40 and "\n" not in reason.strip(), check
     failing = {f.split()[0] for s in findings.values() for f in s["failed"]}

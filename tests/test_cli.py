@@ -151,7 +151,7 @@ def test_the_efa_sizes_hint_lists_every_size_in_natural_order():
 def test_a_mistyped_flag_is_a_usage_error_not_diffs_blocked_code():
     result = cli("plan", "--stack", "dev", "--jsn")
     assert result.returncode == exit_codes.USAGE == 2 and "unrecognized arguments: --jsn" in result.stderr
-    assert exit_codes.BLOCKED not in (exit_codes.OK, exit_codes.INVALID, exit_codes.USAGE, exit_codes.TOOL)
+    assert exit_codes.GATE not in (exit_codes.OK, exit_codes.INVALID, exit_codes.USAGE, exit_codes.TOOL)
 
 
 def test_a_closed_pipe_is_a_quiet_success_under_pipefail():

@@ -11,7 +11,7 @@ import yaml
 
 from components.planning import config
 from components.offline import mocks
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 
 
 def fleet(**changes) -> dict:
@@ -21,7 +21,7 @@ def fleet(**changes) -> dict:
 
 
 JOB = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"]}
-EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}
+EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER}
 
 # (case, document, the key the error must name)
 INVALID = [

@@ -14,6 +14,7 @@ from functools import lru_cache
 import pytest
 
 from components.offline import diff, mocks
+from components.planning import eks_versions
 from conftest import STACKS, register, stack_settings
 
 F, J, NET, EKS = "efa-infra:fleets", "efa-infra:jobs", "efa-infra:network", "efa-infra:eks"
@@ -203,11 +204,21 @@ def test_adding_an_interface_endpoint_creates_only_the_endpoint(stack):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_changing_the_eks_version_updates_only_the_control_plane(stack):
-    changes, resources = day2(stack, lambda s: s.setdefault(EKS, {}).update(version="1.34"))
+def test_moving_the_eks_version_one_minor_up_updates_only_the_control_plane(stack):
+    """From the minor below the stack's own version (the calendar's default, or the one it sets) to it: the one
+    step EKS takes. The node groups keep their version (eks.nodeGroupVersion unset) and diff says they lag."""
+    current = (settings(stack).get(EKS) or {}).get("version") or eks_versions.default_version()
+    major, minor = eks_versions.minor(current)
+    earlier = copy.deepcopy(settings(stack))
+    earlier.setdefault(EKS, {}).update(version=f"{major}.{minor - 1}")
+    before = register(earlier, stack)
+    changes = diff.compare(before, list(base(stack)))
     if on_eks(stack):
         assert actions(changes) == {("update", "eks:index:Cluster", "eks-cluster")}
         assert changes[0].changed == ["version"]
+        assert diff.eks_refusals(before, list(base(stack))) == []
+        (note,) = diff.eks_notes(before, list(base(stack)), changes)
+        assert "stay behind the control plane" in note
     else:  # config a stack without EKS does not use changes nothing
         assert changes == []
 
@@ -215,7 +226,9 @@ def test_changing_the_eks_version_updates_only_the_control_plane(stack):
 @pytest.mark.parametrize("stack", WITH_FLEETS)
 def test_pinning_an_ami_changes_only_that_fleet(stack):
     fleet = fleets_of(stack)[0]["name"]
-    changes, resources = day2(stack, lambda s: s[F][0].update(ami="ami-0123456789abcdef0"))
+    # On EKS the boot check needs an AMI whose nodeadm reads drop-ins: its release is said with it.
+    pin = {"ami": "ami-0123456789abcdef0", **({"amiRelease": "v20251023"} if on_eks(stack) else {})}
+    changes, resources = day2(stack, lambda s: s[F][0].update(pin))
     lt = ("update", LT, f"{fleet}-lt")
     if on_eks(stack) and "ami" in fleets_of(stack)[0]:
         # Another pinned AMI: a new template version, which the node group follows in place.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from components.planning import catalog, efa
@@ -96,7 +98,43 @@ def test_p6_b300_skips_card_0_which_takes_no_efa():
         assert [i["NetworkCardIndex"] for i in interfaces if i["InterfaceType"] != "interface"] == list(range(1, 17))
     itype = catalog.get("p6-b300.48xlarge")
     summary = efa.summarize(itype, efa.interfaces(itype))
-    assert (summary.efa_bandwidth_gbps, summary.network_bandwidth_gbps) == (6400, 6750)
+    # The instance states 6400 Gigabit; card 0 (350) is ENA only, the 16 EFA cards carry 400 each.
+    assert (summary.efa_bandwidth_gbps, summary.network_bandwidth_gbps) == (6400, 6400)
+
+
+@pytest.mark.parametrize("name,attached,why", [
+    # cards 4 x 400 = 1600, instance "400 Gigabit": AWS quotes 400 Gbps for g6e.48xlarge
+    ("g6e.48xlarge", 400, "its cards' baselines add up to 1600, more than the instance carries at once"),
+    ("g6e.24xlarge", 200, "add up to 400, more than"),
+    ("c6in.32xlarge", 200, "add up to 400, more than"),
+    ("hpc6id.32xlarge", 200, "add up to 400, more than"),
+    # cards 8 x 200 = 1600, instance "3200 Gigabit", AWS's figure for B200 instances' EFA
+    ("p6-b200.48xlarge", 3200, "add up to only 1600, so the stated figure is shared out"),
+    ("p5.48xlarge", 3200, None),  # 32 x 100 = "3200 Gigabit": the cards agree
+    ("p5en.48xlarge", 3200, None),
+])
+def test_bandwidth_is_the_instances_stated_figure(name, attached, why):
+    itype = catalog.get(name)
+    summary = efa.summarize(itype, efa.interfaces(itype))
+    assert summary.efa_bandwidth_gbps == attached == summary.network_bandwidth_gbps
+    assert (itype.bandwidth_note is None) if why is None else (why in itype.bandwidth_note)
+
+
+def test_every_efa_type_attaches_no_more_than_the_instance_states():
+    for itype in catalog.Catalog().efa_types():
+        assert itype.stated_bandwidth_gbps, itype.name  # every EFA type states a figure in Gigabit
+        for layout in efa.LAYOUTS:
+            summary = efa.summarize(itype, efa.interfaces(itype, layout))
+            assert 0 < summary.efa_bandwidth_gbps <= summary.network_bandwidth_gbps == itype.stated_bandwidth_gbps, (itype.name, layout)
+
+
+@pytest.mark.parametrize("performance,gbps", [("400 Gigabit", 400), ("16x 200 Gigabit", 3200), ("Up to 25 Gigabit", 25),
+                                              ("133.33 Gigabit", 133.33), ("High", None), (None, None)])
+def test_stated_network_performance_is_read_as_gbps(performance, gbps):
+    itype = dataclasses.replace(catalog.get("p5.48xlarge"), network_performance=performance)
+    assert itype.stated_bandwidth_gbps == gbps
+    if gbps is None:  # a declared type states nothing: its cards' sum, said so
+        assert itype.network_bandwidth_gbps == 3200 and itype.bandwidth_note.startswith("the instance states no figure")
 
 
 def test_two_cards_but_one_efa_device():

@@ -8,12 +8,12 @@ import pytest
 
 from components.planning import config, efa
 from components.offline import mocks
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 
 NODEGROUP = "aws:eks/nodeGroup:NodeGroup"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 LT = "aws:ec2/launchTemplate:LaunchTemplate"
-EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}
+EKS = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,9 @@ def test_device_plugins_tolerate_the_gpu_taint_and_select_by_our_label(prod):
 def test_cluster_endpoint_auth_and_encryption(prod):
     cluster = prod.one("eks:index:Cluster").inputs
     assert cluster["authenticationMode"] == "API"
-    assert cluster["endpointPrivateAccess"] is True and cluster["endpointPublicAccess"] is False
+    # Private access on; the public endpoint only for the deployer's runner (eks.deployer, tests/test_deployer.py).
+    assert cluster["endpointPrivateAccess"] is True and cluster["endpointPublicAccess"] is True
+    assert cluster["publicAccessCidrs"] == ["198.51.100.10/32"]
     assert cluster["encryptionConfigKeyArn"] == "<eks-secrets.arn>"
     assert cluster["skipDefaultNodeGroup"] is True and cluster["skipDefaultSecurityGroups"] is True
     assert prod.one("aws:kms/key:Key").inputs["enableKeyRotation"] is True

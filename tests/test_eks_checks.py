@@ -21,10 +21,10 @@ import yaml
 import scheduling
 from components.planning import config, eks_rules
 from components.offline import flows, mocks
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 
 NODEGROUP, LT, RELEASE = "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate", "kubernetes:helm.sh/v3:Release"
-TRAINIUM = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]},
+TRAINIUM = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER},
                     fleets=[{"name": "trn", "instanceType": "trn2.48xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
 EKS_STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml")
                     if config.load_file(p).eks.enabled)

@@ -13,7 +13,7 @@ import pytest
 
 from components.planning import capacity_window, config
 from components.offline import mocks
-from conftest import ROOT, base_doc, settings_of
+from conftest import DEPLOYER, ROOT, base_doc, settings_of
 
 NODEGROUP, ADDON, SCHEDULE, ASG = ("aws:eks/nodeGroup:NodeGroup", "aws:eks/addon:Addon", "aws:autoscaling/schedule:Schedule",
                                    "aws:autoscaling/group:Group")
@@ -59,7 +59,7 @@ def test_accelerator_node_groups_repair_their_nodes_and_the_cluster_runs_the_mon
 
 
 def test_node_health_can_be_turned_off():
-    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "nodeMonitoringAgent": False})
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER, "nodeMonitoringAgent": False})
     doc["fleets"][0].update(autoRepair=False, bootCheck=False)
     run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
@@ -68,7 +68,7 @@ def test_node_health_can_be_turned_off():
 
 
 def test_auto_repair_is_off_by_default_for_fleets_without_accelerators():
-    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]},
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER},
                    fleets=[{"name": "cpu", "instanceType": "c6in.32xlarge", "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}])
     run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
@@ -108,7 +108,7 @@ def test_a_block_that_has_started_runs_its_nodes_with_no_scale_up_in_the_past():
 
 
 def test_on_eks_the_node_group_scales_up_at_the_start_and_eks_scales_it_down():
-    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"]}, fleets=[block_fleet(start=at(24), end=at(48))])
+    doc = base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER}, fleets=[block_fleet(start=at(24), end=at(48))])
     run = mocks.run(settings_of(doc), "t")
     assert run.error is None, run.error
     ng = run.one(NODEGROUP, "h200-nodes").inputs

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.planning import catalog, config, launch, ofi_platform, preflight
+from conftest import DEPLOYER
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # copies of ../shared/schemas/crds
 CRD_FILES = {"PyTorchJob": "kubeflow.org_pytorchjobs.v1.yaml", "MPIJob": "kubeflow.org_mpijobs.v2beta1.yaml"}
@@ -32,7 +33,7 @@ def stack(job: dict | None = None, *, instance_type: str = "p5.48xlarge", eks: b
     }
     spec = {"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py", "--epochs", "3"], **(job or {})}
     if eks:
-        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"],
+        doc["eks"] = {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER,
                       "operators": ["training-operator", "mpi-operator"]}
         spec.setdefault("image", "public.ecr.aws/example/train:1")
     doc["jobs"] = [spec]
@@ -76,7 +77,7 @@ def test_plan_derives_devices_and_efa_env_per_type(itype, devices, accel, count,
     assert cfg.catalog().get(itype).accelerator.name == accel
     assert (plan.target, plan.instance_type, plan.nodes) == ("eks", itype, 2)
     assert (plan.efa_devices, plan.accelerator_resource, plan.accelerator_count) == (devices, resource, count)
-    assert plan.procs_per_node == count
+    assert plan.procs_per_node == (64 if itype == "trn2.48xlarge" else count)  # one per logical NeuronCore on trn2
     assert plan.hugepages == "5120Mi"
     assert plan.rdma is rdma
     env = plan.env
@@ -216,6 +217,38 @@ def test_indexed_job_ranks_pods_by_completion_index(tmp_path):
     argv = run_pod_command(pod["spec"]["containers"][0]["command"], {"JOB_COMPLETION_INDEX": "1"}, tmp_path)
     assert argv == ["--nnodes", "2", "--node_rank", "1", "--master_addr", f"train-0.{service['metadata']['name']}",
                     "--master_port", "29500", "--nproc_per_node", "8", "train.py", "--name", "it's $(x)"]
+
+
+@pytest.mark.parametrize("itype,procs", [("trn1.32xlarge", 32), ("trn1n.32xlarge", 32), ("trn2.48xlarge", 64),
+                                         ("trn2.3xlarge", 4), ("p5.48xlarge", 8), ("inf1.24xlarge", 16)])
+def test_neuron_jobs_start_one_process_per_logical_neuroncore(itype, procs, tmp_path):
+    cfg, job = stack({"efaCheck": False}, instance_type=itype)  # the command runs here, on no EFA node
+    assert launch.job_plan(cfg, job).procs_per_node == procs
+    pod = launch.render_manifests(cfg, job)[1]["spec"]["template"]["spec"]
+    argv = run_pod_command(pod["containers"][0]["command"], {"JOB_COMPLETION_INDEX": "0"}, tmp_path)
+    assert argv[argv.index("--nproc_per_node") + 1] == str(procs)
+    cfg, job = stack({"procsPerNode": 16}, instance_type=itype)  # the job's own count still wins
+    assert launch.job_plan(cfg, job).procs_per_node == 16
+
+
+def test_every_neuron_device_with_efa_has_its_core_grouping_as_data():
+    """A new Neuron generation in the catalog needs its default logical-core grouping, with a source, before
+    its jobs start the right number of processes."""
+    from components.planning import processes
+
+    devices = {t.accelerator.name for t in config.load({"region": "us-east-1"}).catalog().efa_types()
+               if t.accelerator and t.accelerator.kind == "neuron"}
+    assert devices and devices <= set(processes._neuron_devices())
+    assert all(d["source"] for d in processes._neuron_devices().values())
+
+
+def test_neuron_processes_on_accelerate_and_mpirun():
+    cfg, job = stack({"kind": "pytorchjob", "launcher": "accelerate", "nodes": 2}, instance_type="trn1.32xlarge")
+    command = " ".join(launch.render_manifests(cfg, job)[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"])
+    assert "--num_processes 64" in command  # 2 nodes x 32 NeuronCores
+    cfg, job = stack({"kind": "mpijob", "launcher": "nccl-tests", "command": []}, instance_type="trn2.48xlarge")
+    (doc,) = launch.render_manifests(cfg, job)
+    assert doc["spec"]["slotsPerWorker"] == 64
 
 
 def test_pods_hold_a_whole_node_with_efa_shm_and_locked_memory():
@@ -513,6 +546,13 @@ def test_multi_node_efa_pods_share_one_az_and_prefer_close_nodes(kind, launcher)
         ("topology.k8s.aws/network-node-layer-3", 100), ("topology.k8s.aws/network-node-layer-2", 50),
         ("topology.k8s.aws/network-node-layer-1", 25)]
     assert all(p["podAffinityTerm"]["labelSelector"] == same_az["labelSelector"] for p in preferred)
+    # p6-b200 and p6-b300 report 4 layers: the closest, layer 4, comes first; a type without topology has no preference.
+    for itype, layers in (("p6-b200.48xlarge", [4, 3, 2, 1]), ("p6-b300.48xlarge", [4, 3, 2, 1]), ("g5.48xlarge", [])):
+        cfg, job = stack({"kind": kind, "launcher": launcher}, instance_type=itype)
+        (pod,) = node_pods(launch.render_manifests(cfg, job))
+        preferred = pod["spec"]["affinity"]["podAffinity"].get("preferredDuringSchedulingIgnoredDuringExecution", [])
+        assert [(p["podAffinityTerm"]["topologyKey"], p["weight"]) for p in preferred] == [
+            (f"topology.k8s.aws/network-node-layer-{n}", w) for n, w in zip(layers, (100, 50, 25, 12))]
     # One node, or no EFA: nothing to keep together.
     for one in ({"nodes": 1}, {"efa": False}):
         if kind == "indexed-job" and launcher == "nccl-tests":

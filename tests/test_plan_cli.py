@@ -50,3 +50,35 @@ def test_the_plan_lists_resources_in_a_fixed_order():
     doc = json.loads(plan("--stack", "prod", "--json").stdout)
     urns = [r["urn"] for r in doc["resources"]]
     assert urns == sorted(urns) and len(urns) > 40
+
+
+QUOTED = """config:
+  aws:region: us-east-1
+  efa-infra:fleets:
+    - {name: g6e, instanceType: g6e.48xlarge, availabilityZone: us-east-1a, nodes: {desired: 2}}
+    - {name: b200, instanceType: p6-b200.48xlarge, availabilityZone: us-east-1a, nodes: {desired: 2}}
+    - {name: trn2, instanceType: trn2.48xlarge, availabilityZone: us-east-1a, nodes: {desired: 2}}
+  efa-infra:jobs:
+    - {name: train, fleet: trn2, launcher: torchrun, command: [train.py]}
+"""
+
+
+def test_plan_and_types_quote_the_instances_stated_bandwidth(tmp_path):
+    """g6e.48xlarge's cards add up to 1600 and p6-b200's to 1600; AWS states 400 and 3200 for the instances."""
+    path = tmp_path / "Pulumi.quoted.yaml"
+    path.write_text(QUOTED)
+    doc = json.loads(plan("--config", str(path), "--json").stdout)
+    fleets = {f["name"]: f for f in doc["fleets"]}
+    assert (fleets["g6e"]["efaBandwidthGbps"], fleets["g6e"]["networkBandwidthGbps"]) == (400, 400)
+    assert (fleets["b200"]["efaBandwidthGbps"], fleets["b200"]["networkBandwidthGbps"]) == (3200, 3200)
+    assert "caps them" in fleets["g6e"]["bandwidthNote"] and "shared out" in fleets["b200"]["bandwidthNote"]
+    (job,) = doc["jobs"]
+    assert job["procsPerNode"] == 64  # trn2.48xlarge: 16 Trainium2 x 8 cores, 2 per logical NeuronCore
+    text = plan("--config", str(path)).stdout
+    assert "EFA bandwidth     400 of 400 Gbps attached (the instance's stated 400 Gbps" in text
+    assert "EFA bandwidth     3200 of 3200 Gbps attached (the instance's stated 3200 Gbps" in text
+    assert "2 nodes x 64 processes" in text
+    types = subprocess.run([sys.executable, "-m", "components", "types"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    rows = {line.split()[0]: line for line in types.stdout.splitlines() if line.strip()}
+    assert "EFA    400 of    400 Gbps" in rows["g6e.48xlarge"]
+    assert "EFA   3200 of   3200 Gbps" in rows["p6-b200.48xlarge"]

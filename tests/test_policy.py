@@ -373,7 +373,10 @@ def test_stack_policies_find_references_as_the_engine_shows_them(stacks, deploye
 
 def prod_with_public_endpoint(cidrs: list[str]) -> list[mocks.Registered]:
     settings = stack_settings("prod")
-    settings["efa-infra:eks"] = {**settings["efa-infra:eks"], "publicAccessCidrs": cidrs}
+    eks = settings["efa-infra:eks"]
+    # The deployer's runner stays among the CIDRs the endpoint admits (eks.deployer).
+    runner = [c if c != "0.0.0.0/0" else eks["deployer"]["cidrs"][0] for c in cidrs]
+    settings["efa-infra:eks"] = {**eks, "publicAccessCidrs": cidrs, "deployer": {**eks["deployer"], "cidrs": runner}}
     return register(settings, "prod")
 
 
@@ -392,10 +395,20 @@ def test_eks_endpoint_accepts_listed_cidrs_in_prod():
     assert violations(prod_with_public_endpoint(["203.0.113.0/24"])) == []
 
 
+def test_the_prod_stacks_path_for_its_deployer_passes_the_endpoint_rule():
+    """prod reaches its API server through the public endpoint limited to its runner's address (eks.deployer):
+    the one path a first `pulumi up` of a VPC the stack creates has, and one the rule accepts."""
+    resources = register(stack_settings("prod"), "prod")
+    cluster = one(resources, EKS_COMPONENT).inputs
+    assert cluster["endpointPublicAccess"] is True and "0.0.0.0/0" not in cluster["publicAccessCidrs"]
+    assert violations(resources) == []
+
+
 def test_eks_endpoint_fires_on_eks_defaults_and_on_the_aws_cluster(stacks):
     resources = variant(stacks, "prod")
     cluster = one(resources, EKS_COMPONENT)
     del cluster.inputs["endpointPublicAccess"]  # pulumi-eks's default: public, to 0.0.0.0/0
+    del cluster.inputs["publicAccessCidrs"]
     assert "public to the world (no publicAccessCidrs)" in messages(violations(resources), EKS_PROD)
 
     aws_cluster = mocks.Registered(EKS_CLUSTER, "raw", cluster.urn + "-raw", None, None, True,
@@ -441,7 +454,7 @@ def test_workflow_previews_with_the_policy_pack_where_credentials_exist():
     job = workflow()["jobs"]["preview"]
     assert "vars.AWS_ROLE_ARN != ''" in job["if"] and "pull_request" in job["if"]
     assert job["permissions"]["id-token"] == "write"
-    assert "needs.check.outputs.stacks" in job["strategy"]["matrix"]["stack"]
+    assert "needs.check.outputs.deploys" in job["strategy"]["matrix"]["include"]  # each stack with its runner
     _, uses = steps_of(job)
     assert "vars.AWS_ROLE_ARN" in action(uses, "aws-actions/configure-aws-credentials")["role-to-assume"]
     pulumi = action(uses, "pulumi/actions")

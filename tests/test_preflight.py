@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from components.planning import config, launch
-from conftest import stand_in_devices
+from conftest import DEPLOYER, stand_in_devices
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 
 DATA = Path(__file__).resolve().parent / "data" / "nccl" / "transport"
+GOLDEN = DATA.parent / "golden"
 POD_ENV = {"POD_NAME": "train-0", "NODE_NAME": "ip-10-1-2-3", "JOB_COMPLETION_INDEX": "0"}
 WHERE = "pod train-0 on node ip-10-1-2-3"
 
@@ -26,7 +27,7 @@ WHERE = "pod train-0 on node ip-10-1-2-3"
 def stack(job: dict, instance_type: str = "p4d.24xlarge") -> tuple[config.StackConfig, config.JobConfig]:
     cfg = config.load({
         "region": "us-east-1",
-        "eks": {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], "operators": ["mpi-operator"]},
+        "eks": {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER, "operators": ["mpi-operator"]},
         "network": {"availabilityZones": ["us-east-1b"]},
         "fleets": [{"name": "gpu", "instanceType": instance_type, "availabilityZone": "us-east-1a", "nodes": {"desired": 2}}],
         "jobs": [{"name": "train", "fleet": "gpu", "launcher": "torchrun", "command": ["train.py"], "image": "x:1", **job}],
@@ -142,10 +143,23 @@ def test_device_rdma_is_forced_only_where_needed_and_safe(tmp_path, itype, versi
 
 def test_a_pod_whose_nccl_is_on_sockets_is_stopped(tmp_path):
     fi_info(tmp_path)
-    launcher(tmp_path, "torchrun", prints=DATA / "socket_plugin_failed.log")
+    launcher(tmp_path, "torchrun", prints=GOLDEN / "nccl-21_socket.log")
     ran = run(tmp_path, node_command(*stack({})), stand_in_devices(4, 8))
     assert ran.rc == 3 and ran.launched
-    assert f"error: EFA transport check failed on {WHERE}: NCCL uses its internal network" in ran.log
+    assert f"error: EFA transport check failed on {WHERE}: NCCL uses Socket, not the aws-ofi-nccl plugin" in ran.log
+
+
+def test_a_p5_pod_on_nccl_2_21_with_the_ofi_plugin_by_name_goes_on(tmp_path):
+    """NCCL 2.21.5 with NCCL_NET_PLUGIN=ofi logs `No plugin found (ofi)`, then loads libnccl-net-ofi.so: healthy."""
+    log = GOLDEN / "nccl-21_efa.log"
+    assert "NET/Plugin: No plugin found (ofi)" in log.read_text()
+    fi_info(tmp_path)
+    launcher(tmp_path, "torchrun", prints=log)
+    cfg, job = stack({"env": {"NCCL_NET_PLUGIN": "ofi"}}, instance_type="p5.48xlarge")  # the env is the container's, not the command's
+    ran = run(tmp_path, node_command(cfg, job), stand_in_devices(32, 8))
+    assert ran.rc == 0, ran.log
+    assert (f"EFA transport check passed on {WHERE}: NCCL uses Libfabric (aws-ofi-nccl 1.13.2-aws), provider efa, "
+            "32 NICs") in ran.log
 
 
 # --- MPIJob: workers check the node; the launcher calls the binary by absolute path ------------------

@@ -10,7 +10,7 @@ import pytest
 
 from components.planning import config
 from components.offline import mocks
-from conftest import base_doc, settings_of
+from conftest import DEPLOYER, base_doc, settings_of
 
 FLOW_LOG, LOG_GROUP = "aws:ec2/flowLog:FlowLog", "aws:cloudwatch/logGroup:LogGroup"
 ROLE, ROLE_POLICY = "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy"
@@ -25,7 +25,7 @@ def run(**overrides) -> mocks.Run:
 
 
 def eks_doc(**eks) -> dict:
-    return dict(network={"availabilityZones": ["us-east-1b"]}, eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **eks})
+    return dict(network={"availabilityZones": ["us-east-1b"]}, eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER, **eks})
 
 
 def test_flow_logs_go_to_a_log_group_of_ours_through_a_role_that_writes_only_there():

@@ -128,7 +128,9 @@ def test_the_eks_cluster_is_what_pulumi_eks_creates():
     run, plan = exported("prod")
     cluster = _change(plan, "aws_eks_cluster.eks-cluster")["after"]
     assert cluster["name"] == "prod-eks"
-    assert cluster["vpc_config"][0]["endpoint_public_access"] is False
+    # Public only to the deployer's runner (eks.deployer), private access on.
+    assert cluster["vpc_config"][0]["endpoint_public_access"] is True
+    assert cluster["vpc_config"][0]["public_access_cidrs"] == ["198.51.100.10/32"]
     assert "security_group_ids" not in cluster["vpc_config"][0]  # skipDefaultSecurityGroups
     assert cluster["encryption_config"][0]["resources"] == ["secrets"]
     key = _config(plan, "aws_eks_cluster.eks-cluster")["expressions"]["encryption_config"][0]["provider"][0]["key_arn"]

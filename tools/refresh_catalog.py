@@ -40,6 +40,7 @@ def _accelerators(raw: dict) -> dict | None:
             "name": dev["Name"],
             "count": dev["Count"],
             "memoryMiB": dev.get("MemoryInfo", {}).get("SizeInMiB", 0),
+            "coresPerDevice": dev.get("CoreInfo", {}).get("Count", 0),
         }
     return None
 
@@ -53,6 +54,8 @@ def slim(raw: dict) -> dict:
         "memoryMiB": raw["MemoryInfo"]["SizeInMiB"],
         "maximumNetworkInterfaces": net["MaximumNetworkInterfaces"],
         "ipv4AddressesPerInterface": net["Ipv4AddressesPerInterface"],
+        # The instance's own figure; the cards' figures can disagree with it (catalog.bandwidth_basis).
+        "networkPerformance": net.get("NetworkPerformance", ""),
         "maximumEfaInterfaces": net.get("EfaInfo", {}).get("MaximumEfaInterfaces", 0)
         if net.get("EfaSupported")
         else 0,

@@ -4,7 +4,9 @@ replaced or deleted, and which inputs force each replacement.
 Resources are matched by URN between two offline runs of the program. Whether
 a changed input replaces a resource comes from the provider's own facts
 (data/replace_facts.json: terraform-provider-aws ForceNew, which pulumi-aws
-inherits, with the file and commit each was read from). Pure: no Pulumi import.
+inherits, with the file and commit each was read from). What EKS itself
+refuses in a version change, and node rolls on a Capacity Block, are said
+beside the changes (eks_refusals, eks_notes). Pure: no Pulumi import.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..planning import eks_versions
 from ..planning.plan import PROTECTED_TYPES
 
 FACTS = Path(__file__).resolve().parent.parent / "data" / "replace_facts.json"
@@ -189,3 +192,72 @@ def render_text(changes: list[Change], unchanged: int, title: str) -> str:
     out.append(f"{s['create']} to create, {s['update']} to update in place, {s['replace']} to replace, "
                f"{s['delete']} to delete, {unchanged} unchanged")
     return "\n".join(out)
+
+
+CLUSTER, NODE_GROUP = "eks:index:Cluster", "aws:eks/nodeGroup:NodeGroup"
+# Node group inputs whose update replaces every node, one by one, through a rolling update (EKS User Guide,
+# managed-node-update-behavior): a new launch template version, a Kubernetes version or an AMI release.
+ROLLING_INPUTS = ("launchTemplate.version", "version", "releaseVersion")
+CAPACITY_BLOCK_GUIDE = "https://docs.aws.amazon.com/eks/latest/userguide/capacity-blocks-mng.html"
+
+
+def _cluster_version(resources: list) -> str | None:
+    return next((r.inputs.get("version") for r in resources if r.type == CLUSTER), None)
+
+
+def eks_refusals(before: list, after: list) -> list[str]:
+    """What EKS refuses in a change of the cluster's or node groups' versions (planning/eks_versions.py), each
+    naming the steps EKS allows. A change EKS refuses fails halfway through `pulumi up`: no flag overrides it."""
+    old, new = _cluster_version(before), _cluster_version(after)
+    out = []
+    if old and new and old != new:
+        problem = eks_versions.upgrade_problem(old, new)
+        if problem:
+            out.append(problem)
+        elif eks_versions.minor(new) > eks_versions.minor(old):
+            lagging = sorted({r.inputs["version"] for r in before if r.type == NODE_GROUP and r.inputs.get("version") not in (None, old)})
+            if lagging:
+                out.append(f"eks.version {old} -> {new}: node groups are on {', '.join(lagging)}, and EKS moves a control "
+                           f"plane only once every managed node group matches its version ({old}): set "
+                           f"eks.nodeGroupVersion to {old} and deploy that first ({eks_versions.UPDATE_GUIDE})")
+    was = {r.urn: r for r in before if r.type == NODE_GROUP}
+    for r in after:
+        if r.type != NODE_GROUP or r.inputs.get("version") is None:
+            continue
+        v, prior = r.inputs["version"], was.get(r.urn)
+        if prior is None and new and v != new:
+            out.append(f"node group {r.name} would be created at {v}, but EKS creates node groups only at the cluster's "
+                       f"version ({new}): set eks.nodeGroupVersion to {new}, or add the fleet once the node groups are there")
+        elif prior is not None and prior.inputs.get("version") and eks_versions.minor(v) < eks_versions.minor(prior.inputs["version"]):
+            out.append(f"node group {r.name}: {prior.inputs['version']} -> {v} is a downgrade, which EKS does not do to a "
+                       "node group (UpdateNodegroupVersion): keep eks.nodeGroupVersion")
+    return out
+
+
+def eks_notes(before: list, after: list, changes: list[Change]) -> list[str]:
+    """What a change does to nodes that a plain update hides: node groups left behind by the control plane, and
+    node rolls on a Capacity Block node group, which has no spare instances to roll onto."""
+    notes = []
+    old, new = _cluster_version(before), _cluster_version(after)
+    if old and new and old != new:
+        behind = sorted(r.name for r in after if r.type == NODE_GROUP and r.inputs.get("version") in (None, old))
+        if behind:
+            notes.append(f"node groups {', '.join(behind)} stay behind the control plane ({old} or older, now {new}): move "
+                         f"them with eks.nodeGroupVersion: \"{new}\" before the next control-plane update (a rolling "
+                         "update of their nodes); pinned-AMI fleets move with a new AMI")
+    by_urn = {r.urn: r for r in after}
+    for c in changes:
+        r = by_urn.get(c.urn)
+        if c.type != NODE_GROUP or r is None or r.inputs.get("capacityType") != "CAPACITY_BLOCK":
+            continue
+        rolling = [p for p in c.changed if p in ROLLING_INPUTS]
+        if c.action == "replace" or rolling:
+            what = f"replaced ({', '.join(c.because)})" if c.action == "replace" else f"rolled ({', '.join(rolling)})"
+            notes.append(
+                f"DISRUPTIVE: node group {c.name} is on a Capacity Block and its nodes would be {what}. A rolling "
+                "update launches a new node before draining an old one, and a running block has no spare instance: "
+                "the update stalls and fails. While the block runs, first scale the node group to 0 (aws eks "
+                "update-nodegroup-config --scaling-config minSize=0,desiredSize=0), wait for its nodes to terminate, "
+                f"then `pulumi up`, then restore the size (EKS User Guide, {CAPACITY_BLOCK_GUIDE}). Outside the "
+                "block's window the node group has no nodes and the change is safe")
+    return notes

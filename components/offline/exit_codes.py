@@ -3,16 +3,19 @@ and the README's table are written from this one table (a test compares them).""
 
 from __future__ import annotations
 
-OK, INVALID, USAGE, TOOL, BLOCKED = 0, 1, 2, 3, 4
+OK, INVALID, USAGE, TOOL, GATE, NOT_COMPARABLE = 0, 1, 2, 3, 4, 5
 
 MEANING = {
     OK: "success (also when the reader of the output closes the pipe early, as head does)",
-    INVALID: "invalid stack: each problem is listed on stderr by its key (nccl-report: a log, stack or fleet it cannot use)",
+    INVALID: "invalid input: a stack's problems, each listed on stderr by its key (nccl-report: a log, stack or fleet "
+             "it cannot use)",
     USAGE: "usage error: an unknown option, a missing or clashing argument",
     TOOL: "tool or environment error: a git ref that is not a commit, a folder it will not write into, "
           "a file it cannot read or write, an unexpected failure",
-    BLOCKED: "a guarded resource (VPC, subnet, NAT gateway, cluster, node group) would be replaced or deleted; "
-             "--allow-replace lets it",
+    GATE: "the check a pipeline gates on fails: diff, a guarded resource (VPC, subnet, NAT gateway, cluster, node "
+          "group) would be replaced or deleted (--allow-replace lets it), or EKS refuses the change; nccl-report, the "
+          "first run, meant for EFA, did not run on EFA",
+    NOT_COMPARABLE: "nccl-report --strict: the runs are not comparable (different collectives or message sizes)",
 }
 
 # The codes each command can end with.
@@ -20,10 +23,10 @@ BY_COMMAND = {
     "plan": (OK, INVALID, USAGE, TOOL),
     "render": (OK, INVALID, USAGE, TOOL),
     "scan-inputs": (OK, INVALID, USAGE, TOOL),
-    "diff": (OK, INVALID, USAGE, TOOL, BLOCKED),
+    "diff": (OK, INVALID, USAGE, TOOL, GATE),
     "validate": (OK, INVALID, USAGE, TOOL),
     "types": (OK, USAGE, TOOL),
-    "nccl-report": (OK, INVALID, USAGE, TOOL),
+    "nccl-report": (OK, INVALID, USAGE, TOOL, GATE, NOT_COMPARABLE),
 }
 
 

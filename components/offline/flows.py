@@ -36,6 +36,9 @@ FACTS = {
     "pulumi-eks-sgs": "Without it, pulumi-eks adds a cluster group (all out; 443 in from its node group) on the control plane "
                       "and a node group (all in from itself, TCP 1025-65535 and 443 from the cluster group, all out) "
                       f"({PULUMI_EKS}cluster/cluster.ts lines 554-585, 701-704; nodes/securitygroup.ts lines 100-184)",
+    "eks-public-endpoint": "EKS's public API endpoint admits only the cluster's publicAccessCidrs; no security group "
+                           "applies to it (https://docs.aws.amazon.com/eks/latest/userguide/cluster-endpoint.html)",
+    "deployer-network": "What the deployer may send is its own network's affair, not this stack's",
     "tf-default-egress": "A security group made through terraform-provider-aws (pulumi-aws) has AWS's default allow-all "
                          "egress rule removed: only the rules registered apply (aws_security_group docs)",
 }
@@ -64,6 +67,7 @@ class Party:
     groups: tuple[str, ...]
     cidr: str | None  # where its addresses lie; None when not known offline (an existing VPC)
     facts: tuple[str, ...] = ()  # FACTS keys its groups rest on
+    outside: bool = False  # sends from a network of its own (the deployer): no group of ours decides its egress
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class Model:
                         for r in [_first(self.groups[g].ingress, need.protocol, need.ports, src)] if r), None)
         if not dst.groups:  # the internet: no group of ours decides what it takes
             ingress = Rule("-1", ALL_PORTS, None, None, "outside the VPC")
+        if src.outside:
+            egress = Rule("-1", ALL_PORTS, None, None, "deployer-network")
         return Verdict(need, egress is not None and ingress is not None, egress, ingress)
 
     def verdicts(self) -> list[Verdict]:
@@ -133,20 +139,22 @@ def _id(resource) -> str:
     return f"<{resource.name}.id>"  # what the offline plan's mocks return for a resource's id
 
 
-def model(resources: list) -> Model:
+def model(resources: list, deployers: list = ()) -> Model:
     """The groups, parties and needed flows of an offline plan's resources (objects with
-    .type, .name, .parent and .inputs, camelCase as the provider receives them); parties are named by fleet."""
+    .type, .name, .parent and .inputs, camelCase as the provider receives them); parties are named by fleet.
+    `deployers` (planning.deployer.Source) are where `pulumi up` runs, each with the endpoint it comes to."""
     of = lambda typ: [r for r in resources if r.type == typ]  # noqa: E731
     groups: dict[str, Group] = {}
     for sg in of(SG):
         if sg.inputs.get("ingress") or sg.inputs.get("egress"):
             raise ValueError(f"security group {sg.name} has in-line rules, which this model does not read")
         groups[_id(sg)] = Group(_id(sg), sg.name)
+    foreign: dict[str, Group] = {}  # rules of ours on a group EKS creates (the deployer's way in)
     for typ, side in ((INGRESS, "ingress"), (EGRESS, "egress")):
         for r in of(typ):
             i = r.inputs
-            getattr(groups[i["securityGroupId"]], side).append(
-                Rule(i["ipProtocol"], _ports(i), i.get("referencedSecurityGroupId"), i.get("cidrIpv4"), r.name))
+            group = groups.get(i["securityGroupId"]) or foreign.setdefault(i["securityGroupId"], Group(i["securityGroupId"], ""))
+            getattr(group, side).append(Rule(i["ipProtocol"], _ports(i), i.get("referencedSecurityGroupId"), i.get("cidrIpv4"), r.name))
     vpcs = of(VPC)
     cidr = vpcs[0].inputs["cidrBlock"] if vpcs else None
     subnet_cidrs = {_id(s): s.inputs["cidrBlock"] for s in of(SUBNET)}
@@ -167,8 +175,10 @@ def model(resources: list) -> Model:
         c = clusters[0] if clusters else None
         eks_sg = (f"<{c.name}.vpcConfig.clusterSecurityGroupId>" if c else
                   next(g for ng in node_groups for g in primary_groups(templates[ng.inputs["launchTemplate"]["id"]]) if g not in groups))
+        ours = foreign.get(eks_sg, Group(eks_sg, ""))
         groups[eks_sg] = Group(eks_sg, "EKS cluster security group",
-                               [_everything("eks-cluster-sg", peer_group=eks_sg)], [_everything("eks-cluster-sg", peer_cidr=ANYWHERE)])
+                               [_everything("eks-cluster-sg", peer_group=eks_sg), *ours.ingress],
+                               [_everything("eks-cluster-sg", peer_cidr=ANYWHERE), *ours.egress])
         plane = [eks_sg]
         facts = ("eks-cluster-sg", "skip-default-sgs")
         if c is not None and not c.inputs.get("skipDefaultSecurityGroups"):
@@ -184,6 +194,13 @@ def model(resources: list) -> Model:
             plane.append(cluster_sg)
             facts = ("eks-cluster-sg", "pulumi-eks-sgs")
         parties["control plane"] = Party("control plane", tuple(plane), cidr, facts)
+        if c is not None and deployers:
+            public = c.inputs.get("publicAccessCidrs") or [] if c.inputs.get("endpointPublicAccess") else []
+            endpoint = f"<{c.name}.publicEndpoint>"
+            groups[endpoint] = Group(endpoint, "EKS public endpoint", [Rule("tcp", (443, 443), None, p, "eks-public-endpoint") for p in public])
+            parties["API server (public endpoint)"] = Party("API server (public endpoint)", (endpoint,), None, ("eks-public-endpoint",))
+            for d in deployers:
+                parties[d.name] = Party(d.name, (d.group,) if d.group else (), d.cidr, ("deployer-network",), outside=True)
         # A joined cluster's own system nodes are taken to be managed node groups without launch-template groups.
         system = Party("system node", (eks_sg,), cidr, ("mng-default-sg", "pods-node-sg"))
         for ng in node_groups:
@@ -226,6 +243,9 @@ def model(resources: list) -> Model:
             add("control plane to kubelet (TCP 10250)", "control plane", node, "tcp", (10250, 10250))
         for port in (443, 9443):
             add(f"control plane to webhooks (TCP {port})", "control plane", "system pod", "tcp", (port, port))
+        for d in deployers if "API server (public endpoint)" in parties else ():
+            add("deployer to the API server (TCP 443)", d.name,
+                "control plane" if d.endpoint == "private" else "API server (public endpoint)", "tcp", (443, 443))
     for node in nodes:
         if "interface endpoints" in parties:
             add("node to interface endpoints (TCP 443)", node, "interface endpoints", "tcp", (443, 443))

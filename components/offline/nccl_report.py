@@ -8,6 +8,11 @@ transport, aws-ofi-nccl version and NIC count, flagging the first run (the EFA
 one) when it did not run on EFA. --json gives the same for pipelines, --plot
 draws it, and --stack/--fleet sets it against the fleet's EFA line rate.
 
+A gate for pipelines: the exit status is NOT_ON_EFA when the first run was meant
+for EFA and NCCL's lines show it was not, and NOT_COMPARABLE (with --strict)
+when the runs are different collectives or cover different message sizes;
+without --strict that is a warning.
+
 Pure: no Pulumi import; matplotlib is imported only for --plot.
 """
 
@@ -20,10 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..planning import config, efa, nccl_log
-from .nccl_tests import ReportError, Run, load_run
 from . import exit_codes
+from .nccl_tests import ReportError, Run, load_run
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+# Exit statuses, from the CLI's one table (exit_codes; README, "Exit codes").
+NOT_ON_EFA = exit_codes.GATE
+BAD_INPUT = exit_codes.INVALID
+NOT_COMPARABLE = exit_codes.NOT_COMPARABLE
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,26 @@ def transport_problem(index: int, run: Run, rate: LineRate | None) -> str | None
     return nccl_log.problem(run.transport, rate.efa_devices if rate else 0)
 
 
+def _reduction(run: Run) -> str:
+    return "/".join(sorted({r.redop for r in run.rows}))
+
+
+def comparability(runs: list[Run]) -> list[str]:
+    """Why the runs do not measure the same thing (different collectives, reductions or message sizes), if they don't."""
+    first, out = runs[0], []
+    for other in runs[1:]:
+        if first.collective and other.collective and first.collective != other.collective:
+            out.append(f"{first.label} ran {first.collective}, {other.label} ran {other.collective}")
+        elif (ops := (_reduction(first), _reduction(other)))[0] != ops[1]:  # nccl-tests before 2.16.7 names no binary
+            what = "different collectives" if "none" in ops else "different reduction ops"
+            out.append(f"{first.label} used reduction {ops[0]}, {other.label} {ops[1]}: {what}")
+        mine, theirs = first.busbw(), other.busbw()
+        if (min(mine), max(mine)) != (min(theirs), max(theirs)):
+            out.append(f"{first.label} measured {human_size(min(mine))} to {human_size(max(mine))}, "
+                       f"{other.label} {human_size(min(theirs))} to {human_size(max(theirs))}: speed-ups cover the sizes both have")
+    return out
+
+
 def _transport_text(t: nccl_log.Transport) -> str:
     if t.network is None:
         return "not in the log (NCCL_DEBUG=INFO, subsystems INIT,NET, prints it)"
@@ -109,10 +138,12 @@ def _transport_text(t: nccl_log.Transport) -> str:
 
 def to_json(runs: list[Run], rate: LineRate | None = None) -> dict:
     return {
+        "not_comparable": comparability(runs),
         "runs": [
             {
                 "label": run.label,
                 "file": run.file,
+                "collective": run.collective,
                 "avg_busbw_gbps": run.avg_busbw_gbps,
                 "avg_busbw_from": "footer" if run.footer_avg_busbw_gbps is not None else "rows",
                 "transport": {**asdict(run.transport), "efa": run.transport.efa, "meant_for_efa": i == 0,
@@ -229,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also draw bus bandwidth against message size")
     p.add_argument("--stack", metavar="NAME", help="stack (stacks/Pulumi.NAME.yaml) whose fleet gives the EFA line rate")
     p.add_argument("--fleet", metavar="NAME", help="fleet of --stack the runs were measured on")
+    p.add_argument("--strict", action="store_true",
+                   help=f"runs of different collectives or message sizes are an error (exit {NOT_COMPARABLE}), not a warning")
     return p
 
 
@@ -258,7 +291,7 @@ def cli(argv: list[str]) -> int:
                 raise exit_codes.ToolError(f"cannot write plot {args.plot}: {exc}") from None
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.INVALID
+        return BAD_INPUT
     except exit_codes.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_codes.USAGE
@@ -268,4 +301,11 @@ def cli(argv: list[str]) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     print(json.dumps(to_json(runs, rate), indent=2) if args.json else format_table(runs, rate))
-    return 0
+    status = 0
+    for why in comparability(runs):
+        print(f"{'error' if args.strict else 'warning'}: the runs are not comparable: {why}", file=sys.stderr)
+        status = NOT_COMPARABLE if args.strict else status
+    if problem := transport_problem(0, runs[0], rate):
+        print(f"error: {runs[0].label} was meant for EFA, but {problem}", file=sys.stderr)
+        status = NOT_ON_EFA
+    return status

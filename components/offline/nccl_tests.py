@@ -14,6 +14,8 @@ from ..planning import nccl_log
 # mpirun --tag-output starts every line with "[jobid,rank]<stdout>:" (or <stderr>).
 _MPI_TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")
 _AVG_FOOTER = re.compile(r"^#\s*Avg bus bandwidth\s*:\s*(\S+)")
+# The binary's name, printed by nccl-tests v2.16.7 and later (src/common.cu, commit dafb704).
+_COLLECTIVE = re.compile(r"^#\s*Collective test starting:\s*(\S+)")
 # Measured twice per row: out-of-place first, then in-place (src/common.cu, BenchTime).
 _PER_PLACE = ("time", "algbw", "busbw", "#wrong")
 _REQUIRED = ("size", "count", "type", "redop", *(p + c for p in ("oop_", "ip_") for c in _PER_PLACE))
@@ -47,6 +49,7 @@ class Run:
     rows: tuple[Row, ...]
     footer_avg_busbw_gbps: float | None  # the log's "# Avg bus bandwidth" line, if it got that far
     transport: nccl_log.Transport  # what NCCL's INFO lines in the log say it used
+    collective: str | None = None  # the test binary (all_reduce_perf, ...), when the log names it
 
     @property
     def avg_busbw_gbps(self) -> float:
@@ -134,7 +137,7 @@ def parse_log(text: str, file: str, label: str | None = None) -> Run:
     header_text, header_line, width = "", 0, 0
     rows: list[Row] = []
     first_seen: dict[int, int] = {}
-    footer = None
+    footer = collective = None
     for n, raw in enumerate(text.splitlines(), 1):
         line = _MPI_TAG.sub("", raw, count=1)
         tokens = line.split()
@@ -149,6 +152,8 @@ def parse_log(text: str, file: str, label: str | None = None) -> Run:
                 width = len(names) + ("timestamp" in names)
             elif n == header_line + 1 and names[:1] == ["(B)"]:
                 _check_units(header_text, line, where)
+            elif m := _COLLECTIVE.match(line.strip()):
+                collective = m.group(1)
             elif m := _AVG_FOOTER.match(line.strip()):
                 try:
                     footer = float(m.group(1))
@@ -174,7 +179,7 @@ def parse_log(text: str, file: str, label: str | None = None) -> Run:
         raise ReportError(f"{file}: not an nccl-tests log: no results header ('#  size  count  type  redop ...')")
     if not rows:
         raise ReportError(f"{file}: no data rows after the results header on line {header_line} (did the run fail?)")
-    return Run(label or Path(file).stem, file, tuple(rows), footer, nccl_log.transport(text))
+    return Run(label or Path(file).stem, file, tuple(rows), footer, nccl_log.transport(text), collective)
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:

@@ -5,12 +5,14 @@ run's registrations.
 
 from __future__ import annotations
 
+from datetime import date, datetime, timezone
 import hashlib
 import json
 import re
 from typing import Any
 
 from . import flows
+from ..planning import deployer, eks_versions
 from ..planning.addressing import Subnet
 from ..planning.bootstrap import BOOT_CHECK_TAINT
 from ..planning.plan import FleetPlan, StackPlan, default_ami
@@ -42,7 +44,8 @@ def _boot_check(fp: FleetPlan) -> str:
     if not fp.config.boot_check:
         return "logs only (bootCheck: false)"
     if fp.on_eks:
-        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}"
+        release = f" (through nodeadm's drop-in: the pinned AMI's release {fp.config.ami_release} reads it)" if fp.config.ami else ""
+        return f"a node missing EFA devices or accelerators registers with the taint {BOOT_CHECK_TAINT}{release}"
     return "a node missing EFA devices or accelerators marks itself unhealthy; its Auto Scaling group replaces it"
 
 
@@ -71,6 +74,7 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "interfaces": [i.as_api() for i in fp.interfaces],
         "efaBandwidthGbps": s.efa_bandwidth_gbps,
         "networkBandwidthGbps": s.network_bandwidth_gbps,
+        "bandwidthNote": itype.bandwidth_note,
         "privateIpsPerNode": s.private_ips,
         "addressesPerNode": fp.addresses_per_node,
         "maxPodsPerNode": fp.max_pods,
@@ -96,10 +100,38 @@ def job_facts(jp, unmanaged: bool) -> dict[str, Any]:
     }
 
 
+def cluster_facts(plan: StackPlan, today: date) -> dict[str, Any] | None:
+    """The cluster's versions, on the calendar, and where `pulumi up` runs."""
+    eks = plan.config.eks
+    if not eks.enabled:
+        return None
+    control = eks_versions.calendar()[eks.version]
+    pinned = [fp.name for fp in plan.fleets if fp.config.ami]
+    nodes = eks.node_group_version
+    if nodes is None:
+        node_note = ("keep the version they were created with (eks.nodeGroupVersion unset): after an eks.version change "
+                     "they lag the control plane until it is set")
+    elif nodes != eks.version:
+        node_note = f"{nodes}: lag the control plane's {eks.version}; EKS moves the control plane again only once they match it"
+    else:
+        node_note = f"{nodes}, as the control plane"
+    return {
+        "version": eks.version, "support": control.status(today), "endOfStandardSupport": str(control.end_of_standard),
+        "endOfExtendedSupport": str(control.end_of_extended), "calendarRead": str(eks_versions.read_on()),
+        "nodeGroupVersion": nodes, "nodeGroups": node_note,
+        "pinnedAmiFleets": pinned,  # their AMI's release decides their version
+        "existing": eks.existing is not None,
+        "deployer": {"runsOn": deployer.runs_on(plan.config),
+                     "sources": [{"from": s.name, "endpoint": s.endpoint} for s in deployer.sources(plan.config)]},
+    }
+
+
 def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "region": plan.config.region,
+        "runsOn": deployer.runs_on(plan.config),
+        "cluster": cluster_facts(plan, datetime.now(timezone.utc).date()),
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
         "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
         "subnets": [
@@ -107,7 +139,7 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
              "need": s.need, "fleets": s.fleets}
             for s in plan.subnets
         ],
-        "flows": [flows.describe(v) for v in flows.model(resources).verdicts()] if plan.fleets else [],
+        "flows": [flows.describe(v) for v in flows.model(resources, deployer.sources(plan.config)).verdicts()] if plan.fleets else [],
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
              "component": not r.custom, "protect": r.protect, "inputs": integral(r.inputs)}
@@ -183,7 +215,8 @@ def render_text(doc: dict[str, Any]) -> str:
         out.append(f"    EFA               {f['efaDevicesPerNode']} of {f['efaDevicesMax']} devices per node, layout {f['efaLayout']}")
         layout = ", ".join(f"{i['NetworkCardIndex']}/{i['DeviceIndex']} {i['InterfaceType']}" for i in f["interfaces"])
         out.append(f"    interfaces        card/device: {layout}")
-        out.append(f"    EFA bandwidth     {f['efaBandwidthGbps']:g} of {f['networkBandwidthGbps']:g} Gbps attached")
+        out.append(f"    EFA bandwidth     {f['efaBandwidthGbps']:g} of {f['networkBandwidthGbps']:g} Gbps attached"
+                   + (f" ({f['bandwidthNote']})" if f["bandwidthNote"] else ""))
         pods = f"; {f['addressesPerNode']} with up to {f['maxPodsPerNode']} pods" if f["maxPodsPerNode"] is not None else ""
         out.append(f"    addresses         {f['privateIpsPerNode']} private IP per node{pods}")
         s = f["subnet"]
@@ -195,6 +228,15 @@ def render_text(doc: dict[str, Any]) -> str:
         if f["capacityWindow"]:
             w = f["capacityWindow"]
             out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
+    c = doc["cluster"]
+    if c is not None and not c["existing"]:
+        out += ["", "EKS cluster"]
+        out.append(f"  version           {c['version']}: {c['support']} support (standard until {c['endOfStandardSupport']}, "
+                   f"extended until {c['endOfExtendedSupport']}; EKS calendar read {c['calendarRead']})")
+        out.append(f"  node groups       {c['nodeGroups']}"
+                   + (f"; pinned AMIs decide for {', '.join(c['pinnedAmiFleets'])}" if c["pinnedAmiFleets"] else ""))
+        ways = ", ".join(f"{s['from']} to the {s['endpoint']} endpoint" for s in c["deployer"]["sources"])
+        out.append(f"  pulumi up runs on {c['deployer']['runsOn']}: {ways}")
     out += ["", "Subnets" if doc["subnets"] else "Subnets: none"]
     for s in doc["subnets"]:
         who = f" ({', '.join(s['fleets'])})" if s["fleets"] else ""

@@ -13,7 +13,9 @@ Pulumi import.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -32,6 +34,9 @@ BOOT_CHECK_TAINT = "efa-infra/boot-check"  # on EKS nodes that fail the boot che
 # nodeadm-run (after cloud-init's scripts) reads NodeConfig drop-ins from here (amazon-eks-ami,
 # templates/al2023/runtime/rootfs/etc/systemd/system/nodeadm-run.service).
 NODEADM_DROP_IN = "/etc/eks/nodeadm.d/90-efa-infra-boot-check.yaml"
+# Older EKS AMIs ignore that directory: a node failing the check there would register without the taint and take
+# jobs. A fleet that pins an AMI says its release (fleets[].amiRelease), checked against this (data/eks_node_ami.json).
+DROP_INS_SINCE = json.loads((Path(__file__).resolve().parent.parent / "data" / "eks_node_ami.json").read_text())["nodeadmDropInsSince"]
 
 
 def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:

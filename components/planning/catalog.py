@@ -39,6 +39,7 @@ class Accelerator:
     name: str
     count: int
     memory_mib: int
+    cores_per_device: int | None = None  # physical NeuronCores per device (NeuronInfo CoreInfo.Count); None for GPUs
 
     @property
     def resource_name(self) -> str:
@@ -58,6 +59,9 @@ class InstanceType:
     network_cards: tuple[NetworkCard, ...]
     placement_strategies: tuple[str, ...]
     accelerator: Accelerator | None = None
+    # The instance's own figure, as DescribeInstanceTypes states it ("400 Gigabit", "16x 200 Gigabit");
+    # None for a type the stack declares.
+    network_performance: str | None = None
     custom: bool = field(default=False, compare=False)
 
     @property
@@ -69,11 +73,57 @@ class InstanceType:
         return self.architectures[0]
 
     @property
-    def network_bandwidth_gbps(self) -> float:
+    def stated_bandwidth_gbps(self) -> float | None:
+        """NetworkInfo.NetworkPerformance in Gbps, or None when it is not a figure (or not known)."""
+        m = _PERFORMANCE.match(self.network_performance or "")
+        return int(m.group(1) or 1) * float(m.group(2)) if m else None
+
+    @property
+    def cards_bandwidth_gbps(self) -> float:
         return sum(c.baseline_bandwidth_gbps for c in self.network_cards)
+
+    @property
+    def network_bandwidth_gbps(self) -> float:
+        """The bandwidth one can quote for the instance: its stated figure, else (a declared type) its cards' sum."""
+        stated = self.stated_bandwidth_gbps
+        return self.cards_bandwidth_gbps if stated is None else stated
+
+    @property
+    def bandwidth_note(self) -> str | None:
+        """Which figure the bandwidth comes from and why, where the cards and the instance disagree (else None)."""
+        stated, cards = self.stated_bandwidth_gbps, self.cards_bandwidth_gbps
+        if stated is None:
+            return "the instance states no figure: its cards' baselines"
+        if _agree(stated, cards):
+            return None
+        if cards > stated:
+            return (f"the instance's stated {stated:g} Gbps; its cards' baselines add up to {cards:g}, more than the "
+                    "instance carries at once, so the stated figure caps them")
+        return (f"the instance's stated {stated:g} Gbps; its cards' baselines add up to only {cards:g}, so the stated "
+                "figure is shared out in the cards' proportions")
+
+    def cards_share_gbps(self, cards: set[int]) -> float:
+        """The bandwidth of these network cards: the cards' own figures where they agree with the instance's,
+        else the instance's figure capped (cards overstated) or shared out in the cards' proportions (understated).
+        Never more than the instance's."""
+        stated, total = self.stated_bandwidth_gbps, self.cards_bandwidth_gbps
+        mine = sum(c.baseline_bandwidth_gbps for c in self.network_cards if c.index in cards)
+        if stated is None:
+            return mine
+        if _agree(stated, total) or total > stated:
+            return min(stated, mine)
+        return stated * mine / total if total else 0.0
 
     def card(self, index: int) -> NetworkCard:
         return next(c for c in self.network_cards if c.index == index)
+
+
+# "400 Gigabit", "16x 200 Gigabit", "Up to 25 Gigabit" (a burst figure: the most it reaches)
+_PERFORMANCE = re.compile(r"^(?:Up to )?(?:(\d+)x )?(\d+(?:\.\d+)?) Gigabit$")
+
+
+def _agree(a: float, b: float) -> bool:
+    return abs(a - b) <= 0.01 * max(a, b)  # 133.33 stated beside a 133.333 card
 
 
 class UnknownInstanceType(KeyError):
@@ -114,9 +164,11 @@ def from_data(name: str, raw: dict, custom: bool = False) -> InstanceType:
             name=accel["name"],
             count=accel["count"],
             memory_mib=accel["memoryMiB"],
+            cores_per_device=accel.get("coresPerDevice"),
         )
         if accel
         else None,
+        network_performance=raw.get("networkPerformance"),
         custom=custom,
     )
 

@@ -151,7 +151,7 @@ def summarize(itype: InstanceType, interfaces: list[Interface]) -> LayoutSummary
     return LayoutSummary(
         efa_devices=sum(1 for i in interfaces if i.is_efa),
         private_ips=sum(1 for i in interfaces if i.has_ip),
-        efa_bandwidth_gbps=sum(itype.card(c).baseline_bandwidth_gbps for c in efa_cards),
+        efa_bandwidth_gbps=itype.cards_share_gbps(efa_cards),
         network_bandwidth_gbps=itype.network_bandwidth_gbps,
         card0_free_slots=itype.card(0).maximum_network_interfaces - used_on_card0,
     )

@@ -1,43 +1,41 @@
 """Which transport NCCL used, from its own log lines (NCCL_DEBUG=INFO, subsystems INIT and NET).
 
-The lines this reads, and who prints them:
-- NCCL: `NET/Plugin ... No plugin found` or `... Using internal network plugin`
-  when it loaded no net plugin; `Using network <name>` (INIT|NET), and per channel
-  `... via NET/<name>/<dev>...` (transport/net.cc). The name is the net
-  plugin's (aws-ofi-nccl: `Libfabric` in its NVIDIA interface, `AWS Libfabric`
-  in its Neuron one and in older releases; src/nccl_ofi_interface_*.cpp) or a
-  built-in transport's (`Socket`, `IB`).
-- aws-ofi-nccl (src/nccl_ofi_net.cpp at 2daf7d30, INIT|NET, every line
-  prefixed `NET/OFI `): `Initializing aws-ofi-nccl <version>` (line 188;
-  `Using aws-ofi-nccl <version>` in 1.6) and
-  `Selected provider is <prov>, fabric is <fabric> (found <n> nics)` (line 644;
-  `Selected Provider is <prov> (found <n> nics)` before).
+The verdict rests on one line only: the one where NCCL names the network it
+uses (`Using network <name>`, or per channel `... via NET/<name>/...` where that
+is all the log has), read together with what aws-ofi-nccl logged before it (its
+version, the libfabric provider and the NICs it found). NCCL's plugin-loading
+texts change from version to version and some are printed on healthy runs
+(NCCL 2.21 logs `No plugin found (ofi)` before it loads libnccl-net-ofi.so for
+`NCCL_NET_PLUGIN=ofi`), so they are only context for the message.
 
-The markers below are the one definition of these lines: `transport()` reads
-them here (nccl-report), and `preflight.transport_check()` renders the same
-markers into the shell that watches a job's output. Pure: no Pulumi import.
+Every marker, with the NCCL and aws-ofi-nccl tags and files it was read from,
+is data (`data/nccl_log_lines.json`): `transport()` reads with it here
+(nccl-report), and `preflight.transport_check()` renders the same markers into
+the shell that watches a job's output. Pure: no Pulumi import.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-NETWORK = "Using network "
-CHANNEL = " via NET/"
-PLUGIN_VERSION = ("NET/OFI Initializing aws-ofi-nccl ", "NET/OFI Using aws-ofi-nccl ")
-PROVIDER = ("NET/OFI Selected provider is ", "NET/OFI Selected Provider is ")
-NICS = "(found "
-# NCCL found no net plugin and fell back to its own transports (Socket on EFA nodes):
-# "NET/Plugin : No plugin found (libnccl-net.so)" (NCCL 2.4 to 2.18), "NET/Plugin: Could not
-# find: libnccl-net.so. Using internal network plugin." (2.19 and later).
-NO_PLUGIN = ("No plugin found", "Using internal network plugin")
-NO_PLUGIN_NETWORK = "its internal network (no net plugin loaded)"
+_DATA = json.loads((Path(__file__).resolve().parent.parent / "data" / "nccl_log_lines.json").read_text())
+
+NETWORK: str = _DATA["network"]["marker"]
+CHANNEL: str = _DATA["channel"]["marker"]
+FALLBACK: tuple[str, ...] = tuple(f["marker"] for f in _DATA["fallback"])
+PLUGIN_VERSION: tuple[str, ...] = tuple(m["marker"] for m in _DATA["pluginVersion"])
+PROVIDER: tuple[str, ...] = tuple(m["marker"] for m in _DATA["provider"])
+NICS: str = _DATA["nics"]["marker"]
 # A network whose name has one of these is the OFI plugin; any other (Socket, IB) is not EFA.
-OFI_NAMES = ("Libfabric", "OFI")
+OFI_NAMES: tuple[str, ...] = tuple(_DATA["ofiNames"]["names"])
 # What is wrong with a run meant for EFA (also rendered into the shell check).
 MSG_NOT_OFI = "NCCL uses {network}, not the aws-ofi-nccl plugin: the run goes over TCP, not EFA"
 MSG_PROVIDER = "NCCL uses the aws-ofi-nccl plugin with provider {provider}, not efa"
 MSG_NICS = "the aws-ofi-nccl plugin found {nics} EFA NICs, expected {expected}"
+# Context, added to a verdict (or to the note that there was none) when NCCL said it fell back.
+FALLBACK_CONTEXT = " (NCCL logged that it loaded no net plugin)"
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,7 @@ class Transport:
     plugin_version: str | None  # aws-ofi-nccl's version, when it initialized
     provider: str | None  # the libfabric provider the plugin selected
     nics: int | None  # NICs the plugin found
+    fallback: bool = False  # NCCL printed its no-plugin text before naming the network (context only)
 
     @property
     def ofi(self) -> bool:
@@ -65,9 +64,10 @@ def _after(line: str, markers: tuple[str, ...]) -> str | None:
 
 
 def transport(text: str) -> Transport:
-    """The first network NCCL names, with what the plugin logged before it; later lines do not change it."""
+    """The first network NCCL names, with what was logged before it; later lines do not change it."""
     network = version = provider = None
     nics = None
+    fallback = False
     for line in text.splitlines():
         if (rest := _after(line, PLUGIN_VERSION)) is not None:
             version = rest.split(" ", 1)[0].strip() or None
@@ -75,15 +75,15 @@ def transport(text: str) -> Transport:
             provider = rest.replace(",", " ").split(" ", 1)[0] or None
             if (found := _after(line, (NICS,))) is not None and found.split(" ", 1)[0].isdigit():
                 nics = int(found.split(" ", 1)[0])
-        elif _after(line, NO_PLUGIN) is not None:
-            network = NO_PLUGIN_NETWORK
+        elif _after(line, FALLBACK) is not None:
+            fallback = True
         elif (rest := _after(line, (NETWORK,))) is not None:
             network = rest.strip()
         elif (rest := _after(line, (CHANNEL,))) is not None:
             network = rest.split("/", 1)[0]
         if network:
             break
-    return Transport(network or None, version, provider, nics)
+    return Transport(network or None, version, provider, nics, fallback)
 
 
 def problem(t: Transport, expected_nics: int) -> str | None:
@@ -91,7 +91,7 @@ def problem(t: Transport, expected_nics: int) -> str | None:
     if t.network is None:
         return None
     if not t.ofi:
-        return MSG_NOT_OFI.format(network=t.network)
+        return MSG_NOT_OFI.format(network=t.network) + (FALLBACK_CONTEXT if t.fallback else "")
     if t.provider is not None and t.provider != "efa":
         return MSG_PROVIDER.format(provider=t.provider)
     if t.nics is not None and t.nics < expected_nics:

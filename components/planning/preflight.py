@@ -10,9 +10,10 @@ boot script.
   naming the pod or node and the counts, and exit 1 (a warning with
   efaCheck: false).
 - `transport_check()`: a shell function that runs the launcher with its output
-  watched; once NCCL names the network it uses (`nccl_log`), a run that is not
-  on the OFI plugin with the efa provider and the type's NICs is stopped (or
-  warned about).
+  watched; once NCCL names the network it uses (`nccl_log`: that line alone
+  decides, NCCL's plugin-loading texts are context), a run that is not on the
+  OFI plugin with the efa provider and the type's NICs is stopped (or warned
+  about).
 Pure: no Pulumi import.
 """
 
@@ -101,7 +102,7 @@ def transport_check(*, efa_devices: int, strict: bool) -> str:
     arms += [f'    *"{_q(m)}"*) prov=${{line##*"{_q(m)}"}}; prov=${{prov%%[ ,]*}}\n'
              f'      case $line in *"{_q(nccl_log.NICS)}"*) nics=${{line##*"{_q(nccl_log.NICS)}"}}; nics=${{nics%% *}} ;; esac ;;'
              for m in nccl_log.PROVIDER]
-    arms += [f'    *"{_q(m)}"*) net="{_q(nccl_log.NO_PLUGIN_NETWORK)}" ;;' for m in nccl_log.NO_PLUGIN]
+    arms += [f'    *"{_q(m)}"*) fallback=1 ;;' for m in nccl_log.FALLBACK]
     arms.append(f'    *"{_q(nccl_log.NETWORK)}"*) net=${{line##*"{_q(nccl_log.NETWORK)}"}} ;;')
     arms.append(f'    *"{_q(nccl_log.CHANNEL)}"*) net=${{line##*"{_q(nccl_log.CHANNEL)}"}}; net=${{net%%/*}} ;;')
     ofi = "|".join(f"*{n}*" for n in nccl_log.OFI_NAMES)
@@ -116,7 +117,7 @@ def transport_check(*, efa_devices: int, strict: bool) -> str:
     return f'''
 # Reads the launch's output up to the line where NCCL names its network, then passes the rest on unread.
 nccl_transport_check() {{
-  net= prov= nics= ver=
+  net= prov= nics= ver= fallback=
   while IFS= read -r line; do
     printf '%s\\n' "$line"
     case $line in
@@ -130,10 +131,10 @@ nccl_transport_check() {{
     {ofi})
       if [ -n "$prov" ] && [ "$prov" != efa ]; then problem="{msg(nccl_log.MSG_PROVIDER)}"
       elif [ -n "$nics" ] && [ "$nics" -lt {efa_devices} ]; then problem="{msg(nccl_log.MSG_NICS)}"; fi ;;
-    *) problem="{msg(nccl_log.MSG_NOT_OFI)}" ;;
+    *) problem="{msg(nccl_log.MSG_NOT_OFI)}${{fallback:+{_q(nccl_log.FALLBACK_CONTEXT)}}}" ;;
   esac
   if [ -z "$net" ]; then
-    printf 'efa-infra[%s]: warning: no NCCL line named the network (NCCL_DEBUG=INFO, subsystems INIT,NET): the transport was not checked\\n' "$JOB" >&2
+    printf 'efa-infra[%s]: warning: no NCCL line named the network (NCCL_DEBUG=INFO, subsystems INIT,NET): the transport was not checked%s\\n' "$JOB" "${{fallback:+{_q(nccl_log.FALLBACK_CONTEXT)}}}" >&2
   elif [ -n "$problem" ]; then
 {verdict}
   else

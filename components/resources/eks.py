@@ -17,7 +17,7 @@ import pulumi_aws as aws
 import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
-from ..planning import eks_rules
+from ..planning import deployer, eks_rules
 from ..planning.existing import ClusterFacts, kubeconfig
 from ..planning.capacity_window import Schedule
 from .fleet import block_schedules, node_role, window_sizes
@@ -83,13 +83,15 @@ class EfaCluster(pulumi.ComponentResource):
         super().__init__("efa-infra:index:EfaCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cfg = plan.config.eks
+        self._node_group_version = cfg.node_group_version
         self.node_role, attachments = self._node_role(name, tags, child)
         if existing is not None:
             ready: list[pulumi.Resource] = [self._join_existing(name, plan, existing, tags, child)]
             device_plugins = cfg.existing.device_plugins
         else:
             cluster = self._create_cluster(name, plan, stack, private_subnet_ids, vpc_id, tags, child)
-            self._system_nodes(name, private_subnet_ids, tags, [cluster, *attachments])
+            self._admit_deployer(name, plan, tags, [cluster])
+            self._system_nodes(name, private_subnet_ids, tags, cfg.node_group_version, [cluster, *attachments])
             ready = [cluster]
             device_plugins = True
         self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
@@ -134,14 +136,30 @@ class EfaCluster(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _admit_deployer(self, name: str, plan: StackPlan, tags: dict[str, str], after: list[pulumi.Resource]) -> None:
+        """TCP 443 into the cluster security group, which holds the private API endpoint, from each place `pulumi up`
+        runs that comes that way (planning/deployer.py decides which)."""
+        for source in deployer.admitted(plan.config):
+            peer = source.group or source.cidr.replace("/", "-")
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-deployer-{peer}",
+                aws.vpc.SecurityGroupIngressRuleArgs(
+                    security_group_id=self.node_security_group_id, ip_protocol="tcp", from_port=443, to_port=443,
+                    referenced_security_group_id=source.group, cidr_ipv4=source.cidr,
+                    # Fixed text: EC2 takes only some characters in a rule's description, and a runner label may have others.
+                    description="pulumi up to the API server (efa-infra eks.deployer)", tags=tags,
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            )
+
     def _system_nodes(self, name: str, private_subnet_ids: dict[str, pulumi.Input[str]], tags: dict[str, str],
-                      after: list[pulumi.Resource]) -> None:
+                      version: str | None, after: list[pulumi.Resource]) -> None:
         """The node group for cluster add-ons (CoreDNS, controllers), off the GPU nodes."""
         aws.eks.NodeGroup(
             f"{name}-system",
             aws.eks.NodeGroupArgs(
                 cluster_name=self.name, node_role_arn=self.node_role.arn, subnet_ids=list(private_subnet_ids.values()),
-                instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD",
+                instance_types=[SYSTEM_INSTANCE_TYPE], ami_type="AL2023_x86_64_STANDARD", version=version,
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=2, desired_size=2, max_size=3),
                 labels={"efa-infra/role": "system"}, tags=tags,
             ),
@@ -266,6 +284,8 @@ class EfaCluster(pulumi.ComponentResource):
                     id=launch_template.id, version=launch_template.latest_version.apply(str),
                 ),
                 ami_type=ami_type(fp),
+                # EKS takes no version beside a pinned AMI: the AMI's own release decides (CreateNodegroup, version).
+                version=None if f.ami else self._node_group_version,
                 capacity_type="CAPACITY_BLOCK" if f.capacity.type == "capacity-block" else None,
                 scaling_config=aws.eks.NodeGroupScalingConfigArgs(min_size=low, desired_size=desired, max_size=f.nodes.maximum),
                 # EKS replaces or reboots nodes whose health conditions (GPU, Neuron, network) fail.

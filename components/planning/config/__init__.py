@@ -17,7 +17,7 @@ from importlib import import_module
 # Each name from the module that defines it, loaded on first use: a command loads only what it reads
 # (the CLI catches ConfigError without building the models, `types` never builds them).
 _WHERE = {
-    "ConfigError": "problems", "Problem": "problems", "key_path": "errors",
+    "ConfigError": "problems", "Problem": "problems", "key_path": "errors", "advisories": "checks",
     "FleetConfig": "fleets", "JobConfig": "jobs", "ExistingNetwork": "network", "StackConfig": "stack",
     "document_from_settings": "loading", "load": "loading", "load_file": "loading", "load_settings": "loading",
     "read_stack_file": "loading", "stack_file_schema": "schema", "address_plan": "sizing",

@@ -4,10 +4,10 @@ and across fields and sections (names, AZs, jobs against their fleets and cluste
 from __future__ import annotations
 
 import difflib
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-from .. import capacity_window, efa, eks_rules, zones
-from ..bootstrap import HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
+from .. import capacity_window, deployer, efa, eks_rules, eks_versions, zones
+from ..bootstrap import DROP_INS_SINCE, HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
 from .errors import key_path
 from .problems import Problem
@@ -47,6 +47,8 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     if cap == "on-demand" and f.capacity.reservation_id:
         out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
     out.extend(_window_checks(f, at))
+    if f.ami_release is not None and f.ami is None:
+        out.append(Problem(at("amiRelease"), "only used with a pinned ami: EKS's own AMIs are recent"))
     if cap != "on-demand" and mode == "cluster":
         out.append(Problem(
             at("placement.mode"),
@@ -109,8 +111,18 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
                            "managed, or remove the key"))
     out.extend(subnet_key_checks(cfg, fleets))
     cat = cfg.catalog()
+    out.extend(deployer.problems(cfg))
+    if not cfg.eks.enabled:
+        out.extend(Problem(key_path(("fleets", i, "amiRelease")), "only used on EKS (eks.enabled), where the boot check "
+                           "taints through nodeadm; on EC2 a failing node marks itself unhealthy on any AMI")
+                   for i, f in fleets if f.ami_release is not None)
     if cfg.eks.enabled:
         out.extend(_eksfleet_checks(fleets, cat))
+        nodes = cfg.eks.node_group_version
+        # A joined cluster's version is read only at deploy time: EKS itself refuses a node group newer than it.
+        lag = nodes and cfg.eks.existing is None and eks_versions.node_group_problem(nodes, cfg.eks.version)
+        if lag:
+            out.append(Problem(key_path(("eks", "nodeGroupVersion")), f"{lag} ({key_path(('eks', 'version'))})"))
     clusters = {c.name: c for c in cfg.clusters}
     for k, c in enumerate(cfg.clusters):
         if c.name in seen:
@@ -168,6 +180,14 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
     return out
 
 
+def advisories(cfg: StackConfig, today: date | None = None) -> list[Problem]:
+    """What a valid config should hear before it is deployed: a cluster it creates on a version in extended support."""
+    if not cfg.eks.enabled or cfg.eks.existing is not None:
+        return []
+    warning = eks_versions.extended_support_warning(cfg.eks.version, today or datetime.now(timezone.utc).date())
+    return [Problem(key_path(("eks", "version")), warning)] if warning else []
+
+
 def _eksfleet_checks(fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> list[Problem]:
     """What EKS would refuse in a fleet's node group (eks_rules), named by the key that causes it."""
     out: list[Problem] = []
@@ -181,6 +201,14 @@ def _eksfleet_checks(fleets: list[tuple[int, FleetConfig]], cat: Catalog) -> lis
                 out.append(Problem(at("taints", k, field), f"{message}; EKS refuses it ({eks_rules.RULES[rule].source})"))
         itype = cat.get(f.instance_type)
         kind = itype.accelerator.kind if itype.accelerator else None
+        if f.ami is not None and f.boot_check and (f.ami_release is None or f.ami_release < DROP_INS_SINCE):
+            had = f"release {f.ami_release} predates it" if f.ami_release else "its release is not given"
+            out.append(Problem(at("amiRelease"),
+                               f"the boot check taints a failing node through a nodeadm drop-in, which EKS AMIs read only "
+                               f"from release {DROP_INS_SINCE} on (awslabs/amazon-eks-ami PR #2427); {f.ami}: {had}, so "
+                               f"a node short of EFA devices would join untainted and take jobs. Give its release "
+                               f"({DROP_INS_SINCE} or later, the end of the AMI's name), pin a newer AMI, or set "
+                               "bootCheck: false to only log the check"))
         if f.ami is None and eks_rules.ami_type(kind, itype.architecture) is None:
             out.append(Problem(at("instanceType"), f"EKS has no AL2023 AMI type for {kind or 'plain'} {itype.architecture} "
                                                    f"nodes ({f.instance_type}): pin an AMI with ami, or pick another type"))

@@ -77,6 +77,12 @@ class FleetConfig(Model):
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Placement group for the fleet.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Where the capacity comes from.")
     ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI id to pin. Default: AWS's current Deep Learning Base GPU AMI, resolved by EC2 at launch.")
+    ami_release: str | None = Field(
+        None, pattern=r"^v\d{8}$",
+        description="On EKS with a pinned ami: the amazon-eks-ami release it was built from (the end of its name, e.g. "
+        "v20251023). The boot check's taint goes in a nodeadm drop-in, which releases before v20251023 ignore: with "
+        "bootCheck on, a pinned AMI needs a known release of v20251023 or later.",
+    )
     root_volume_gib: int = Field(200, ge=20, le=16384, description="Size of the encrypted gp3 root volume, GiB.", alias="rootVolumeGiB")
     metadata_hop_limit: int = Field(
         1, ge=1, le=64,

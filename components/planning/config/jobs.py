@@ -83,7 +83,7 @@ class JobConfig(Model):
         if bad:
             raise ValueError(f"environment variable names take letters, digits and '_' and do not start with a digit: {bad}")
         return v
-    procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: the accelerators per node.")
+    procs_per_node: int | None = Field(None, ge=1, description="Processes per node. Default: one per GPU, or per logical NeuronCore (32 on trn1.32xlarge, 64 on trn2.48xlarge).")
     efa: bool = Field(True, description="Use EFA; false gives the TCP baseline for comparison.")
     efa_check: bool = Field(
         True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import ofi_platform
+from .. import ofi_platform, processes
 from ..bootstrap import HUGEPAGES_MIB, pod_cpus, pod_memory_gib
 from ..config import JobConfig, StackConfig
 from ..plan import EFA_LABEL, job_target
@@ -76,7 +76,7 @@ def job_plan(cfg: StackConfig, job: JobConfig) -> JobPlan:
         instance_type=itype.name,
         nodes=job.nodes or target.default_nodes,
         node_selector=target.node_selector if job.efa else {k: v for k, v in target.node_selector.items() if k != EFA_LABEL},
-        procs_per_node=job.procs_per_node or (accel.count if accel else 1),
+        procs_per_node=job.procs_per_node or processes.per_node(accel),
         efa_devices=devices,
         accelerator_resource=accel.resource_name if accel else None,
         accelerator_kind=accel.kind if accel else None,

@@ -7,7 +7,7 @@ import shlex
 
 import yaml
 
-from .. import preflight
+from .. import preflight, topology
 from ..config import JobConfig, StackConfig
 from . import shell
 from .job_plan import JobPlan, LaunchError, job_plan
@@ -18,11 +18,8 @@ JOB_LABEL = "efa-infra/job"
 # micro-benchmarks/nccl-tests/nccl-tests.Dockerfile: git clone ... /opt/nccl-tests && make).
 NCCL_TESTS_IMAGE_DIR = "/opt/nccl-tests/build"
 # EFA does not cross AZs: a multi-node EFA job's pods share one. Within it they prefer
-# nodes close in the network, by EKS's network topology labels, closest layer first
-# (EKS user guide, ml-workload-topology: topology.k8s.aws/network-node-layer-1..3).
+# nodes close in the network, by EKS's network topology labels (topology.py), closest layer first.
 ZONE_LABEL = "topology.kubernetes.io/zone"
-NETWORK_LAYERS = (("topology.k8s.aws/network-node-layer-3", 100), ("topology.k8s.aws/network-node-layer-2", 50),
-                  ("topology.k8s.aws/network-node-layer-1", 25))
 # What EFA needs of the container: to lock (register) memory with the device.
 EFA_CAPABILITIES = ("IPC_LOCK",)
 # What the MPI workers' sshd needs on top, all in the runtime's default set: port 22, privilege separation
@@ -168,14 +165,18 @@ def _node_pod(plan: JobPlan, job: JobConfig, name: str, command: list[str], with
         same = {"matchLabels": _labels(plan, "node")}
         spec["affinity"]["podAffinity"] = {
             "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": same, "topologyKey": ZONE_LABEL}],
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": weight, "podAffinityTerm": {"labelSelector": same, "topologyKey": key}}
-                for key, weight in NETWORK_LAYERS
-            ],
         }
+        if closer := _closer_in_the_network(plan.instance_type, same):
+            spec["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] = closer
     spec["containers"] = [container]
     spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": plan.shm_size}}]
     return {"metadata": {"labels": _labels(plan, "node")}, "spec": spec}
+
+
+def _closer_in_the_network(instance_type: str, same: dict) -> list[dict]:
+    """A preference per topology layer the type has, the closest weighted most (100, then halved each layer up)."""
+    return [{"weight": max(1, 100 >> depth), "podAffinityTerm": {"labelSelector": same, "topologyKey": label}}
+            for depth, label in enumerate(topology.layer_labels(instance_type))]
 
 
 def _indexed_job(plan: JobPlan, job: JobConfig) -> list[dict]:
