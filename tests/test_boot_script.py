@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import boto3
+import botocore.session
+import botocore.validate
 import moto
 import pytest
 
 from components.planning import bootstrap, config, plan
 from components.offline import mocks
-from conftest import base_doc, settings_of, stand_in_devices
+from conftest import DEPLOYER, base_doc, settings_of, stand_in_devices
 
 # awsome-distributed-training shows `hugepages-2Mi: 21122Mi` on a p4de node: what the AMI and the EFA installer reserve.
 P4DE_PAGES = 21122 // 2
@@ -40,12 +43,15 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 
 @pytest.fixture(autouse=True)
 def short_device_wait(monkeypatch):
-    """A node waits minutes for late device nodes; here a missing device is missing for good."""
+    """A node waits minutes for late device nodes, and a failing one a minute for its fleet's other failures; here a
+    missing device is missing for good, and the stand-in cloud counts at once."""
     monkeypatch.setattr(bootstrap, "DEVICE_WAIT", (2, 1))
+    monkeypatch.setattr(bootstrap, "GUARD_SETTLE_SECONDS", 0)
 
 
 def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: int = 0, reserved_pages: int = 0,
-             script: str | None = None) -> Boot:
+             script: str | None = None, aws: str = "exit 0") -> Boot:
+    """`aws`: the stand-in AWS CLI's shell code (its arguments in "$@")."""
     pages = tmp_path / "nr_hugepages"
     pages.write_text(f"{reserved_pages}\n")
     upper, work, logs, bin_dir = (tmp_path / d for d in ("etc", "work", "log", "bin"))
@@ -62,7 +68,7 @@ def run_boot(tmp_path: Path, node: bootstrap.Node, *, efa_devices: int, gpus: in
   *meta-data/placement/region*) echo {REGION} ;;
   *) exit 22 ;;
 esac''')
-    stub(bin_dir, "aws", "exit 0")
+    stub(bin_dir, "aws", aws)
     setup = " && ".join([
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc",
         f"mount --bind {pages} /proc/sys/vm/nr_hugepages",
@@ -116,11 +122,92 @@ def test_a_healthy_ec2_node_stays_in_service(tmp_path):
 
 @pytest.mark.parametrize("efa, gpus, reason", [(31, 8, "efa-31-of-32"), (32, 7, "gpu-7-of-8"), (0, 8, "efa-0-of-32")])
 def test_an_ec2_node_missing_a_device_marks_itself_unhealthy_in_its_group(tmp_path, efa, gpus, reason):
-    boot = run_boot(tmp_path, p5(), efa_devices=efa, gpus=gpus)
-    assert boot.aws_calls == [["autoscaling", "set-instance-health", "--region", REGION, "--instance-id", INSTANCE,
-                               "--health-status", "Unhealthy", "--no-should-respect-grace-period"]]
+    boot = run_boot(tmp_path, p5(), efa_devices=efa, gpus=gpus, aws=fleet_cloud(tmp_path))
+    assert boot.aws_calls[-1] == ["autoscaling", "set-instance-health", "--region", REGION, "--instance-id", INSTANCE,
+                                  "--health-status", "Unhealthy", "--no-should-respect-grace-period"]
     assert f"boot check FAILED ({reason})" in boot.log
     assert f"boot check: {INSTANCE} marked unhealthy in its Auto Scaling group, which replaces it" in boot.log
+    assert not [c for c in boot.aws_calls if "suspend-processes" in c]  # one failure is no pattern
+
+
+# --- the boot guard: a fleet whose every node fails stops being replaced -------------------------
+
+GROUP = "gpu-asg-3f1e2d4"
+SESSION = botocore.session.get_session()
+
+
+def fleet_cloud(state: Path) -> str:
+    """A stand-in AWS for a fleet's nodes, sharing `state` across their boots: the node's group, the guard's metric
+    (a line per failed boot, its sum for the window) and the group's suspended processes."""
+    return f'''case "$*" in
+  *describe-auto-scaling-instances*) echo {GROUP} ;;
+  *put-metric-data*) echo 1 >> {state}/failed-boots ;;
+  *get-metric-statistics*) if [ -s {state}/failed-boots ]; then echo "$(wc -l < {state}/failed-boots).0"; else echo None; fi ;;
+  *suspend-processes*) echo "$*" >> {state}/suspended ;;
+esac'''
+
+
+def request(call: list[str], service: str, operation: str) -> dict:
+    """The --cli-input-json request of a recorded AWS CLI call, checked against botocore's model of the operation."""
+    body = json.loads(call[call.index("--cli-input-json") + 1])
+    report = botocore.validate.ParamValidator().validate(body, SESSION.get_service_model(service).operation_model(operation).input_shape)
+    assert not report.has_errors(), report.generate_report()
+    return body
+
+
+def test_a_fleet_whose_every_node_fails_its_boot_check_stops_being_replaced_past_the_threshold(tmp_path):
+    """Every node of the fleet boots without its EFA devices (an AMI without the driver, say). The Auto Scaling group
+    replaces a node that marks itself unhealthy unless its ReplaceUnhealthy process is suspended."""
+    state = tmp_path / "cloud"
+    state.mkdir()
+    boots: list[Boot] = []
+    for i in range(3 * bootstrap.GUARD_FAILURES):
+        node_dir = tmp_path / f"node{i}"
+        node_dir.mkdir()
+        boots.append(run_boot(node_dir, p5(), efa_devices=0, gpus=8, aws=fleet_cloud(state)))
+        marked = ["autoscaling", "set-instance-health"] == boots[-1].aws_calls[-1][:2]
+        if not marked or (state / "suspended").exists():
+            break  # the group keeps this node: no replacement is launched
+    assert len(boots) == bootstrap.GUARD_FAILURES  # the churn ends at the threshold's boot
+    assert (state / "suspended").read_text().split() == [
+        "autoscaling", "suspend-processes", "--region", REGION, "--auto-scaling-group-name", GROUP, "--scaling-processes",
+        "ReplaceUnhealthy"]
+    last = boots[-1]
+    assert f"boot guard: {bootstrap.GUARD_FAILURES} failed boot checks in {GROUP} this window" in last.log
+    assert f"{INSTANCE} marked unhealthy in its Auto Scaling group, which keeps it while ReplaceUnhealthy is suspended" in last.log
+    assert all("which replaces it" in b.log and "boot guard" not in b.log for b in boots[:-1])
+    # Each boot counted itself in the metric the alarm watches, and read the sum of the window it is in.
+    for boot in boots:
+        put = request(next(c for c in boot.aws_calls if "put-metric-data" in c), "cloudwatch", "PutMetricData")
+        assert put == {"Namespace": "efa-infra", "MetricData": [{"MetricName": "BootCheckFailed", "Value": 1, "Unit": "Count",
+                                                                 "Dimensions": [{"Name": "AutoScalingGroupName", "Value": GROUP}]}]}
+        stats = request(next(c for c in boot.aws_calls if "get-metric-statistics" in c), "cloudwatch", "GetMetricStatistics")
+        start, end = (datetime.fromisoformat(stats[k].replace("Z", "+00:00")) for k in ("StartTime", "EndTime"))
+        assert (stats["Period"], (end - start).total_seconds(), start.timestamp() % stats["Period"]) == (3600, 3600, 0)
+        assert stats["Dimensions"] == put["MetricData"][0]["Dimensions"] and stats["Statistics"] == ["Sum"]
+
+
+def test_the_boot_guards_alarm_watches_the_metric_the_nodes_count_in():
+    run = mocks.run(settings_of(base_doc()), "research")
+    alarm = run.one("aws:cloudwatch/metricAlarm:MetricAlarm", "gpu-boot-check").inputs
+    assert (alarm["namespace"], alarm["metricName"], alarm["dimensions"]) == (
+        "efa-infra", "BootCheckFailed", {"AutoScalingGroupName": "<gpu-asg.name>"})
+    assert (alarm["statistic"], alarm["period"], alarm["evaluationPeriods"], alarm["threshold"], alarm["comparisonOperator"]) == (
+        "Sum", 3600, 1, bootstrap.GUARD_FAILURES, "GreaterThanOrEqualToThreshold")
+    assert alarm["name"] == "efa-infra-research-gpu-boot-check" and alarm["treatMissingData"] == "notBreaching"
+    valid = botocore.validate.ParamValidator().validate(
+        {"AlarmName": alarm["name"], "AlarmDescription": alarm["alarmDescription"], "Namespace": alarm["namespace"],
+         "MetricName": alarm["metricName"], "Dimensions": [{"Name": "AutoScalingGroupName", "Value": "gpu-asg-3f1e2d4"}],
+         "Statistic": alarm["statistic"], "Period": int(alarm["period"]), "EvaluationPeriods": int(alarm["evaluationPeriods"]),
+         "Threshold": alarm["threshold"], "ComparisonOperator": alarm["comparisonOperator"],
+         "TreatMissingData": alarm["treatMissingData"]},
+        SESSION.get_service_model("cloudwatch").operation_model("PutMetricAlarm").input_shape)
+    assert not valid.has_errors(), valid.generate_report()
+    # No boot check, or EKS (whose nodes are tainted, not replaced): no guard.
+    off = mocks.run(settings_of(base_doc(fleets=[{**base_doc()["fleets"][0], "bootCheck": False}])), "research")
+    assert not off.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    eks = mocks.run(settings_of(base_doc(eks={"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER})), "research")
+    assert eks.error is None and not eks.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
 
 
 def test_with_boot_check_off_a_bad_node_only_logs(tmp_path):
@@ -156,10 +243,15 @@ def test_an_eks_node_missing_a_device_registers_with_the_boot_check_taint(tmp_pa
 def test_ec2_nodes_may_mark_health_only_in_their_own_group():
     run = mocks.run(settings_of(base_doc()), "research")
     (health,) = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-health"]
-    (statement,) = json.loads(health.inputs["policy"])["Statement"]
-    assert statement["Action"] == "autoscaling:SetInstanceHealth"
+    statement, metric, reads = json.loads(health.inputs["policy"])["Statement"]
+    # Marking itself unhealthy, and the boot guard's stopping of replacements: in its own fleet's group only.
+    assert statement["Action"] == ["autoscaling:SetInstanceHealth", "autoscaling:SuspendProcesses"]
     assert statement["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/efa-infra:fleet": "gpu",
                                                        "autoscaling:ResourceTag/efa-infra:stack": "research"}}
+    # Counting failed boots: in the guard's namespace only; reads (own group, the count) take no resource.
+    assert (metric["Action"], metric["Condition"]) == ("cloudwatch:PutMetricData",
+                                                       {"StringEquals": {"cloudwatch:namespace": bootstrap.GUARD_NAMESPACE}})
+    assert reads["Action"] == ["autoscaling:DescribeAutoScalingInstances", "cloudwatch:GetMetricStatistics"]
     # The group carries the tags the condition names.
     tags = {t["key"]: t["value"] for t in run.one("aws:autoscaling/group:Group").inputs["tags"]}
     assert (tags["efa-infra:fleet"], tags["efa-infra:stack"]) == ("gpu", "research")

@@ -4,6 +4,8 @@ Job component's resources, and `python -m components render`."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import yaml
 
 from components.planning import config, launch
 from components.offline import mocks
-from conftest import ROOT
+from conftest import ROOT, base_doc, settings_of
 from test_launch import CRD_DIR, CRD_FILES, check_manifest, pod_templates, schema_versions
 
 STACKS = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
@@ -57,8 +59,76 @@ def test_ec2_jobs_become_ssm_documents_with_the_rendered_script():
         assert d.parent == job.name and d.inputs["documentType"] == "Command"
         assert json.loads(d.inputs["content"]) == launch.ssm_document(launch.render_node_script(cfg, job, stack="p5-ec2"), job.name,
                                                                       job.working_directory)
-    assert run.outputs["jobs"]["nccl-efa"]["run"].startswith("aws ssm send-command --document-name <nccl-efa-launch.name> "
-                                                              "--targets Key=tag:efa-infra:fleet,Values=p5")
+    request = sent(run.outputs["jobs"]["nccl-efa"]["run"], "us-east-1")
+    assert request["DocumentName"] == "<nccl-efa-launch.name>"
+    assert request["Targets"] == [{"Key": "tag:efa-infra:fleet", "Values": ["p5"]}, {"Key": "tag:efa-infra:stack", "Values": ["p5-ec2"]}]
+
+
+def sent(command: str, region: str) -> dict:
+    """The SendCommand request of a `run` output, after checking it is the AWS CLI's send-command in `region`
+    with the request whole and valid by botocore's SSM model."""
+    import botocore.session
+    import botocore.validate
+
+    argv = shlex.split(command)
+    assert argv[:3] == ["aws", "ssm", "send-command"] and argv[3:6] == ["--region", region, "--cli-input-json"] and len(argv) == 7
+    request = json.loads(argv[6])
+    # The mocks' stand-in for the document's name, as Pulumi's auto-naming makes it: the resource name and 7 characters.
+    real = {**request, "DocumentName": re.sub(r"^<(.+)\.name>$", r"\1-1a2b3c4", request["DocumentName"])}
+    shape = botocore.session.get_session().get_service_model("ssm").operation_model("SendCommand").input_shape
+    report = botocore.validate.ParamValidator().validate(real, shape)
+    assert not report.has_errors(), report.generate_report()
+    # The model's patterns and maximum lengths, which botocore leaves to the service.
+    for key, value in real.items():
+        rules = shape.members[key].metadata
+        if isinstance(value, str):
+            assert len(value) <= rules.get("max", len(value)) and re.fullmatch(rules.get("pattern", ".*"), value), (key, value, rules)
+    return request
+
+
+def ssm_concurrency(request: dict, targets: int) -> int:
+    """How many of `targets` nodes SSM runs a command on at once: MaxConcurrency, a count or a percentage of the
+    targets (at least 1), 50 when absent (SendCommand API reference)."""
+    value = request.get("MaxConcurrency", "50")
+    if value.endswith("%"):
+        return max(1, targets * int(value[:-1]) // 100)
+    return min(int(value), targets)
+
+
+def test_a_launch_reaches_every_node_of_a_fleet_larger_than_ssms_default_and_keeps_every_nodes_output():
+    doc = base_doc(region="eu-west-1", jobs=[{"name": "nccl", "fleet": "gpu", "launcher": "nccl-tests"}])
+    doc["fleets"][0].update(availabilityZone="eu-west-1a", nodes={"desired": 64, "max": 64})
+    run = mocks.run(settings_of(doc), "big")
+    assert run.error is None, run.error
+    out = run.outputs["jobs"]["nccl"]
+    request = sent(out["run"], "eu-west-1")
+    assert ssm_concurrency({}, 64) == 50  # what the launch got before: 14 nodes never got the command
+    assert ssm_concurrency(request, 64) == 64 and request["MaxErrors"] == "0"
+    # Output goes to the fleet's own log group, kept a year, which the nodes may write to and nothing else.
+    group = run.one("aws:cloudwatch/logGroup:LogGroup", "gpu-run-output").inputs
+    assert request["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": group["name"], "CloudWatchOutputEnabled": True}
+    assert out["logGroup"] == group["name"] == "/efa-infra/big/gpu/run-command" and group["retentionInDays"] == 365
+    policy = run.one("aws:iam/rolePolicy:RolePolicy", "gpu-run-output").inputs
+    assert policy["role"] == "<gpu-node.id>"
+    writes, describe = json.loads(policy["policy"])["Statement"]
+    assert writes["Resource"] == "<gpu-run-output.arn>:*" and describe["Action"] == "logs:DescribeLogGroups"
+    assert set(writes["Action"]) == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+
+
+def test_the_run_output_policy_is_one_iam_takes():
+    import boto3
+    import moto
+
+    from components.resources.fleet import run_output_policy
+
+    with moto.mock_aws():  # moto checks policy documents as IAM does
+        iam = boto3.client("iam", region_name="us-east-1")
+        iam.create_role(RoleName="node", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+        good = run_output_policy("arn:aws:logs:us-east-1:123456789012:log-group:/efa-infra/big/gpu/run-command")
+        iam.put_role_policy(RoleName="node", PolicyName="run-output", PolicyDocument=json.dumps(good))
+        good["Statement"][0]["Action"] = "logs CreateLogStream"
+        with pytest.raises(iam.exceptions.MalformedPolicyDocumentException):  # the check is real
+            iam.put_role_policy(RoleName="node", PolicyName="broken", PolicyDocument=json.dumps(good))
 
 
 def test_eks_jobs_export_manifests_and_apply_only_when_asked():

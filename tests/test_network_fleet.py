@@ -125,6 +125,18 @@ def test_placement_modes():
     assert lt["capacityReservationSpecification"]["capacityReservationTarget"]["capacityReservationId"] == "cr-0123456789abcdef0"
 
 
+@pytest.mark.parametrize("itype, parameter", [
+    # Neuron's base AMI is published under Neuron's own prefix (Neuron DLAMI User Guide), not /deeplearning/ami.
+    ("trn2.48xlarge", "/aws/service/neuron/dlami/base/amazon-linux-2023/latest/image_id"),
+    ("trn1.32xlarge", "/aws/service/neuron/dlami/base/amazon-linux-2023/latest/image_id"),
+    ("p5.48xlarge", "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"),
+    ("c6in.32xlarge", "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"),
+])
+def test_the_default_ami_is_the_documented_ssm_parameter_of_the_fleets_accelerator(itype, parameter):
+    run = run_doc(fleet_doc(instanceType=itype))
+    assert run.one(LT).inputs["imageId"] == f"resolve:ssm:{parameter}"
+
+
 def test_changing_node_counts_changes_only_the_auto_scaling_group():
     small = run_doc(fleet_doc(nodes={"min": 0, "desired": 2, "max": 4}))
     large = run_doc(fleet_doc(nodes={"min": 2, "desired": 3, "max": 4}))

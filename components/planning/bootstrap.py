@@ -37,6 +37,14 @@ NODEADM_DROP_IN = "/etc/eks/nodeadm.d/90-efa-infra-boot-check.yaml"
 # Older EKS AMIs ignore that directory: a node failing the check there would register without the taint and take
 # jobs. A fleet that pins an AMI says its release (fleets[].amiRelease), checked against this (data/eks_node_ami.json).
 DROP_INS_SINCE = json.loads((Path(__file__).resolve().parent.parent / "data" / "eks_node_ami.json").read_text())["nodeadmDropInsSince"]
+# The fleet-wide guard on plain EC2: once this many boot checks fail in one window (clock-aligned, the alarm's period),
+# the group stops replacing unhealthy nodes, so an AMI or a type that fails every node cannot churn through the fleet.
+GUARD_FAILURES = 3
+GUARD_WINDOW_MINUTES = 60
+GUARD_SETTLE_SECONDS = 60  # a failing node waits this long before counting, so that nodes failing together see each other
+GUARD_NAMESPACE, GUARD_METRIC, GUARD_DIMENSION = "efa-infra", "BootCheckFailed", "AutoScalingGroupName"
+GUARD_PROCESS = "ReplaceUnhealthy"  # suspended, the group keeps unhealthy instances (EC2 Auto Scaling user guide,
+# "How suspended processes affect other processes")
 
 
 def pod_memory_gib(node_memory_mib: int, efa: bool) -> int:
@@ -63,6 +71,47 @@ def _taints_flag(taints: list[dict[str, str]]) -> str:
     return "--register-with-taints=" + ",".join(f"{t['key']}={t['value']}:{t['effect']}" for t in taints)
 
 
+def _boot_guard() -> str:
+    """Plain EC2, before a failing node marks itself unhealthy: it counts its failure in a CloudWatch metric of its
+    Auto Scaling group and, once the group has GUARD_FAILURES failures in the current window, suspends the group's
+    ReplaceUnhealthy process: the failing nodes stay, marked unhealthy, and none is replaced until the team resumes
+    it. The metric's alarm (resources/fleet.py) is the signal. Needs `$instance`, `$region` and `log`."""
+    window = GUARD_WINDOW_MINUTES * 60
+    dimensions = [{"Name": GUARD_DIMENSION, "Value": "%s"}]
+    put = json.dumps({"Namespace": GUARD_NAMESPACE, "MetricData": [
+        {"MetricName": GUARD_METRIC, "Dimensions": dimensions, "Value": 1, "Unit": "Count"}]}, separators=(",", ":"))
+    count = json.dumps({"Namespace": GUARD_NAMESPACE, "MetricName": GUARD_METRIC, "Dimensions": dimensions,
+                        "StartTime": "%s", "EndTime": "%s", "Period": window, "Statistics": ["Sum"]}, separators=(",", ":"))
+    return f"""outcome="which replaces it"
+for attempt in 1 2 3 4 5; do  # as below: the instance profile's credentials can lag
+  group=$(aws autoscaling describe-auto-scaling-instances --region "$region" --instance-ids "$instance" \\
+    --query 'AutoScalingInstances[0].AutoScalingGroupName' --output text) && break
+  group=; sleep 10
+done
+if [[ -z $group || $group == None ]]; then
+  log "boot guard: no Auto Scaling group holds $instance; its failure is not counted"
+else
+  aws cloudwatch put-metric-data --region "$region" --cli-input-json "$(printf '{put}' "$group")" ||
+    log "boot guard: could not count this failure in {GUARD_NAMESPACE}/{GUARD_METRIC}"
+  sleep {GUARD_SETTLE_SECONDS}
+  start=$(( $(date +%s) / {window} * {window} ))
+  failed=$(aws cloudwatch get-metric-statistics --region "$region" --cli-input-json "$(printf '{count}' "$group" \\
+    "$(date -u -d "@$start" +%Y-%m-%dT%H:%M:%SZ)" "$(date -u -d "@$((start + {window}))" +%Y-%m-%dT%H:%M:%SZ)")" \\
+    --query 'Datapoints[0].Sum' --output text) || failed=
+  failed=${{failed%%.*}}
+  if ! [[ $failed =~ ^[0-9]+$ ]] || (( failed < 1 )); then failed=1; fi  # this node's own, not yet visible
+  if (( failed >= {GUARD_FAILURES} )); then
+    if aws autoscaling suspend-processes --region "$region" --auto-scaling-group-name "$group" --scaling-processes {GUARD_PROCESS}; then
+      outcome="which keeps it while {GUARD_PROCESS} is suspended"
+      log "boot guard: $failed failed boot checks in $group this window (the guard stops at {GUARD_FAILURES}): its {GUARD_PROCESS} process is suspended, no node is replaced until it is resumed (README: What happens to a bad node)"
+    else
+      log "boot guard: $failed failed boot checks in $group this window, but its {GUARD_PROCESS} process could not be suspended"
+    fi
+  fi
+fi
+"""
+
+
 def _failure_action(node: Node) -> str:
     """What a node does when its check fails: `$reason` names what is missing."""
     if not node.boot_check:
@@ -82,10 +131,10 @@ log "boot check: the node registers with the taint {BOOT_CHECK_TAINT}=$reason:No
     return """token=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')
 imds() { curl -sf -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/meta-data/$1"; }
 instance=$(imds instance-id) region=$(imds placement/region)
-for attempt in 1 2 3 4 5; do  # the instance profile's credentials can lag the first seconds of boot
+""" + _boot_guard() + """for attempt in 1 2 3 4 5; do  # the instance profile's credentials can lag the first seconds of boot
   if aws autoscaling set-instance-health --region "$region" --instance-id "$instance" \
        --health-status Unhealthy --no-should-respect-grace-period; then
-    log "boot check: $instance marked unhealthy in its Auto Scaling group, which replaces it"
+    log "boot check: $instance marked unhealthy in its Auto Scaling group, $outcome"
     break
   fi
   log "boot check: could not mark $instance unhealthy (attempt $attempt)"

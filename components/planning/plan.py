@@ -13,16 +13,24 @@ from .catalog import Catalog, InstanceType
 from .config import FleetConfig, StackConfig, address_plan, fleet_addresses_per_node
 
 
-# DLAMI SSM parameters (/aws/service/deeplearning/ami/$arch/$ami_type/latest/ami-id,
-# "Finding the ID of a DLAMI"): the Base AMIs carry the drivers and the EFA installer.
-DLAMI_TYPES = {"gpu": "base-oss-nvidia-driver-gpu-amazon-linux-2023", "neuron": "base-neuron-amazon-linux-2023"}
+# The public SSM parameters of the base AMIs, which carry the drivers and the EFA installer, by accelerator kind.
+# GPU: AWS's DLAMI parameters, /aws/service/deeplearning/ami/$arch/$ami_type/latest/ami-id (AWS Deep Learning AMIs
+# developer guide, "Finding the ID of a DLAMI", read December 2026). Neuron: the Neuron DLAMIs publish theirs under
+# /aws/service/neuron/dlami/<kind>/<os>/latest/image_id, x86_64 only, the base AMI's prefix being
+# /aws/service/neuron/dlami/base/amazon-linux-2023 (Neuron DLAMI User Guide, aws-neuron/aws-neuron-sdk dlami/index.rst
+# @1043931f and deploy/environments/dlami.rst of Neuron 2.32.0; the same prefix since SDK 2.21). There is no
+# base-neuron-amazon-linux-2023 type under /aws/service/deeplearning/ami in either guide.
+AMI_PARAMETERS = {
+    "gpu": "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id",
+    "neuron": "/aws/service/neuron/dlami/base/amazon-linux-2023/latest/image_id",
+}
 
 
 def default_ami(itype: InstanceType) -> str:
-    """`resolve:ssm:` lets EC2 resolve the current DLAMI at launch, so a new AMI
+    """`resolve:ssm:` lets EC2 resolve the current base AMI at launch, so a new AMI
     release never changes the launch template (and never replaces nodes)."""
     kind = itype.accelerator.kind if itype.accelerator else "gpu"  # the GPU base AMI also serves CPU-only EFA types
-    return f"resolve:ssm:/aws/service/deeplearning/ami/{itype.architecture}/{DLAMI_TYPES[kind]}/latest/ami-id"
+    return "resolve:ssm:" + AMI_PARAMETERS[kind].format(arch=itype.architecture)
 
 
 FLEET_TAG, STACK_TAG = "efa-infra:fleet", "efa-infra:stack"  # on instances: the launch script finds peers by them

@@ -15,7 +15,7 @@ import json
 import pulumi
 import pulumi_aws as aws
 
-from ..planning import bootstrap
+from ..planning import bootstrap, launch
 from ..planning.capacity_window import Schedule
 from ..planning.plan import FLEET_TAG, STACK_TAG, FleetPlan, default_ami
 
@@ -40,15 +40,39 @@ def node_role(name: str, tags: dict[str, str], opts: pulumi.ResourceOptions) -> 
 
 
 def health_policy(fleet: str, stack: str) -> dict:
-    """May mark instances unhealthy only in the Auto Scaling group tagged as this stack's fleet."""
+    """May mark instances unhealthy, and (the boot guard) stop replacements, only in the Auto Scaling group tagged as
+    this stack's fleet; may count failed boots in the guard's metric namespace only. Finding its own group and reading
+    the count take no resource-level permissions (Service Authorization Reference: DescribeAutoScalingInstances,
+    GetMetricStatistics)."""
     return {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow", "Action": "autoscaling:SetInstanceHealth",
-            "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",
-            "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{FLEET_TAG}": fleet,
-                                           f"autoscaling:ResourceTag/{STACK_TAG}": stack}},
-        }],
+        "Statement": [
+            {"Effect": "Allow", "Action": ["autoscaling:SetInstanceHealth", "autoscaling:SuspendProcesses"],
+             "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*",
+             "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{FLEET_TAG}": fleet,
+                                            f"autoscaling:ResourceTag/{STACK_TAG}": stack}}},
+            {"Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
+             "Condition": {"StringEquals": {"cloudwatch:namespace": bootstrap.GUARD_NAMESPACE}}},
+            {"Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingInstances", "cloudwatch:GetMetricStatistics"],
+             "Resource": "*"},
+        ],
+    }
+
+
+def run_output_policy(log_group_arn: str) -> dict:
+    """What SSM's agent on a node needs to put command output into the fleet's log group, and nothing more. The agent
+    first tries CreateLogGroup and, refused, goes on when DescribeLogGroups finds the group; then it creates a stream
+    per node and output, reads its token (DescribeLogStreams) and puts the events (aws/amazon-ssm-agent 3.3.1142.0,
+    framework/processor/executer/iohandler/iohandler.go and agentlogstocloudwatch/cloudwatchlogspublisher/
+    cloudwatchlogsservice.go). The stack creates the group, so the role may not."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+             "Resource": f"{log_group_arn}:*"},
+            # DescribeLogGroups takes no resource (Service Authorization Reference, CloudWatch Logs).
+            {"Effect": "Allow", "Action": "logs:DescribeLogGroups", "Resource": "*"},
+        ],
     }
 
 
@@ -84,6 +108,7 @@ class EfaFleet(pulumi.ComponentResource):
     launch_template: aws.ec2.LaunchTemplate
     placement_group_name: pulumi.Output[str] | None
     asg_name: pulumi.Output[str] | None
+    run_log_group: pulumi.Output[str] | None  # plain EC2: where SSM puts the output of the commands run on the nodes
 
     def __init__(
         self,
@@ -104,7 +129,16 @@ class EfaFleet(pulumi.ComponentResource):
         fleet_tags = {**tags, FLEET_TAG: plan.config.name, STACK_TAG: stack}
         self.placement_group_name = self._placement_group(name, plan, fleet_tags, child)
         # EKS node groups bring their own role.
-        profile = None if plan.on_eks else self._instance_profile(name, plan, stack, fleet_tags, child)
+        profile = self.run_log_group = None
+        if not plan.on_eks:
+            logs = aws.cloudwatch.LogGroup(
+                f"{name}-run-output",
+                aws.cloudwatch.LogGroupArgs(name=launch.run_log_group(stack, plan.config.name),
+                                            retention_in_days=launch.RUN_LOG_RETENTION_DAYS, tags=fleet_tags),
+                opts=child,
+            )
+            self.run_log_group = logs.name
+            profile = self._instance_profile(name, plan, stack, fleet_tags, logs, child)
         self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
                                                      self.placement_group_name, profile, cluster_join, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
@@ -113,6 +147,7 @@ class EfaFleet(pulumi.ComponentResource):
             "launchTemplateVersion": self.launch_template.latest_version,
             "placementGroupName": self.placement_group_name,
             "asgName": self.asg_name,
+            "runLogGroup": self.run_log_group,
         })
 
     @staticmethod
@@ -132,16 +167,21 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
-    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str],
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str], logs: aws.cloudwatch.LogGroup,
                           child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
-        """Plain EC2 nodes' role: SSM access, EC2 read access for the launch script to find peers, for mpirun
-        (nccl-tests) the right to push a one-time SSH key to its fleet's nodes only, and with the boot check the
-        right to mark itself unhealthy."""
+        """Plain EC2 nodes' role: SSM access, writing run output into the fleet's log group only, EC2 read access for
+        the launch script to find peers, for mpirun (nccl-tests) the right to push a one-time SSH key to its fleet's
+        nodes only, and with the boot check the right to mark itself unhealthy."""
         f = plan.config
         role = node_role(f"{name}-node", fleet_tags, child)
         aws.iam.RolePolicyAttachment(
             f"{name}-ssm",
             aws.iam.RolePolicyAttachmentArgs(role=role.name, policy_arn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-run-output",
+            aws.iam.RolePolicyArgs(role=role.id, policy=logs.arn.apply(lambda arn: json.dumps(run_output_policy(arn)))),
             opts=child,
         )
         aws.iam.RolePolicy(
@@ -266,4 +306,34 @@ class EfaFleet(pulumi.ComponentResource):
         )
         if window is not None:
             block_schedules(name, plan, window, asg.name, child, scale_down=True)
+        if f.boot_check:
+            self._boot_guard_alarm(name, plan, stack, asg.name, fleet_tags, child)
         return asg.name
+
+    @staticmethod
+    def _boot_guard_alarm(name: str, plan: FleetPlan, stack: str, group_name: pulumi.Output[str], fleet_tags: dict[str, str],
+                          child: pulumi.ResourceOptions) -> None:
+        """The signal of the boot guard: in alarm when the group's failed boot checks reach the count at which its nodes
+        stop its replacements, over the same window."""
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-boot-check",
+            aws.cloudwatch.MetricAlarmArgs(
+                name=f"efa-infra-{stack}-{plan.config.name}-boot-check",
+                alarm_description=(
+                    f"efa-infra {stack}/{plan.config.name}: {bootstrap.GUARD_FAILURES} or more nodes failed their boot check "
+                    f"(missing EFA devices or accelerators) within {bootstrap.GUARD_WINDOW_MINUTES} minutes, and the Auto "
+                    f"Scaling group's {bootstrap.GUARD_PROCESS} process is suspended: no node is replaced until the cause is "
+                    "fixed and the process resumed (README, What happens to a bad node)."),
+                namespace=bootstrap.GUARD_NAMESPACE,
+                metric_name=bootstrap.GUARD_METRIC,
+                dimensions={bootstrap.GUARD_DIMENSION: group_name},
+                statistic="Sum",
+                period=bootstrap.GUARD_WINDOW_MINUTES * 60,
+                evaluation_periods=1,
+                threshold=bootstrap.GUARD_FAILURES,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                treat_missing_data="notBreaching",  # no failed boot: no data point, and nothing wrong
+                tags=fleet_tags,
+            ),
+            opts=child,
+        )

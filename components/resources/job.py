@@ -2,7 +2,8 @@
 
 On plain EC2 fleets the per-node launch script becomes an SSM Command
 document, which a pipeline runs on every node of the fleet with
-`aws ssm send-command`. On EKS the manifests are exported as a stack output,
+`aws ssm send-command` (the `run` output), which writes every node's output
+into the fleet's log group (`logGroup`). On EKS the manifests are exported as a stack output,
 and applied when the job says so.
 """
 
@@ -14,13 +15,6 @@ import pulumi
 
 from ..planning import launch
 from ..planning.config import JobConfig, StackConfig
-from ..planning.plan import FLEET_TAG, STACK_TAG
-
-
-def send_command(document: str, fleet: str, stack: str) -> str:
-    """The command a pipeline runs to start the job on every node of the fleet."""
-    return (f"aws ssm send-command --document-name {document} "
-            f"--targets Key=tag:{FLEET_TAG},Values={fleet} Key=tag:{STACK_TAG},Values={stack}")
 
 
 class Job(pulumi.ComponentResource):
@@ -28,8 +22,9 @@ class Job(pulumi.ComponentResource):
 
     def __init__(self, job: JobConfig, cfg: StackConfig, stack: str, k8s_provider=None,
                  tags: dict[str, str] | None = None, namespaces: list[pulumi.Resource] | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
-        """`namespaces`: what applied manifests wait for (the namespaces the stack creates)."""
+                 run_log_group: pulumi.Input[str] | None = None, opts: pulumi.ResourceOptions | None = None):
+        """`namespaces`: what applied manifests wait for (the namespaces the stack creates). `run_log_group` (plain
+        EC2): the fleet's log group, where the launch's output goes."""
         super().__init__("efa-infra:index:Job", job.name, None, opts)
         plan = launch.job_plan(cfg, job)
         if plan.target == "ec2":
@@ -46,9 +41,13 @@ class Job(pulumi.ComponentResource):
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
+            if run_log_group is None:
+                raise ValueError(f"job {job.name!r}: a launch on plain EC2 needs its fleet's log group")
             self.outputs = {
                 "ssmDocument": document.name,
-                "run": document.name.apply(lambda name: send_command(name, plan.fleet, stack)),
+                "run": pulumi.Output.all(document.name, run_log_group).apply(lambda a: launch.send_command_line(
+                    launch.send_command_request(a[0], job.name, plan.fleet, stack, a[1]), cfg.region)),
+                "logGroup": run_log_group,
             }
         else:
             manifests = launch.render_manifests(cfg, job)

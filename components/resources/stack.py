@@ -110,6 +110,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
+    fleets: dict = {}  # name -> EfaFleet
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
@@ -130,7 +131,6 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
-        fleets = {}
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
@@ -149,7 +149,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
-                        namespaces=cluster.namespaces if cluster else None).outputs for j in cfg.jobs
+                        namespaces=cluster.namespaces if cluster else None,
+                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None).outputs for j in cfg.jobs
         }
     return outputs
 

@@ -3,6 +3,7 @@ rank, checks EFA, then starts torchrun, accelerate or mpirun), and the SSM docum
 
 from __future__ import annotations
 
+import json
 import shlex
 
 from ..config import JobConfig, StackConfig
@@ -241,3 +242,38 @@ def ssm_document(script: str, job_name: str, working_directory: str | None = Non
             "inputs": {"runCommand": commands, **inputs, "timeoutSeconds": str(SSM_TIMEOUT_SECONDS)},
         }],
     }
+
+
+# Where a plain EC2 fleet's nodes send the output of the commands SSM runs there: one CloudWatch Logs group per
+# fleet, in which SSM's agent names each stream <command id>/<instance id>/<step name>/stdout (or stderr)
+# (aws/amazon-ssm-agent 3.3.1142.0: messageservice/utils/messageutil.go generateCloudWatchLogStreamPrefix,
+# framework/runpluginutil/runpluginutil.go, framework/docparser/docparser.go: a 2.2 step's name is its plugin id).
+RUN_LOG_RETENTION_DAYS = 365  # a year, as for the VPC's flow logs (checkov CKV_AWS_338 asks for no less)
+
+
+def run_log_group(stack: str, fleet: str) -> str:
+    """The log group of a fleet's run output: named by the stack and fleet alone, so nothing else renames it."""
+    return f"/efa-infra/{stack}/{fleet}/run-command"
+
+
+def send_command_request(document: str, job: str, fleet: str, stack: str, log_group: str) -> dict:
+    """SSM SendCommand's request (botocore's ssm model) that starts a job on every node of its fleet."""
+    return {
+        "DocumentName": document,
+        "Comment": f"efa-infra job {job}"[:100],  # the API's limit
+        "Targets": [{"Key": f"tag:{FLEET_TAG}", "Values": [fleet]}, {"Key": f"tag:{STACK_TAG}", "Values": [stack]}],
+        # Every node at once: SendCommand's default of 50 targets at a time (botocore 1.44 ssm model, SendCommand;
+        # the same since MaxConcurrency exists) leaves the rest of a larger fleet without the command while the
+        # first ones wait for them at rendezvous.
+        "MaxConcurrency": "100%",
+        # A node that cannot run the launch fails the whole job: stop sending it at the first error.
+        "MaxErrors": "0",
+        # Every node's output where it can be collected after the run (the API keeps only 24,000 characters of it).
+        "CloudWatchOutputConfig": {"CloudWatchLogGroupName": log_group, "CloudWatchOutputEnabled": True},
+    }
+
+
+def send_command_line(request: dict, region: str) -> str:
+    """The AWS CLI command that sends `request` in the stack's region, taking the request whole (--cli-input-json)."""
+    return (f"aws ssm send-command --region {shlex.quote(region)} "
+            f"--cli-input-json {shlex.quote(json.dumps(request, separators=(',', ':')))}")
