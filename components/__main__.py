@@ -78,7 +78,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     clusters = {c.name for c in cfg.clusters}
     jobs = [report.job_facts(launch.job_plan(cfg, j), j.fleet in clusters) for j in cfg.jobs]
-    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs, run.outputs.get("capacityWindows"))
+    doc = report.plan_document(plan.build(cfg), name, run.resources, jobs, run.outputs.get("capacityWindows"),
+                               run.outputs.get("capacityReservations"))
     print(json.dumps(doc, indent=2) if args.json or args.format == "json" else report.render_text(doc))
     return exit_codes.OK
 

@@ -129,3 +129,94 @@ def schedules(pod: PodScheduling, labels: dict[str, str], taints: list[dict]) ->
                             for term in required["nodeSelectorTerms"]):
         return False
     return all(_tolerates(pod.tolerations, t) for t in taints if t["effect"] in ("NoSchedule", "NoExecute"))
+
+
+# --- Karpenter: which NodePool a pending pod launches, and with what ---------------------------------
+# What Karpenter's provisioner checks of a pending pod against a NodePool (aws/karpenter-provider-aws
+# v1.11.0 to v1.14.1 and kubernetes-sigs/karpenter): the node it would launch carries the template's labels,
+# the single value of each `In` requirement and its own well-known labels; the pod's nodeSelector, required
+# node affinity and tolerations must hold there (as for any node); and its requests must fit the instance
+# type's allocatable resources (pkg/providers/instancetype/types.go: computeCapacity, kubeReservedResources,
+# evictionThreshold; VM memory overhead 7.5%, options.go), with vpc.amazonaws.com/efa the number of the
+# EC2NodeClass's efa-only interfaces, and extended resources from NodeOverlays of its instance type.
+
+VM_MEMORY_OVERHEAD = 0.075
+EVICTION_MIB = 100
+
+
+@dataclass(frozen=True)
+class Launch:
+    nodepool: str
+    instance_type: str
+    labels: dict
+    allocatable: dict
+    interfaces: list  # the EC2NodeClass's networkInterfaces, as the node gets them
+
+
+def quantity(value) -> float:
+    """A Kubernetes quantity as a number (Mi/Gi in MiB for memory-like values)."""
+    text = str(value)
+    for suffix, scale in (("Gi", 1024), ("Mi", 1), ("Ki", 1 / 1024), ("m", 1 / 1000)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * scale
+    return float(text)
+
+
+def _kube_reserved_millicpu(millicpus: int) -> int:
+    total = 0
+    for start, end, share in ((0, 1000, 0.06), (1000, 2000, 0.01), (2000, 4000, 0.005), (4000, 1 << 31, 0.0025)):
+        if millicpus >= start:
+            total += int((min(millicpus, end) - start) * share)
+    return total
+
+
+def karpenter_node(nodepool: dict, nodeclass: dict, overlays: list[dict], instance_type: dict) -> Launch:
+    """The node a NodePool launches of this instance type (DescribeInstanceTypes' shape)."""
+    spec = nodepool["spec"]["template"]["spec"]
+    labels = dict(nodepool["spec"]["template"]["metadata"].get("labels") or {})
+    labels.update({r["key"]: r["values"][0] for r in spec["requirements"] if r["operator"] == "In" and len(r["values"]) == 1})
+    labels.update({"karpenter.sh/nodepool": nodepool["metadata"]["name"], "kubernetes.io/os": "linux"})
+    name = instance_type["InstanceType"]
+    interfaces = nodeclass["spec"].get("networkInterfaces")
+    pods = nodeclass["spec"].get("kubelet", {}).get("maxPods", 110)
+    millicpus = instance_type["VCpuInfo"]["DefaultVCpus"] * 1000
+    memory = instance_type["MemoryInfo"]["SizeInMiB"] * (1 - VM_MEMORY_OVERHEAD) - (11 * pods + 255) - EVICTION_MIB
+    efa = (sum(i["interfaceType"] == "efa-only" for i in interfaces) if interfaces is not None
+           else instance_type["NetworkInfo"].get("EfaInfo", {}).get("MaximumEfaInterfaces", 0))
+    allocatable = {"cpu": (millicpus - _kube_reserved_millicpu(millicpus)) / 1000, "memory": memory, "pods": pods,
+                   "vpc.amazonaws.com/efa": efa}
+    for gpu in (instance_type.get("GpuInfo") or {}).get("Gpus", []):
+        if gpu["Manufacturer"] == "NVIDIA":
+            allocatable["nvidia.com/gpu"] = allocatable.get("nvidia.com/gpu", 0) + gpu["Count"]
+    for overlay in overlays:
+        if all(_expression_holds(r, {"node.kubernetes.io/instance-type": name, **labels}) for r in overlay["spec"]["requirements"]):
+            allocatable.update({k: quantity(v) for k, v in overlay["spec"].get("capacity", {}).items()})
+    return Launch(nodepool["metadata"]["name"], name, labels, allocatable, interfaces or [])
+
+
+def fits(requests: dict, allocatable: dict) -> list[str]:
+    """The requests the node cannot hold (an empty list: the pod fits)."""
+    return [f"{k}: {v} > {allocatable.get(k, 0)}" for k, v in requests.items() if quantity(v) > allocatable.get(k, 0)]
+
+
+def pod_requests(template: dict) -> dict:
+    out: dict = {}
+    for c in template["spec"]["containers"]:
+        for k, v in (c.get("resources", {}).get("requests") or {}).items():
+            out[k] = out.get(k, 0) + quantity(v)
+    return out
+
+
+def karpenter_launches(template: dict, nodepools: list[dict], nodeclasses: dict[str, dict], overlays: list[dict],
+                       instance_types: dict[str, dict]) -> list[Launch]:
+    """The NodePools that would launch a node for this pending pod, with the node each would launch."""
+    spec = template["spec"]
+    pod = PodScheduling(spec.get("nodeSelector") or {}, spec.get("affinity") or {}, spec.get("tolerations") or [])
+    out = []
+    for pool in nodepools:
+        tspec = pool["spec"]["template"]["spec"]
+        (itype,) = [r["values"][0] for r in tspec["requirements"] if r["key"] == "node.kubernetes.io/instance-type"]
+        node = karpenter_node(pool, nodeclasses[tspec["nodeClassRef"]["name"]], overlays, instance_types[itype])
+        if schedules(pod, node.labels, tspec.get("taints") or []) and not fits(pod_requests(template), node.allocatable):
+            out.append(node)
+    return out

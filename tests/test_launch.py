@@ -431,7 +431,8 @@ def test_node_script_finds_the_fleet_by_tag():
     cfg, job = stack(eks=False, fleet={"name": "big"}, job={"fleet": "big"})
     script = launch.render_node_script(cfg, job, stack="prod-1")
     assert "export EFA_INFRA_STACK=prod-1" in script
-    call = " ".join(script[script.index("aws ec2 describe-instances"):].split("\n", 4)[:4]).replace("\\", " ").split()
+    listing = script.index("raw_ips=$(aws ec2 describe-instances") + len("raw_ips=$(")  # the node list, not the topology's
+    call = " ".join(script[listing:].split("\n", 4)[:4]).replace("\\", " ").split()
     assert call[:5] == ["aws", "ec2", "describe-instances", "--region", '"$REGION"']
     assert '"Name=tag:$FLEET_TAG,Values=$FLEET"' in call
     assert '"Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK"' in call

@@ -298,6 +298,10 @@ if args[:2] == ["ec2", "describe-instances"]:  # the fleet's instances; answers 
         print("\n".join(f"{ip}\t{world['ids'][ip]}" for ip in reversed(world["ips"]) if ip in world["ids"]))
     else:
         print("\t".join(reversed(world["ips"])))
+elif args[:2] == ["ec2", "describe-instance-topology"]:  # network nodes from world["topology"] (none: the API says nothing)
+    asked = args[args.index("--instance-ids") + 1:args.index("--query")]
+    ip_of = {i: ip for ip, i in world["ids"].items()}
+    print("\n".join(f"{i}\t{','.join(world.get('topology', {}).get(ip_of[i], []))}" for i in asked))
 elif args[:2] == ["ec2-instance-connect", "send-ssh-public-key"]:
     if arg("--instance-id") in world.get("refuse", []):
         sys.exit("An error occurred (AccessDeniedException) when calling the SendSSHPublicKey operation")
@@ -336,10 +340,11 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
 """
 
 
-def aws_world(tmp_path: Path, nodes: list[Node], *, ids: dict | None = None, refuse: tuple[str, ...] = ()) -> None:
+def aws_world(tmp_path: Path, nodes: list[Node], *, ids: dict | None = None, refuse: tuple[str, ...] = (),
+              topology: dict | None = None) -> None:
     """The stubs for aws, ssh, the node's login user and nccl-tests, and the world they answer from."""
     world = {"ips": list(SUBNET), "ids": INSTANCE_IDS if ids is None else ids, "refuse": list(refuse),
-             "ns": {n.ip: n.ns for n in nodes}}
+             "ns": {n.ip: n.ns for n in nodes}, "topology": topology or {}}
     (tmp_path / "world.json").write_text(json.dumps(world))
     for name, body in (("aws", AWS), ("ssh", SSH)):
         path = tmp_path / "bin" / name
@@ -377,7 +382,10 @@ def test_nccl_tests_start_every_rank_from_node_0_with_real_mpirun(nodes, tmp_pat
         assert r["env"] == {"OMPI_COMM_WORLD_SIZE": "4", "FI_PROVIDER": None, "FI_EFA_USE_DEVICE_RDMA": "1",
                             "NCCL_SOCKET_IFNAME": nodes[0].ifname, "NCCL_DEBUG": "INFO"}
     # One key, pushed to node b only, for the login user; node 0 logged in with it.
-    assert [c[:2] for c in calls(tmp_path, "aws")] == [["ec2", "describe-instances"], ["ec2-instance-connect", "send-ssh-public-key"]]
+    # Each node lists the fleet and asks for its topology (the ranks' order); node 0 lists it again for the key.
+    assert sorted(c[:2] for c in calls(tmp_path, "aws")) == [
+        ["ec2", "describe-instance-topology"]] * 2 + [["ec2", "describe-instances"]] * 3 + [["ec2-instance-connect", "send-ssh-public-key"]]
+    assert "ranks follow address order: DescribeInstanceTopology has no network nodes for these 2 instances" in res[0].log
     assert sorted(p.name for p in (tmp_path / "pushed").iterdir()) == [f"{INSTANCE_IDS[SUBNET[1]]}.ec2-user.pub"]
     (login,) = calls(tmp_path, "ssh")
     assert login[login.index("-l") + 1] == "ec2-user" and SUBNET[1] in login
@@ -536,3 +544,15 @@ def test_a_relative_command_runs_in_the_working_directory(nodes, tmp_path):
     res = run_on(nodes[:1], tmp_path, {**job, "workingDirectory": str(tmp_path / "nowhere")}, args=(str(hosts),))
     assert res[0].rc != 0
     assert f"cannot enter the job's workingDirectory {tmp_path / 'nowhere'} on 10.213.7.1" in res[0].log
+
+
+def test_ranks_follow_the_network_topology(nodes, tmp_path):
+    # Node b sits under the layer-3 network node that sorts first: it becomes rank 0, the master.
+    aws_world(tmp_path, nodes, topology={SUBNET[0]: ["nn-1", "nn-2", "nn-3b"], SUBNET[1]: ["nn-1", "nn-2", "nn-3a"]})
+    record(tmp_path, "mpirun")
+    res = run_on(nodes, tmp_path, {"launcher": "nccl-tests", "efa": False})
+    assert_ok(res)
+    assert "ranks follow the network: 2 of 2 nodes ordered by their network nodes" in res[0].log
+    assert f"node 0 of 2: {SUBNET[1]}" in res[1].log and f"node 1 of 2: {SUBNET[0]}" in res[0].log
+    args = (tmp_path / "mpirun.args").read_text().splitlines()
+    assert args[args.index("-H") + 1] == f"{SUBNET[1]}:1,{SUBNET[0]}:1"

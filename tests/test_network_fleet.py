@@ -254,7 +254,8 @@ def test_ec2_nodes_may_push_ssh_keys_only_into_their_own_fleet():
     run = run_doc(base_doc(), stack="research")
     (peers,) = [r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "gpu-peers"]
     document = json.loads(peers.inputs["policy"])
-    describe, push = document["Statement"]
+    describe, topology, push = document["Statement"]
+    assert topology["Action"] == "ec2:DescribeInstanceTopology"  # tests/test_topology_order.py checks its scope
     assert (describe["Action"], describe["Resource"]) == ("ec2:DescribeInstances", "*")
     assert push["Action"] == "ec2-instance-connect:SendSSHPublicKey"
     assert push["Condition"] == {"StringEquals": {"aws:ResourceTag/efa-infra:fleet": "gpu", "aws:ResourceTag/efa-infra:stack": "research"}}

@@ -19,6 +19,7 @@ SG, INGRESS, EGRESS = ("aws:ec2/securityGroup:SecurityGroup", "aws:vpc/securityG
 CLUSTER, NODE_GROUP, LT = "eks:index:Cluster", "aws:eks/nodeGroup:NodeGroup", "aws:ec2/launchTemplate:LaunchTemplate"
 VPC, ENDPOINT, ASG = "aws:ec2/vpc:Vpc", "aws:ec2/vpcEndpoint:VpcEndpoint", "aws:autoscaling/group:Group"
 SUBNET = "aws:ec2/subnet:Subnet"
+NODE_CLASS = "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass"
 ANYWHERE = "0.0.0.0/0"
 ALL_PORTS = (0, 65535)
 
@@ -36,6 +37,9 @@ FACTS = {
     "pulumi-eks-sgs": "Without it, pulumi-eks adds a cluster group (all out; 443 in from its node group) on the control plane "
                       "and a node group (all in from itself, TCP 1025-65535 and 443 from the cluster group, all out) "
                       f"({PULUMI_EKS}cluster/cluster.ts lines 554-585, 701-704; nodes/securitygroup.ts lines 100-184)",
+    "karpenter-nodes": "Karpenter launches a NodePool's nodes with the security groups and subnet its EC2NodeClass selects "
+                       "(securityGroupSelectorTerms, subnetSelectorTerms) on every interface (aws/karpenter-provider-aws "
+                       "v1.11+, concepts/nodeclasses)",
     "eks-public-endpoint": "EKS's public API endpoint admits only the cluster's publicAccessCidrs; no security group "
                            "applies to it (https://docs.aws.amazon.com/eks/latest/userguide/cluster-endpoint.html)",
     "deployer-network": "What the deployer may send is its own network's affair, not this stack's",
@@ -212,6 +216,13 @@ def model(resources: list, deployers: list = ()) -> Model:
                 fleets.append(fleet)
             parties[node.name] = node
             parties[node.name.replace(" node", " pod")] = Party(node.name.replace(" node", " pod"), node.groups, node.cidr, node.facts)
+        for nc in of(NODE_CLASS):  # a Karpenter fleet: its nodes as its EC2NodeClass makes them
+            spec, fleet = nc.inputs["spec"], nc.inputs["metadata"]["name"]
+            node = Party(f"{fleet} node", tuple(t["id"] for t in spec.get("securityGroupSelectorTerms") or []),
+                         where([t["id"] for t in spec.get("subnetSelectorTerms") or []]), ("karpenter-nodes", "pods-node-sg"))
+            fleets.append(fleet)
+            parties[node.name] = node
+            parties[f"{fleet} pod"] = Party(f"{fleet} pod", node.groups, node.cidr, node.facts)
         parties.setdefault("system node", system)
         parties.setdefault("system pod", Party("system pod", system.groups, cidr, system.facts))
     else:

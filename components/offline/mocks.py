@@ -18,6 +18,7 @@ from pulumi.runtime import mocks as pmocks
 from pulumi.runtime.proto import resource_pb2
 
 from ..planning import config
+from ..planning import existing as existing_mod
 from ..resources import stack as stack_mod
 
 PROJECT = "efa-infra"
@@ -51,6 +52,7 @@ GET_VPCS, GET_SUBNETS, GET_SUBNET = "aws:ec2/getVpcs:getVpcs", "aws:ec2/getSubne
 GET_CLUSTERS, GET_CLUSTER = "aws:eks/getClusters:getClusters", "aws:eks/getCluster:getCluster"
 GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 GET_CAPACITY_BLOCK = "aws:ec2/getCapacityBlockReservation:getCapacityBlockReservation"
+GET_CLOUD_CONTROL = "aws:cloudcontrol/getResource:getResource"
 
 
 def filter_values(args: dict, name: str) -> list[str]:
@@ -78,6 +80,13 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
         # A block's window is AWS's to say: its times stay placeholders, its size unknown.
         GET_CAPACITY_BLOCK: lambda args: {"id": args["id"], "startDate": placeholder(args["id"], "startDate"),
                                           "endDate": placeholder(args["id"], "endDate")},
+        # A capacity reservation's facts are AWS's to say: every one a placeholder; a resource group lists
+        # one reservation, named after it.
+        GET_CLOUD_CONTROL: lambda args: {"id": args["identifier"], "identifier": args["identifier"], "properties": json.dumps(
+            {"Resources": [f"arn:aws:ec2:{doc.get('region')}:{placeholder('aws', 'accountId')}:capacity-reservation/"
+                           f"{placeholder('reservation in ' + args['identifier'].rsplit('/', 1)[-1], 'id')}"]}
+            if args["typeName"] == existing_mod.RESOURCE_GROUP_TYPE else
+            {key: placeholder(args["identifier"], key) for key in existing_mod.RESERVATION_PROPERTIES})},
         GET_CLUSTER: lambda args: {
             "name": args["name"], "version": placeholder(args["name"], "version"), "endpoint": placeholder(args["name"], "endpoint"),
             "certificateAuthorities": [{"data": placeholder(args["name"], "certificate")}],

@@ -35,6 +35,8 @@ def _placement(fp: FleetPlan) -> str:
 def _ami(fp: FleetPlan) -> str:
     if fp.config.ami:
         return fp.config.ami
+    if fp.on_eks and fp.config.provisioner == "karpenter":
+        return "EKS-optimized AL2023 AMI for the type (accelerated variant), chosen by Karpenter's alias al2023@latest"
     if fp.on_eks:
         return "EKS-optimized accelerated AMI, chosen by the node group's AMI type"
     return f"{default_ami(fp.itype)} (resolved by EC2 at each launch)"
@@ -57,7 +59,7 @@ def _window(fp: FleetPlan, window: dict | None) -> dict | None:
     return {"start": window["start"], "end": window["end"], "scaleUp": up, "scaleDown": f"to 0 at {window['scale_down_at']} ({by})"}
 
 
-def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> dict[str, Any]:
+def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None, reservations: list[dict] | None = None) -> dict[str, Any]:
     f, itype, s = fp.config, fp.itype, fp.summary
     accel = itype.accelerator
     return {
@@ -67,7 +69,7 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "nodes": {"min": f.nodes.min, "desired": f.nodes.desired, "max": f.nodes.maximum},
         "availabilityZone": f.availability_zone,
         "placement": _placement(fp),
-        "capacity": f.capacity.type + (f" {f.capacity.reservation_id}" if f.capacity.reservation_id else ""),
+        "capacity": " ".join(filter(None, (f.capacity.type, f.capacity.reservation_id, f.capacity.reservation_group_arn))),
         "efaLayout": f.efa_layout if f.efa else "none (efa: false)",
         "efaDevicesPerNode": s.efa_devices,
         "efaDevicesMax": itype.maximum_efa_interfaces,
@@ -82,8 +84,11 @@ def fleet_facts(fp: FleetPlan, subnet: Subnet, window: dict | None = None) -> di
         "target": "eks" if fp.on_eks else "ec2",
         "ami": _ami(fp),
         "bootCheck": _boot_check(fp),
-        "autoRepair": fp.auto_repair if fp.on_eks else None,
+        "provisioner": f.provisioner if fp.on_eks else None,
+        "autoRepair": fp.auto_repair if fp.on_eks and f.provisioner == "node-group" else None,
         "capacityWindow": _window(fp, window),
+        # What the deploy reads of each reservation and checks against the fleet (placeholders offline).
+        "capacityReservations": reservations,
     }
 
 
@@ -126,14 +131,16 @@ def cluster_facts(plan: StackPlan, today: date) -> dict[str, Any] | None:
     }
 
 
-def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None) -> dict[str, Any]:
+def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict], windows: dict | None = None,
+                  reservations: dict | None = None) -> dict[str, Any]:
     return {
         "stack": stack,
         "region": plan.config.region,
         "runsOn": deployer.runs_on(plan.config),
         "cluster": cluster_facts(plan, datetime.now(timezone.utc).date()),
         "placeholders": f"values written <name.attr> are {AWS_ASSIGNED}",
-        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name)) for fp in plan.fleets],
+        "fleets": [fleet_facts(fp, plan.fleet_subnet(fp), (windows or {}).get(fp.name), (reservations or {}).get(fp.name))
+                   for fp in plan.fleets],
         "subnets": [
             {"kind": s.kind, "availabilityZone": s.az, "cidr": s.cidr, "existingId": s.existing_id, "capacity": s.capacity,
              "need": s.need, "fleets": s.fleets}
@@ -223,11 +230,17 @@ def render_text(doc: dict[str, Any]) -> str:
         out.append(f"    subnet            {_subnet(s)}, needs {s['need']} at max nodes")
         out.append(f"    AMI               {f['ami']}")
         out.append(f"    boot check        {f['bootCheck']}")
+        if f["provisioner"] == "karpenter":
+            out.append(f"    provisioner       Karpenter: NodePool and EC2NodeClass {f['name']}, nodes launched for pending pods up to max")
         if f["autoRepair"] is not None:
             out.append(f"    node auto repair  {'on' if f['autoRepair'] else 'off'}")
         if f["capacityWindow"]:
             w = f["capacityWindow"]
             out.append(f"    block window      {w['start']} to {w['end']}: scales {w['scaleUp']}, {w['scaleDown']}")
+        for r in f["capacityReservations"] or []:
+            ends = "no end" if r["end_date_type"] == "unlimited" else f"ends {r['end_date']}"
+            out.append(f"    reservation       {r['id']}: {r['instance_type']} in {r['availability_zone']}, {r['state']}, "
+                       f"{r['instance_match_criteria']}, {r['total_instance_count']} instances, {ends}")
     c = doc["cluster"]
     if c is not None and not c["existing"]:
         out += ["", "EKS cluster"]

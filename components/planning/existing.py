@@ -1,6 +1,6 @@
 """Checks on resources a stack uses but does not create: whether AWS has them
-at all, and the facts it gives about existing subnets, held against what the
-plan needs of them.
+at all, and the facts it gives about existing subnets and capacity
+reservations, held against what the plan needs of them.
 
 The lookups themselves run in the Pulumi layer (stack.py) before any resource
 is registered; this module only judges their answers. Pure: no Pulumi import.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-from .config import ExistingNetwork, Problem, key_path
+from .config import ExistingNetwork, FleetConfig, Problem, key_path
 from .plan import StackPlan
 
 
@@ -117,3 +118,94 @@ def kubeconfig(cluster: ClusterFacts, region: str) -> dict:
             "args": ["eks", "get-token", "--cluster-name", cluster.name, "--region", region, "--output", "json"],
         }}}],
     }
+
+
+# --- On-Demand Capacity Reservations ----------------------------------------------------------
+# Read through AWS Cloud Control (CloudFormation's resource schemas) as AWS::EC2::CapacityReservation and
+# AWS::ResourceGroups::Group: pulumi-aws 7.x has a data source for Capacity Blocks only, which leaves ODCRs out.
+# The property names are the CloudFormation schema's (awscc provider 1.98.0 docs, data source
+# awscc_ec2_capacity_reservation: State, InstanceMatchCriteria, TotalInstanceCount, EndDate, EndDateType, ...),
+# which are EC2's DescribeCapacityReservations member names; the values are EC2's enums
+# (botocore ec2 2016-11-15: CapacityReservationState, InstanceMatchCriteria, EndDateType).
+RESERVATION_TYPE = "AWS::EC2::CapacityReservation"
+RESOURCE_GROUP_TYPE = "AWS::ResourceGroups::Group"  # read by its ARN; its Resources lists the members' ARNs
+RESERVATION_PROPERTIES = {"InstanceType": "instance_type", "AvailabilityZone": "availability_zone", "State": "state",
+                          "InstanceMatchCriteria": "instance_match_criteria", "TotalInstanceCount": "total_instance_count",
+                          "EndDateType": "end_date_type", "EndDate": "end_date"}  # Cloud Control's name -> ours
+
+
+def assigned_later(value) -> bool:
+    """A value only AWS can give, which the offline plan shows as `<...>`."""
+    return isinstance(value, str) and value.startswith("<") and value.endswith(">")
+
+
+@dataclass(frozen=True)
+class ReservationFacts:
+    """What EC2 says of an On-Demand Capacity Reservation (each value may be `<...>` offline)."""
+
+    id: str
+    instance_type: str | None
+    availability_zone: str | None
+    state: str | None
+    instance_match_criteria: str | None
+    total_instance_count: int | str | None
+    end_date_type: str | None
+    end_date: str | None
+
+    @classmethod
+    def of(cls, reservation_id: str, props: dict) -> "ReservationFacts":
+        """From Cloud Control's properties of an AWS::EC2::CapacityReservation."""
+        return cls(reservation_id, **{ours: props.get(theirs) for theirs, ours in RESERVATION_PROPERTIES.items()})
+
+    def ends(self) -> datetime | None:
+        """When it ends, None when it does not (EndDateType unlimited) or AWS has yet to say."""
+        if self.end_date_type != "limited" or not self.end_date or assigned_later(self.end_date):
+            return None
+        return datetime.fromisoformat(self.end_date.replace("Z", "+00:00"))
+
+
+def reservation_ids_of_group(resources: list[str]) -> list[str]:
+    """The reservation ids among a resource group's member ARNs (arn:...:capacity-reservation/cr-...)."""
+    return sorted(arn.rsplit("/", 1)[1] for arn in resources if ":capacity-reservation/" in arn)
+
+
+def check_reservations(i: int, fleet: FleetConfig, found: list[ReservationFacts], now: datetime) -> list[Problem]:
+    """Every way the reservations a fleet targets fail it, each naming the key to change."""
+    at = lambda *key: key_path(("fleets", i, *key))  # noqa: E731
+    c = fleet.capacity
+    where = f"capacity group {c.reservation_group_arn}" if c.reservation_group_arn else f"reservation {c.reservation_id}"
+    if not found:
+        return [Problem(at("capacity", "reservationGroupArn"), f"{where} holds no capacity reservation")]
+    problems = []
+    usable = 0
+    for r in found:
+        name = f"reservation {r.id}" + (f" (in {where})" if c.reservation_group_arn else "")
+        wrong = []
+        for key, got, want in (("instanceType", r.instance_type, fleet.instance_type),
+                               ("availabilityZone", r.availability_zone, fleet.availability_zone)):
+            if got and not assigned_later(got) and got != want:
+                problems.append(Problem(at(key), f"{want!r}, but {name} is for {got!r}"))
+                wrong.append(key)
+        if r.state and not assigned_later(r.state) and r.state != "active":
+            problems.append(Problem(at("capacity", "reservationGroupArn" if c.reservation_group_arn else "reservationId"),
+                                    f"{name} is {r.state}, not active: nothing launches into it"))
+            wrong.append("state")
+        if r.instance_match_criteria and not assigned_later(r.instance_match_criteria) and r.instance_match_criteria != c.instance_match:
+            why = ("any matching instance of the account may take its capacity" if r.instance_match_criteria == "open"
+                   else "only launches that name it use it")
+            problems.append(Problem(at("capacity", "instanceMatch"),
+                                    f"{c.instance_match!r}, but {name} is {r.instance_match_criteria!r} ({why}); "
+                                    f"set instanceMatch: {r.instance_match_criteria} or use a {c.instance_match} reservation"))
+        ends = r.ends()
+        if ends is not None and c.needed_until is not None and ends < c.needed_until:
+            problems.append(Problem(at("capacity", "neededUntil"),
+                                    f"{c.needed_until.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}, but {name} ends at {r.end_date}"))
+        if not wrong and isinstance(r.total_instance_count, int):
+            usable += r.total_instance_count
+    counted = all(isinstance(r.total_instance_count, int) for r in found)
+    if counted and not any(p.path.endswith(("instanceType", "availabilityZone")) for p in problems) and fleet.nodes.maximum > usable:
+        held = f"{where} holds {usable}" + (" in its active reservations for the fleet" if c.reservation_group_arn else "")
+        problems.append(Problem(at("nodes", "max"), f"{fleet.nodes.maximum} nodes, but {held}"))
+    if c.instance_count is not None and counted and c.instance_count != usable:
+        problems.append(Problem(at("capacity", "instanceCount"), f"{c.instance_count}, but {where} holds {usable}"))
+    return problems

@@ -105,7 +105,7 @@ def block_schedules(name: str, plan: FleetPlan, window: Schedule, group_name: pu
 
 
 class EfaFleet(pulumi.ComponentResource):
-    launch_template: aws.ec2.LaunchTemplate
+    launch_template: aws.ec2.LaunchTemplate | None  # None for a Karpenter fleet
     placement_group_name: pulumi.Output[str] | None
     asg_name: pulumi.Output[str] | None
     run_log_group: pulumi.Output[str] | None  # plain EC2: where SSM puts the output of the commands run on the nodes
@@ -118,6 +118,7 @@ class EfaFleet(pulumi.ComponentResource):
         subnet_id: pulumi.Input[str],
         security_group_ids: list[pulumi.Input[str]],
         tags: dict[str, str],
+        region: str,
         cluster_join: pulumi.Input[dict] | None = None,
         window: Schedule | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -138,13 +139,14 @@ class EfaFleet(pulumi.ComponentResource):
                 opts=child,
             )
             self.run_log_group = logs.name
-            profile = self._instance_profile(name, plan, stack, fleet_tags, logs, child)
-        self.launch_template = self._launch_template(name, plan, stack, subnet_id, security_group_ids,
-                                                     self.placement_group_name, profile, cluster_join, fleet_tags, child)
+            profile = self._instance_profile(name, plan, stack, region, fleet_tags, logs, child)
+        # Karpenter makes its nodes' launch templates itself, from the fleet's EC2NodeClass.
+        self.launch_template = None if plan.config.provisioner == "karpenter" else self._launch_template(
+            name, plan, stack, subnet_id, security_group_ids, self.placement_group_name, profile, cluster_join, fleet_tags, child)
         self.asg_name = None if plan.on_eks else self._scaling_group(name, plan, stack, subnet_id, fleet_tags, window, child)
         self.register_outputs({
-            "launchTemplateId": self.launch_template.id,
-            "launchTemplateVersion": self.launch_template.latest_version,
+            "launchTemplateId": self.launch_template.id if self.launch_template else None,
+            "launchTemplateVersion": self.launch_template.latest_version if self.launch_template else None,
             "placementGroupName": self.placement_group_name,
             "asgName": self.asg_name,
             "runLogGroup": self.run_log_group,
@@ -167,11 +169,12 @@ class EfaFleet(pulumi.ComponentResource):
         return None
 
     @staticmethod
-    def _instance_profile(name: str, plan: FleetPlan, stack: str, fleet_tags: dict[str, str], logs: aws.cloudwatch.LogGroup,
-                          child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
+    def _instance_profile(name: str, plan: FleetPlan, stack: str, region: str, fleet_tags: dict[str, str],
+                          logs: aws.cloudwatch.LogGroup, child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
         """Plain EC2 nodes' role: SSM access, writing run output into the fleet's log group only, EC2 read access for
-        the launch script to find peers, for mpirun (nccl-tests) the right to push a one-time SSH key to its fleet's
-        nodes only, and with the boot check the right to mark itself unhealthy."""
+        the launch script to find peers and order them by the network (DescribeInstanceTopology, in the fleet's
+        region: EC2's Describe actions take no resource-level permissions), for mpirun (nccl-tests) the right to
+        push a one-time SSH key to its fleet's nodes only, and with the boot check the right to mark itself unhealthy."""
         f = plan.config
         role = node_role(f"{name}-node", fleet_tags, child)
         aws.iam.RolePolicyAttachment(
@@ -192,6 +195,8 @@ class EfaFleet(pulumi.ComponentResource):
                     "Version": "2012-10-17",
                     "Statement": [
                         {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+                        {"Effect": "Allow", "Action": "ec2:DescribeInstanceTopology", "Resource": "*",
+                         "Condition": {"StringEquals": {"aws:RequestedRegion": region}}},
                         {"Effect": "Allow", "Action": "ec2-instance-connect:SendSSHPublicKey",
                          "Resource": "arn:aws:ec2:*:*:instance/*",
                          "Condition": {"StringEquals": {f"aws:ResourceTag/{FLEET_TAG}": f.name,
@@ -226,6 +231,7 @@ class EfaFleet(pulumi.ComponentResource):
             capacity_spec = aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
                 capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
                     capacity_reservation_id=f.capacity.reservation_id,
+                    capacity_reservation_resource_group_arn=f.capacity.reservation_group_arn,
                 ),
             )
         if f.capacity.type == "capacity-block":

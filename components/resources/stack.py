@@ -8,6 +8,7 @@ stack creates nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timezone
 
 import pulumi
@@ -35,21 +36,42 @@ def load_config() -> config_mod.StackConfig:
         raise pulumi.RunError(str(err)) from None
 
 
-def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None, dict[str, Schedule]]:
-    """Read the VPC, subnets, cluster and Capacity Blocks the config names (pulumi-aws data
-    sources) and check them against the plan; raises pulumi.RunError naming each problem.
-    Returns the VPC id, the cluster, and each Capacity Block fleet's window."""
+def read_reservations(f: config_mod.FleetConfig) -> list[existing_mod.ReservationFacts]:
+    """The On-Demand Capacity Reservations a fleet targets (its one, or each in its resource group),
+    read through AWS Cloud Control: pulumi-aws has no data source for them."""
+    import pulumi_aws as aws
+
+    def read(type_name: str, identifier: str) -> dict:
+        return json.loads(aws.cloudcontrol.get_resource(type_name=type_name, identifier=identifier).properties or "{}")
+
+    c = f.capacity
+    ids = [c.reservation_id] if c.reservation_id else existing_mod.reservation_ids_of_group(
+        read(existing_mod.RESOURCE_GROUP_TYPE, c.reservation_group_arn).get("Resources") or [])
+    return [existing_mod.ReservationFacts.of(rid, read(existing_mod.RESERVATION_TYPE, rid)) for rid in ids]
+
+
+def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.ClusterFacts | None, dict[str, Schedule],
+                                                     dict[str, list[existing_mod.ReservationFacts]]]:
+    """Read the VPC, subnets, cluster, Capacity Blocks and capacity reservations the config names
+    (pulumi-aws data sources) and check them against the plan; raises pulumi.RunError naming each
+    problem. Returns the VPC id, the cluster, each Capacity Block fleet's window and each
+    reservation fleet's reservations."""
     cfg = plan.config
-    if not (cfg.network.existing or cfg.eks.existing or any(f.capacity.type == "capacity-block" for f in cfg.fleets)):
-        return None, None, {}  # nothing to read: pulumi-aws stays unloaded for a stack of jobs only
+    if not (cfg.network.existing or cfg.eks.existing or any(f.capacity.type != "on-demand" for f in cfg.fleets)):
+        return None, None, {}, {}  # nothing to read: pulumi-aws stays unloaded for a stack of jobs only
     import pulumi_aws as aws
 
     problems: list = []
     vpc_id = cluster = None
     windows: dict[str, Schedule] = {}
+    reservations: dict[str, list[existing_mod.ReservationFacts]] = {}
     now = datetime.now(timezone.utc)
     for i, f in enumerate(cfg.fleets):
         c = f.capacity
+        if c.type == "reservation":
+            reservations[f.name] = read_reservations(f)
+            problems.extend(existing_mod.check_reservations(i, f, reservations[f.name], now))
+            continue
         if c.type != "capacity-block":
             continue
         at = config_mod.key_path(("fleets", i, "capacity", "reservationId"))
@@ -93,7 +115,7 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
             cluster = existing_mod.ClusterFacts.of(aws.eks.get_cluster(name=name))
     if problems:
         raise pulumi.RunError(str(config_mod.ConfigError(problems, f"stack {pulumi.get_stack()}")))
-    return vpc_id, cluster, windows
+    return vpc_id, cluster, windows, reservations
 
 
 def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
@@ -106,7 +128,7 @@ def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTra
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
-    existing_vpc_id, existing_cluster, windows = read_existing(plan)
+    existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
@@ -131,21 +153,35 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
             security_groups.append(cluster.node_security_group_id)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        karpenter = None
+        if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
+            from .karpenter import Karpenter
+
+            karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags)
+            karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
         for fp in plan.fleets:
             fleet_subnet = plan.fleet_subnet(fp)
             subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
             fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=security_groups, tags=tags,
+                                       region=cfg.region,
                                        cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
                                        window=windows.get(fp.name))
-            if cluster is not None:
+            if karpenter is not None and fp.config.provisioner == "karpenter":
+                # The same security groups as the node groups' launch templates carry.
+                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, security_groups, fleets[fp.name].placement_group_name,
+                                cluster.provider)
+            elif cluster is not None:
                 cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
+            if f.launch_template is not None
         }
         outputs["autoScalingGroups"] = {n: f.asg_name for n, f in fleets.items() if f.asg_name is not None}
         if windows:
             outputs["capacityWindows"] = {n: dataclasses.asdict(w) for n, w in windows.items()}
+        if reservations:
+            outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,

@@ -42,10 +42,7 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
         out.append(Problem(at("placement.groupName"), "required when placement.mode is existing"))
     if mode != "existing" and f.placement.group_name:
         out.append(Problem(at("placement.groupName"), f"only used with placement.mode existing (mode is {mode})"))
-    if cap != "on-demand" and not f.capacity.reservation_id:
-        out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...)"))
-    if cap == "on-demand" and f.capacity.reservation_id:
-        out.append(Problem(at("capacity.reservationId"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    out.extend(_reservation_checks(f, at))
     out.extend(_window_checks(f, at))
     if f.ami_release is not None and f.ami is None:
         out.append(Problem(at("amiRelease"), "only used with a pinned ami: EKS's own AMIs are recent"))
@@ -59,13 +56,69 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     return out
 
 
-def _window_checks(f: FleetConfig, at) -> list[Problem]:
-    """A Capacity Block's window and size, when the config states them."""
-    c = f.capacity
-    given = [k for k, v in (("start", c.start), ("end", c.end), ("instanceCount", c.instance_count)) if v is not None]
-    if c.type != "capacity-block":
-        return [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
+def _reservation_checks(f: FleetConfig, at) -> list[Problem]:
+    """Which reservation a fleet targets, and the keys only a reservation takes."""
+    c, cap = f.capacity, f.capacity.type
     out = []
+    if cap == "on-demand":
+        for key, value in (("reservationId", c.reservation_id), ("reservationGroupArn", c.reservation_group_arn)):
+            if value:
+                out.append(Problem(at(f"capacity.{key}"), "given, but capacity.type is on-demand; set type reservation or capacity-block"))
+    elif cap == "capacity-block" and c.reservation_group_arn:
+        out.append(Problem(at("capacity.reservationGroupArn"), "only used with capacity.type reservation; a block is named by reservationId"))
+    elif cap == "reservation" and c.reservation_id and c.reservation_group_arn:
+        out.append(Problem(at("capacity.reservationGroupArn"), "give reservationId or reservationGroupArn, not both"))
+    if cap != "on-demand" and not c.reservation_id and not (cap == "reservation" and c.reservation_group_arn):
+        either = " or reservationGroupArn" if cap == "reservation" else ""
+        out.append(Problem(at("capacity.reservationId"), f"required for capacity.type {cap} (cr-...){either}"))
+    if cap != "reservation":
+        for key, value in (("neededUntil", c.needed_until), ("instanceMatch", c.instance_match if "instance_match" in c.model_fields_set else None)):
+            if value is not None:
+                out.append(Problem(at(f"capacity.{key}"), f"only used with capacity.type reservation (type is {cap})"))
+    if c.needed_until is not None and c.needed_until <= datetime.now(timezone.utc):
+        out.append(Problem(at("capacity.neededUntil"), f"{capacity_window.aws_time(c.needed_until)} has passed"))
+    return out
+
+
+def _provisioner_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -> list[Problem]:
+    """Karpenter runs on a cluster the stack creates, and takes only what its EC2NodeClass can say."""
+    out = []
+    for i, f in fleets:
+        if f.provisioner != "karpenter":
+            continue
+        at = lambda key: key_path(("fleets", i, *key.split(".")))  # noqa: E731
+        if not cfg.eks.enabled or cfg.eks.existing is not None:
+            where = "eks.enabled is false" if not cfg.eks.enabled else "the stack joins eks.existing"
+            out.append(Problem(at("provisioner"), f"karpenter is installed on a cluster the stack creates, but {where}; use node-group"))
+        if f.efa and f.efa_layout != "ena-primary":
+            out.append(Problem(at("efaLayout"), f"{f.efa_layout!r}: Karpenter's EC2NodeClass takes only interface and efa-only "
+                                                "interfaces (karpenter-provider-aws v1.11 and later); use ena-primary"))
+        if f.nodes.min or f.nodes.desired:
+            out.append(Problem(at("nodes"), f"min {f.nodes.min}, desired {f.nodes.desired}: Karpenter launches nodes for pending pods "
+                                            "and removes empty ones, so it keeps none running; set min and desired to 0 "
+                                            "(nodes.max bounds the fleet)"))
+        if f.auto_repair is not None:
+            out.append(Problem(at("autoRepair"), "node auto repair is a managed node group's; a Karpenter fleet's nodes are "
+                                                 "replaced when the boot check taints them or they fail; remove the key"))
+        if f.capacity.reservation_group_arn:
+            out.append(Problem(at("capacity.reservationGroupArn"), "Karpenter selects reservations by id or tags, not by resource "
+                                                                  "group; give reservationId, or use provisioner node-group"))
+    return out
+
+
+def _window_checks(f: FleetConfig, at) -> list[Problem]:
+    """A Capacity Block's window, and the size of a block or reservation, when the config states them."""
+    c = f.capacity
+    out = []
+    if c.instance_count is not None:
+        if c.type == "on-demand":
+            out.append(Problem(at("capacity.instanceCount"), "only used with capacity.type reservation or capacity-block (type is on-demand)"))
+        elif f.nodes.maximum > c.instance_count:
+            held = "the block holds" if c.type == "capacity-block" else "the reservation holds"
+            out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but {held} {c.instance_count} instances"))
+    given = [k for k, v in (("start", c.start), ("end", c.end)) if v is not None]
+    if c.type != "capacity-block":
+        return out + [Problem(at(f"capacity.{k}"), f"only used with capacity.type capacity-block (type is {c.type})") for k in given]
     if (c.start is None) != (c.end is None):
         missing = "end" if c.end is None else "start"
         out.append(Problem(at(f"capacity.{missing}"), "give the block's start and end together, or neither (read at deploy time)"))
@@ -74,8 +127,6 @@ def _window_checks(f: FleetConfig, at) -> list[Problem]:
             capacity_window.schedule(c.start, c.end, datetime.now(timezone.utc))
         except capacity_window.WindowOver as exc:
             out.append(Problem(at("capacity.end"), str(exc)))
-    if c.instance_count is not None and f.nodes.maximum > c.instance_count:
-        out.append(Problem(at("nodes.max"), f"{f.nodes.maximum} nodes, but the block holds {c.instance_count} instances"))
     return out
 
 
@@ -110,6 +161,7 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
                            "a cluster this stack joins keeps its own add-ons: install the agent where the cluster is "
                            "managed, or remove the key"))
     out.extend(subnet_key_checks(cfg, fleets))
+    out.extend(_provisioner_checks(cfg, fleets))
     cat = cfg.catalog()
     out.extend(deployer.problems(cfg))
     if not cfg.eks.enabled:
@@ -174,6 +226,10 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("jobs", j, "efa")),
                                f"fleet {job.fleet!r} has efa: false, so its nodes have no EFA device; "
                                "set the job's efa: false (TCP) or enable EFA on the fleet"))
+        if job.fleet in known and job.nodes is None and known[job.fleet].provisioner == "karpenter":
+            out.append(Problem(key_path(("jobs", j, "nodes")),
+                               f"required: fleet {job.fleet!r} is launched by Karpenter and keeps no nodes running "
+                               f"(give 1 to {known[job.fleet].nodes.maximum})"))
         if job.fleet in known and job.nodes and job.nodes > known[job.fleet].nodes.maximum:
             out.append(Problem(key_path(("jobs", j, "nodes")),
                                f"{job.nodes} nodes, but fleet {job.fleet!r} has at most {known[job.fleet].nodes.maximum}"))

@@ -42,10 +42,26 @@ class PlacementConfig(Model):
 class CapacityConfig(Model):
     type: Literal["on-demand", "reservation", "capacity-block"] = Field(
         "on-demand",
-        description="on-demand; reservation: target an On-Demand Capacity Reservation; capacity-block: an EC2 Capacity Block for ML.",
+        description="on-demand; reservation: target an On-Demand Capacity Reservation (or a resource group of them); "
+        "capacity-block: an EC2 Capacity Block for ML.",
     )
     reservation_id: str | None = Field(
-        None, pattern=r"^cr-[0-9a-f]{8,17}$", description="The capacity reservation or block id (cr-...), for reservation and capacity-block."
+        None, pattern=r"^cr-[0-9a-f]{8,17}$", description="The capacity reservation or block id (cr-...), for reservation and capacity-block.",
+    )
+    reservation_group_arn: str | None = Field(
+        None, pattern=r"^arn:aws[a-z-]*:resource-groups:[a-z0-9-]+:[0-9]{12}:group/[A-Za-z0-9_.-]{1,300}$",
+        description="reservation: instead of reservationId, a capacity-reservation resource group "
+        "(arn:aws:resource-groups:REGION:ACCOUNT:group/NAME); launches use any reservation in it, and every one is checked.",
+    )
+    instance_match: Literal["targeted", "open"] = Field(
+        "targeted",
+        description="reservation: the instance eligibility the reservation must have. targeted (default): only launches that "
+        "name it use it, so no other workload of the account takes its capacity; open: any matching instance may use it. "
+        "A reservation of the other kind is refused at deploy time.",
+    )
+    needed_until: AwareDatetime | None = Field(
+        None, description="reservation: the time the fleet is needed until, with its zone (quote it); a reservation that ends "
+        "before it is refused at deploy time. Default: not checked (one already ended is refused anyway).",
     )
     start: AwareDatetime | None = Field(
         None, description="capacity-block: when the block starts, with its zone, e.g. '2026-12-14T11:30:00Z' (quote it). "
@@ -53,7 +69,8 @@ class CapacityConfig(Model):
     )
     end: AwareDatetime | None = Field(None, description="capacity-block: when the block ends; give it with start.")
     instance_count: int | None = Field(
-        None, ge=1, description="capacity-block: the instances the block holds; nodes.max may not exceed it. Default: not checked.",
+        None, ge=1, description="reservation and capacity-block: the instances it holds; nodes.max may not exceed it. "
+        "Default: read at deploy time.",
     )
 
 
@@ -100,6 +117,13 @@ class FleetConfig(Model):
         None,
         description="On EKS, the node group's node auto repair: EKS replaces or reboots nodes whose health conditions fail "
         "(the node monitoring agent reports GPU, Neuron and network faults). Default: on for accelerator fleets.",
+    )
+    provisioner: Literal["node-group", "karpenter"] = Field(
+        "node-group",
+        description="On EKS, what launches the fleet's nodes. node-group (default): an EKS managed node group of fixed "
+        "min/desired/max; karpenter: a Karpenter NodePool and EC2NodeClass with the same EFA layout, placement group, "
+        "capacity, AMI, boot check, labels, taints and security groups, which launches nodes for pending pods (from zero) "
+        "up to nodes.max and removes them when empty. Needs a cluster the stack creates and efaLayout ena-primary.",
     )
     subnet: Literal["primary", "secondary"] = Field(
         "primary",

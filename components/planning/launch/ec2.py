@@ -48,6 +48,7 @@ for ip in "${ALL_IPS[@]}"; do
 done
 (( ${#ALL_IPS[@]} >= NODES_NUM )) ||
   die "the job runs on $NODES_NUM nodes but $HOSTS_FROM lists ${#ALL_IPS[@]}: ${ALL_IPS[*]:-none}"
+order_by_topology
 
 # This node: its first IPv4 address that is in the list; the rank is the index there.
 NODE_IP=
@@ -69,6 +70,57 @@ NODES_IPS=$(printf '%s\n' "${ALL_IPS[@]:0:NODES_NUM}")
 MASTER_ADDR=${ALL_IPS[0]}
 export NODES_IPS NODES_NUM NODE_RANK MASTER_ADDR MASTER_PORT GPUS_PER_NODE
 log "node $NODE_RANK of $NODES_NUM: $NODE_IP on $NODE_IF; master $MASTER_ADDR:$MASTER_PORT; $GPUS_PER_NODE processes per node"
+'''
+
+# Ranks follow the network. EC2's DescribeInstanceTopology gives each instance its network nodes, top layer
+# first (EC2 User Guide, "How instance topology works"); sorted by that list, nodes under the same lowest
+# network node get consecutive ranks, so a ring crosses between bottom-layer nodes only as often as the
+# placement forces. Every node asks and sorts alike, keeping the address order within a network node and
+# putting nodes the API does not place last. When it places none (a type it does not cover, no aws CLI, no
+# permission), the address order stays, with a log line.
+ORDER_BY_TOPOLOGY = r'''
+order_by_topology() {
+  local why= listed topo ip id nodes i
+  local -a ids=()
+  local -A id_of=() nodes_of=()
+  if ! command -v aws >/dev/null; then
+    why="no aws CLI"
+  elif ! listed=$(aws ec2 describe-instances --region "$REGION" \
+      --filters "Name=tag:$FLEET_TAG,Values=$FLEET" "Name=tag:$STACK_TAG,Values=$EFA_INFRA_STACK" \
+                Name=instance-state-name,Values=running \
+      --query 'Reservations[].Instances[].[PrivateIpAddress,InstanceId]' --output text); then
+    why="could not list the fleet's instances"
+  else
+    while read -r ip id; do
+      if [[ -n $ip && -n ${id:-} ]]; then id_of[$ip]=$id; fi
+    done <<<"$listed"
+    for ip in "${ALL_IPS[@]}"; do
+      if [[ -n ${id_of[$ip]:-} ]]; then ids+=("${id_of[$ip]}"); fi
+    done
+    for ((i = 0; i < ${#ids[@]}; i += 100)); do  # EC2 takes at most 100 instance ids a request
+      topo=$(aws ec2 describe-instance-topology --region "$REGION" --instance-ids "${ids[@]:i:100}" \
+        --query "Instances[].[InstanceId, join(',', NetworkNodes || \`[]\`)]" --output text) ||
+        { why="DescribeInstanceTopology failed (the node role needs ec2:DescribeInstanceTopology)"; break; }
+      while read -r id nodes; do
+        if [[ -n $id && -n ${nodes:-} ]]; then nodes_of[$id]=$nodes; fi
+      done <<<"$topo"
+    done
+    if [[ -z $why ]] && (( ${#nodes_of[@]} == 0 )); then
+      why="DescribeInstanceTopology has no network nodes for these ${#ids[@]} instances"
+    fi
+  fi
+  if [[ -n $why ]]; then
+    log "ranks follow address order: $why"
+    return 0
+  fi
+  mapfile -t ALL_IPS < <(for ip in "${ALL_IPS[@]}"; do
+      id=${id_of[$ip]:-}
+      nodes='~'  # after every network node id
+      if [[ -n $id && -n ${nodes_of[$id]:-} ]]; then nodes=${nodes_of[$id]}; fi
+      printf '%s %s\n' "$nodes" "$ip"
+    done | LC_ALL=C sort -s -k1,1 | cut -d' ' -f2)
+  log "ranks follow the network: ${#nodes_of[@]} of ${#ALL_IPS[@]} nodes ordered by their network nodes (DescribeInstanceTopology)"
+}
 '''
 
 _NCCL_TESTS_HOSTS = r'''
@@ -178,7 +230,7 @@ def render_node_script(cfg: StackConfig, job: JobConfig, *, stack: str) -> str:
     ]
     if plan.working_directory:
         header.append(f"WORKING_DIRECTORY={q(plan.working_directory)}")
-    sections = ["\n".join(header), _DISCOVER]
+    sections = ["\n".join(header), ORDER_BY_TOPOLOGY, _DISCOVER]
     if plan.working_directory:
         # Also set as the SSM document's workingDirectory; a hostfile run starts anywhere.
         sections.append('cd "$WORKING_DIRECTORY" || die "cannot enter the job\'s workingDirectory $WORKING_DIRECTORY on $NODE_IP"')
