@@ -72,7 +72,7 @@ def test_replace_names_the_forcing_inputs_and_what_follows_from_it():
     assert changes[("aws:ec2/securityGroup:SecurityGroup", "efa-efa")].because == ["vpcId"]
     # The Auto Scaling group moves subnet in place.
     assert changes[("aws:autoscaling/group:Group", "gpu-asg")].action == "update"
-    assert {c.protected for c in diff.blocked(list(changes.values()))} == {"VPC", "subnet", "NAT gateway"}
+    assert {c.guarded for c in diff.blocked(list(changes.values()))} == {"VPC", "subnet", "NAT gateway"}
 
 
 def test_a_security_group_rule_whose_source_changes_kind_is_replaced():
@@ -117,9 +117,11 @@ def test_cli_reports_a_safe_change_and_exits_0(tmp_path):
 def test_cli_refuses_replacing_a_protected_kind_unless_allowed(tmp_path):
     path = changed_prod(tmp_path, lambda c: c["efa-infra:network"].update(vpcCidr="10.41.0.0/16"))
     refused = cli("--config", path, "--base", str(PROD))
-    assert refused.returncode == 2
+    assert refused.returncode == 4  # BLOCKED: not 2, a usage error
     assert "+- replace  aws:ec2/vpc:Vpc  efa-vpc  replaced because cidrBlock changed  [protected: VPC]" in refused.stdout
-    assert "protected resources would be replaced or deleted" in refused.stderr and "--allow-replace" in refused.stderr
+    assert "10 guarded resources would be replaced or deleted: " in refused.stderr
+    assert "VPC efa-vpc (replace, under Pulumi protect)" in refused.stderr
+    assert "--allow-replace" in refused.stderr
     allowed = cli("--config", path, "--base", str(PROD), "--allow-replace", "--json")
     assert allowed.returncode == 0
     assert json.loads(allowed.stdout)["summary"]["replace"] > 0
@@ -127,7 +129,7 @@ def test_cli_refuses_replacing_a_protected_kind_unless_allowed(tmp_path):
 
 def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_path):
     """A change to the program shows too: in a throwaway repository whose last commit moves the public
-    subnets, the diff against the commit before it replaces them (and their NAT gateway) and exits 2."""
+    subnets, the diff against the commit before it replaces them (and their NAT gateway) and exits 4 (blocked)."""
     repo = tmp_path / "repo"
     tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
                              capture_output=True, text=True, check=True).stdout.split()
@@ -145,9 +147,11 @@ def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_pat
     git("commit", "-qam", "smaller public subnets")
     result = subprocess.run([sys.executable, "-m", "components", "diff", "--stack", "dev", "--base-ref", "HEAD~1", "--json"],
                             cwd=repo, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 4, result.stderr
     doc = json.loads(result.stdout)
     assert doc["base"] == "stacks/Pulumi.dev.yaml at HEAD~1"
+    # dev is not protected: its subnets are guarded by diff, not under Pulumi protect, and said so.
+    assert {(c["guardedKind"], c["pulumiProtect"]) for c in doc["blocked"]} == {("subnet", False), ("NAT gateway", False)}
     replaced = {(c["type"], c["name"]): c["replaceBecause"] for c in doc["changes"] if c["action"] == "replace"}
     assert replaced[("aws:ec2/subnet:Subnet", "efa-public-us-east-1a")] == ["cidrBlock"]
     assert replaced[("aws:ec2/natGateway:NatGateway", "efa-nat-us-east-1a")] == ["subnetId"]
@@ -159,7 +163,7 @@ def test_cli_base_ref_runs_the_program_and_the_stack_file_of_that_commit(tmp_pat
 
 def test_cli_unknown_ref_and_invalid_config_are_clean_errors(tmp_path):
     unknown = cli("--stack", "dev", "--base-ref", "no-such-ref")
-    assert unknown.returncode == 1 and "'no-such-ref' is not a commit" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert unknown.returncode == 3 and "'no-such-ref' is not a commit" in unknown.stderr and "Traceback" not in unknown.stderr
     path = changed_prod(tmp_path, lambda c: c["efa-infra:fleets"][0]["nodes"].update(max=100000))
     invalid = cli("--config", path, "--base", str(PROD))
     assert invalid.returncode == 1 and "efa-infra:fleets[0].nodes.max" in invalid.stderr and "Traceback" not in invalid.stderr

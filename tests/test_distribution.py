@@ -37,7 +37,7 @@ def test_the_wheel_carries_every_file_the_program_reads(wheel):
     assert {"components/data/checkov-skips.yaml", "components/manifests/training-operator/kustomization.yaml",
             "components/data/instance_types.json"} <= names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "efa-infra = components.__main__:run" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "efa-infra = components.__main__:console" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 def test_the_installed_command_plans_as_the_checkout(wheel, tmp_path):

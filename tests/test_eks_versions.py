@@ -152,7 +152,7 @@ def test_one_minor_up_is_an_update_in_place(tmp_path):
 ])
 def test_a_jump_or_a_downgrade_is_blocked_with_the_steps_eks_allows(tmp_path, old, new, says):
     result = cli_diff(prod_with(tmp_path, "a", version=old), prod_with(tmp_path, "b", version=new))
-    assert result.returncode == 2
+    assert result.returncode == 4  # the gate's code (exit_codes.GATE), not 2, a usage error
     assert says in result.stderr and "EKS refuses this change" in result.stderr
     assert says in json.loads(result.stdout)["refusedByEks"][0]
 

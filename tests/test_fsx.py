@@ -284,7 +284,7 @@ def test_the_file_system_is_a_guarded_kind_replaced_by_its_force_new_inputs():
     changes = {(c.type, c.name): c for c in diff.compare(*runs)}
     fs = changes[(FS, "gpu-fsx")]
     assert (fs.action, fs.because) == ("replace", ["efaEnabled"])
-    assert [c.protected for c in diff.blocked(list(changes.values()))] == ["FSx for Lustre file system"]
+    assert [c.guarded for c in diff.blocked(list(changes.values()))] == ["FSx for Lustre file system"]
     grown = copy.deepcopy(before)
     grown["fleets"][0]["fsx"]["storageGiB"] = 9600
     runs = [mocks.run(settings_of(d), "t").resources for d in (before, grown)]

@@ -170,7 +170,7 @@ def test_render_writes_every_jobs_artifacts(tmp_path):
     result = subprocess.run([sys.executable, "-m", "components", "render", "--stack", "prod", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nccl-efa.yaml", "pretrain-v2.yaml", "pretrain.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".efa-infra-render", "nccl-efa.yaml", "pretrain-v2.yaml", "pretrain.yaml"]
     result = subprocess.run([sys.executable, "-m", "components", "render", "--stack", "dev", "--out", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -141,7 +141,7 @@ def test_timestamp_column():
 
 def test_broken_log_names_file_and_line(capsys):
     code, out, err = run_cli(capsys, DATA / "broken.log")
-    assert code == 2 and out == ""
+    assert code == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1
     assert f"{DATA / 'broken.log'}: line 14: malformed data row" in err
 
@@ -246,7 +246,7 @@ def test_cli_writes_png(capsys, tmp_path, efa_tcp):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(png).shape[:2] == (500, 800)  # 8 x 5 in at 100 dpi
     code, _, err = run_cli(capsys, *efa_tcp, "--plot", tmp_path / "no" / "such" / "dir.png")
-    assert code == 2 and err.startswith("error: cannot write plot") and err.count("\n") == 1
+    assert code == 3 and err.startswith("error: cannot write plot") and err.count("\n") == 1
 
 
 def test_matplotlib_only_imported_for_plot():
@@ -275,14 +275,15 @@ def test_line_rate_of_dev_stack(capsys):
     assert plain["peak_fraction"] == pytest.approx(0.928) and plain["peak_size_bytes"] == 1 << 30
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--stack", "nope", "--fleet", "gpu"], "error: no stack 'nope'; stacks: "),
-    (["--stack", "dev", "--fleet", "cpu"], "error: stack dev has no fleet 'cpu'; fleets: gpu\n"),
-    (["--stack", "dev"], "error: --stack and --fleet go together: the fleet's instance type sets the line rate\n"),
+@pytest.mark.parametrize("argv, code, message", [
+    (["--stack", "nope", "--fleet", "gpu"], 1, "error: no stack 'nope'; stacks: "),
+    (["--stack", "dev", "--fleet", "cpu"], 1, "error: stack dev has no fleet 'cpu'; fleets: gpu\n"),
+    (["--stack", "dev"], 2, "error: --stack and --fleet go together: the fleet's instance type sets the line rate\n"),
 ])
-def test_bad_stack_or_fleet(capsys, argv, message):
-    code, out, err = run_cli(capsys, DATA / "plain.log", *argv)
-    assert (code, out) == (2, "") and err.startswith(message) and err.count("\n") == 1
+def test_bad_stack_or_fleet(capsys, argv, code, message):
+    """A stack or fleet it cannot use is invalid input (1); options that do not go together, a usage error (2)."""
+    got, out, err = run_cli(capsys, DATA / "plain.log", *argv)
+    assert (got, out) == (code, "") and err.startswith(message) and err.count("\n") == 1
     if "no stack" in err:  # the valid names are listed, whichever stacks exist besides dev
         assert "dev" in err.removeprefix(message).rstrip().split(", ")
 
@@ -305,7 +306,7 @@ def test_python_m_components_routes_here(efa_tcp):
     assert "18.73x" in done.stdout
     broken = subprocess.run([sys.executable, "-m", "components", "nccl-report", "tests/data/nccl/broken.log"],
                             cwd=REPO, capture_output=True, text=True)
-    assert broken.returncode == 2
+    assert broken.returncode == 1  # a log it cannot use: invalid input, not a usage error
     assert broken.stderr == ("error: tests/data/nccl/broken.log: line 14: malformed data row: "
                              "6 columns where the header on line 8 has 13\n")
 
@@ -316,4 +317,4 @@ def test_python_m_components_routes_here(efa_tcp):
 def test_usage_errors_are_one_line(capsys, tmp_path):
     assert run_cli(capsys) == (2, "", "error: the following arguments are required: LOG\n")
     code, _, err = run_cli(capsys, tmp_path / "missing.log")
-    assert (code, err) == (2, f"error: cannot read {tmp_path / 'missing.log'}: No such file or directory\n")
+    assert (code, err) == (1, f"error: cannot read {tmp_path / 'missing.log'}: No such file or directory\n")

@@ -184,16 +184,16 @@ def test_nccl_report_shows_each_runs_transport(tmp_path, capsys):
 
 def test_nccl_report_fails_a_run_meant_for_efa_that_used_sockets(tmp_path, capsys):
     efa, tcp = report_logs(tmp_path, "golden/nccl-26_socket.log", "golden/nccl-26_socket.log")
-    assert nccl_report.cli([str(efa), str(tcp)]) == nccl_report.NOT_ON_EFA == 1
+    assert nccl_report.cli([str(efa), str(tcp)]) == nccl_report.NOT_ON_EFA == 4
     captured = capsys.readouterr()
     problem = f"NCCL uses Socket, {OFI_TCP}{nccl_log.FALLBACK_CONTEXT}"
     assert f"  ! efa was meant for EFA, but {problem}" in captured.out
     assert captured.err == f"error: efa was meant for EFA, but {problem}\n"
-    assert nccl_report.cli([str(efa), str(tcp), "--json"]) == 1  # the same gate for pipelines reading JSON
+    assert nccl_report.cli([str(efa), str(tcp), "--json"]) == nccl_report.NOT_ON_EFA  # the same gate for pipelines reading JSON
     # As a pipeline runs it: the CLI's exit status is the gate's.
     done = subprocess.run([sys.executable, "-m", "components", "nccl-report", str(efa), str(tcp)],
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and done.stderr == f"error: efa was meant for EFA, but {problem}\n"
+    assert done.returncode == 4 and done.stderr == f"error: efa was meant for EFA, but {problem}\n"
 
 
 def test_nccl_report_checks_nics_against_the_fleet(tmp_path, capsys):
@@ -210,11 +210,11 @@ def test_nccl_report_warns_when_runs_are_not_comparable(tmp_path, capsys):
     assert nccl_report.cli([str(efa), str(other)]) == 0
     err = capsys.readouterr().err
     assert "warning: the runs are not comparable: efa measured 1 MiB to 1 GiB, tcp " in err
-    assert nccl_report.cli([str(efa), str(other), "--strict"]) == nccl_report.NOT_COMPARABLE == 3
+    assert nccl_report.cli([str(efa), str(other), "--strict"]) == nccl_report.NOT_COMPARABLE == 5
     assert "error: the runs are not comparable: efa measured 1 MiB to 1 GiB" in capsys.readouterr().err
     gather = tmp_path / "gather.log"
     gather.write_text((DATA / "plain.log").read_text().replace("sum ", "none"))
-    assert nccl_report.cli([str(efa), str(gather), "--strict"]) == 3
+    assert nccl_report.cli([str(efa), str(gather), "--strict"]) == nccl_report.NOT_COMPARABLE
     assert "efa used reduction sum, gather none: different collectives" in capsys.readouterr().err
     maximum = tmp_path / "max.log"
     maximum.write_text((DATA / "plain.log").read_text().replace("sum ", "max "))

@@ -1,9 +1,10 @@
-"""Regenerate components/data/instance_types.json from AWS's DescribeInstanceTypes.
+"""Regenerate components/data/instance_types.json from AWS's DescribeInstanceTypes, and
+components/data/availability_zones.json from DescribeAvailabilityZones in every region.
 
 With AWS credentials (or --live) it asks a real account; otherwise it asks
 moto's bundled copy of the same data through boto3 under `mock_aws`, so the
-file can be refreshed offline. Only the facts the project uses are kept, one
-instance type per line so that a refresh shows as a readable diff.
+files can be refreshed offline. Only the facts the project uses are kept, one
+instance type (one region) per line so that a refresh shows as a readable diff.
 
     python tools/refresh_catalog.py            # moto's copy (offline)
     python tools/refresh_catalog.py --live     # a real account (credentials needed)
@@ -16,9 +17,11 @@ import json
 from pathlib import Path
 
 import boto3
+import botocore.exceptions
 import botocore.session
 
 OUT = Path(__file__).resolve().parent.parent / "components" / "data" / "instance_types.json"
+ZONES_OUT = OUT.with_name("availability_zones.json")
 
 
 def _accelerators(raw: dict) -> dict | None:
@@ -81,20 +84,28 @@ def describe_all(client) -> list[dict]:
     return out
 
 
+def describe_zones(client) -> list[str]:
+    """The names of the region's Availability Zones (not Local or Wavelength Zones). Their ids are left out:
+    in older regions an account's names map to ids of its own (components/planning/zones.py)."""
+    zones = client.describe_availability_zones(Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}])
+    return sorted(z["ZoneName"] for z in zones["AvailabilityZones"])
+
+
+def write_zones(zones: dict[str, list[str]], source: str) -> None:
+    from datetime import date
+
+    lines = ['{"source": ' + json.dumps(source) + ",", '"date": ' + json.dumps(date.today().isoformat()) + ",", '"regions": {']
+    lines.append(",\n".join(json.dumps(r) + ": " + json.dumps(z, separators=(",", ":")) for r, z in sorted(zones.items()) if z))
+    lines.append("}}")
+    ZONES_OUT.write_text("\n".join(lines) + "\n")
+    print(f"wrote {ZONES_OUT}: the AZs of {sum(bool(z) for z in zones.values())} regions ({source})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--live", action="store_true", help="ask a real AWS account")
     parser.add_argument("--region", default="us-east-1")
     args = parser.parse_args()
-    if args.live:
-        raw = describe_all(boto3.client("ec2", region_name=args.region))
-        source = f"DescribeInstanceTypes, AWS account, {args.region}"
-    else:
-        import moto
-
-        with moto.mock_aws():
-            raw = describe_all(boto3.client("ec2", region_name=args.region))
-        source = f"DescribeInstanceTypes, moto {moto.__version__} bundled copy"
     regions = sorted(
         {
             r
@@ -102,6 +113,27 @@ def main() -> None:
             for r in botocore.session.get_session().get_available_regions("ec2", partition)
         }
     )
+    if args.live:
+        raw = describe_all(boto3.client("ec2", region_name=args.region))
+        source = f"DescribeInstanceTypes, AWS account, {args.region}"
+        # Regions the account has not opted into (or another partition's) refuse the call: they keep no list.
+        zones = {}
+        for region in regions:
+            try:
+                zones[region] = describe_zones(boto3.client("ec2", region_name=region))
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                zones[region] = []
+        zone_source = "DescribeAvailabilityZones, AWS account, each region it reaches"
+    else:
+        import moto
+
+        with moto.mock_aws():
+            raw = describe_all(boto3.client("ec2", region_name=args.region))
+            zones = {r: describe_zones(boto3.client("ec2", region_name=r)) for r in regions}
+        source = f"DescribeInstanceTypes, moto {moto.__version__} bundled copy"
+        zone_source = (f"DescribeAvailabilityZones, moto {moto.__version__} bundled copy "
+                       "(moto/ec2/models/availability_zones_and_regions.py; regions it has no list for get zones a to c)")
+    write_zones(zones, zone_source)
     types = {t["InstanceType"]: slim(t) for t in sorted(raw, key=lambda t: t["InstanceType"])}
     lines = ['{"source": ' + json.dumps(source) + ",", '"regions": ' + json.dumps(regions) + ",", '"types": {']
     items = [json.dumps(name) + ": " + json.dumps(entry, separators=(",", ":")) for name, entry in types.items()]

@@ -54,6 +54,7 @@ class Resource:
     name: str
     urn: str
     inputs: dict
+    protect: bool = False  # under Pulumi protect in that run
 
 
 @dataclass
@@ -64,14 +65,22 @@ class Change:
     urn: str
     changed: list[str] = field(default_factory=list)  # input paths that differ
     because: list[str] = field(default_factory=list)  # the replace-forcing ones among them
+    protect: bool = False  # the resource is under Pulumi protect (in the base, for a replace or delete)
 
     @property
-    def protected(self) -> str | None:
+    def guarded(self) -> str | None:
+        """The kind diff refuses to replace or delete unasked (VPC, subnet, ...), whether or not Pulumi protects it."""
         return PROTECTED_TYPES.get(self.type)
+
+    @property
+    def mark(self) -> str:
+        """How the text output tags a guarded resource: 'protected' only when Pulumi protect is on for it."""
+        return f"{'protected' if self.protect else 'guarded'}: {self.guarded}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "type": self.type, "name": self.name, "urn": self.urn,
-                "changedInputs": self.changed, "replaceBecause": self.because, "protectedKind": self.protected}
+                "changedInputs": self.changed, "replaceBecause": self.because, "guardedKind": self.guarded,
+                "pulumiProtect": self.protect}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -121,8 +130,8 @@ def compare(before: list, after: list) -> list[Change]:
     (registrations of two offline runs), matched by URN."""
     old = {r.urn: r for r in before}
     new = {r.urn: r for r in after}
-    changes = {urn: Change("create", r.type, r.name, urn) for urn, r in new.items() if urn not in old}
-    changes |= {urn: Change("delete", r.type, r.name, urn) for urn, r in old.items() if urn not in new}
+    changes = {urn: Change("create", r.type, r.name, urn, protect=r.protect) for urn, r in new.items() if urn not in old}
+    changes |= {urn: Change("delete", r.type, r.name, urn, protect=r.protect) for urn, r in old.items() if urn not in new}
     kept = [urn for urn in new if urn in old]
     # A replaced resource's outputs are new values: what refers to them changes too, until nothing more does.
     # Placeholders name resources, not URNs: a resource's own name in its inputs is another resource's.
@@ -142,7 +151,7 @@ def compare(before: list, after: list) -> list[Change]:
             if not paths:
                 continue
             because = _forcing(paths, replace_inputs(n.type) or []) + _source_kind_change(o, n)
-            change = Change("replace" if because else "update", n.type, n.name, urn, sorted(paths), because)
+            change = Change("replace" if because else "update", n.type, n.name, urn, sorted(paths), because, o.protect)
             if changes.get(urn) != change:
                 changes[urn] = change
                 progress = True
@@ -153,8 +162,13 @@ def compare(before: list, after: list) -> list[Change]:
 
 
 def blocked(changes: list[Change]) -> list[Change]:
-    """Changes that replace or delete a protected kind."""
-    return [c for c in changes if c.protected and c.action in ("replace", "delete")]
+    """Changes that replace or delete a guarded kind."""
+    return [c for c in changes if c.guarded and c.action in ("replace", "delete")]
+
+
+def blocked_message(stopped: list[Change]) -> str:
+    names = ", ".join(f"{c.guarded} {c.name} ({c.action}{', under Pulumi protect' if c.protect else ''})" for c in stopped)
+    return f"{len(stopped)} guarded resource{'s' * (len(stopped) != 1)} would be replaced or deleted: {names}"
 
 
 def summary(changes: list[Change], unchanged: int) -> dict[str, int]:
@@ -171,8 +185,8 @@ def render_text(changes: list[Change], unchanged: int, title: str) -> str:
             line += f"  replaced because {', '.join(c.because)} changed"
         elif c.action == "update":
             line += f"  ({', '.join(c.changed)})"
-        if c.protected and c.action in ("replace", "delete"):
-            line += f"  [protected: {c.protected}]"
+        if c.guarded and c.action in ("replace", "delete"):
+            line += f"  [{c.mark}]"
         out.append(line)
     s = summary(changes, unchanged)
     out.append(f"{s['create']} to create, {s['update']} to update in place, {s['replace']} to replace, "

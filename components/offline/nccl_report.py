@@ -25,13 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..planning import config, efa, nccl_log, project
+from . import exit_codes
 from .nccl_tests import ReportError, Run, load_run
 
 STACKS_DIR = project.stacks_dir()
-# Exit statuses (README, "nccl-report"): 2 is bad input (ReportError).
-NOT_ON_EFA = 1
-BAD_INPUT = 2
-NOT_COMPARABLE = 3
+# Exit statuses, from the CLI's one table (exit_codes; README, "Exit codes").
+NOT_ON_EFA = exit_codes.GATE
+BAD_INPUT = exit_codes.INVALID
+NOT_COMPARABLE = exit_codes.NOT_COMPARABLE
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,7 @@ def plot(runs: list[Run], path: str | Path):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit; the CLI wants one line
-        raise ReportError(message)
+        raise exit_codes.UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,6 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m components nccl-report",
         description="Compare nccl-tests runs (all_reduce_perf and siblings): out-of-place bus bandwidth by "
         "message size, the first run's speed-up over each other, average bus bandwidth.",
+        epilog=exit_codes.epilog("nccl-report"), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("logs", nargs="+", metavar="LOG", help="nccl-tests output, plain or with mpirun --tag-output prefixes")
     p.add_argument("--label", action="append", default=[], metavar="NAME", help="name of each run, once per LOG in order (default: file stem)")
@@ -260,37 +262,42 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet", metavar="NAME", help="fleet of --stack the runs were measured on")
     p.add_argument("--strict", action="store_true",
                    help=f"runs of different collectives or message sizes are an error (exit {NOT_COMPARABLE}), not a warning")
-    p.epilog = (f"Exit status: 0 fine; {NOT_ON_EFA} the first run was meant for EFA but NCCL's lines show it was not; "
-                f"{BAD_INPUT} bad input; {NOT_COMPARABLE} with --strict, the runs are not comparable.")
     return p
 
 
 def _load_runs(paths: list[str], labels: list[str]) -> list[Run]:
     if labels and len(labels) != len(paths):
-        raise ReportError(f"{len(labels)} --label for {len(paths)} logs; give one per LOG, in order")
+        raise exit_codes.UsageError(f"{len(labels)} --label for {len(paths)} logs; give one per LOG, in order")
     runs = [load_run(p, label) for p, label in zip(paths, labels or [None] * len(paths))]
     seen = [run.label for run in runs]
     dupes = sorted({x for x in seen if seen.count(x) > 1})
     if dupes:
-        raise ReportError(f"two runs are labelled {', '.join(dupes)}; name them with --label")
+        raise exit_codes.UsageError(f"two runs are labelled {', '.join(dupes)}; name them with --label")
     return runs
 
 
 def cli(argv: list[str]) -> int:
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
         if (args.stack is None) != (args.fleet is None):
-            raise ReportError("--stack and --fleet go together: the fleet's instance type sets the line rate")
+            parser.error("--stack and --fleet go together: the fleet's instance type sets the line rate")
         runs = _load_runs(args.logs, args.label)
         rate = line_rate(args.stack, args.fleet) if args.stack else None
         if args.plot:
             try:
                 plot(runs, args.plot)
             except (OSError, ValueError) as exc:  # a missing directory, an extension matplotlib cannot write
-                raise ReportError(f"cannot write plot {args.plot}: {exc}") from None
+                raise exit_codes.ToolError(f"cannot write plot {args.plot}: {exc}") from None
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return BAD_INPUT
+    except exit_codes.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except exit_codes.ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_codes.TOOL
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     print(json.dumps(to_json(runs, rate), indent=2) if args.json else format_table(runs, rate))

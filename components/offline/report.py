@@ -6,6 +6,9 @@ run's registrations.
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
+import hashlib
+import json
+import re
 from typing import Any
 
 from . import flows
@@ -16,8 +19,9 @@ from ..planning.config.data import PATH_ENV
 from ..planning.plan import FleetPlan, StackPlan, default_ami
 
 AWS_ASSIGNED = "assigned by AWS at deploy time"
-# Inputs too long or too noisy for the tree; the JSON has them all.
-HIDDEN_INPUTS = {"tags", "userData", "assumeRolePolicy", "policy", "description", "tagSpecifications"}
+# Inputs too noisy for the tree; the JSON has them all.
+HIDDEN_INPUTS = {"tags", "description", "tagSpecifications"}
+LONG_TEXT = 120  # characters: a longer input value is summarised in the text plan (--json keeps it whole)
 
 
 def _placement(fp: FleetPlan) -> str:
@@ -162,16 +166,53 @@ def plan_document(plan: StackPlan, stack: str, resources: list, jobs: list[dict]
         "flows": [flows.describe(v) for v in flows.model(resources, deployer.sources(plan.config)).verdicts()] if plan.fleets else [],
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "urn": r.urn, "parentUrn": r.parent_urn,
-             "component": not r.custom, "inputs": r.inputs}
+             "component": not r.custom, "protect": r.protect, "inputs": integral(r.inputs)}
             for r in resources
         ],
         "jobs": jobs,
     }
 
 
+def integral(value: Any) -> Any:
+    """Inputs with whole numbers as integers: the engine hands every number over as a float (16.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return value
+
+
+def _kind(text: str) -> str:
+    """What a long input value holds, as far as its first characters tell."""
+    head = text.lstrip()[:200]
+    if head.startswith("#!"):
+        return "script"
+    if head.startswith("MIME-Version") or head.startswith("Content-Type: multipart"):
+        return "MIME multipart user data"
+    if head.startswith(("{", "[")):
+        try:
+            json.loads(text)
+            return "JSON document"
+        except ValueError:
+            pass
+    if re.fullmatch(r"[A-Za-z0-9+/=\s]+", head):
+        return "base64"
+    return "text"
+
+
+def summary(text: str) -> str:
+    """A long input value as the text plan shows it: its kind, size and hash (the JSON plan has it whole)."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"<{_kind(text)}, {len(text.encode())} bytes, sha256 {digest}>"
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, str) and len(value) > LONG_TEXT:
+        return summary(value)
     if isinstance(value, list):
         return f"[{len(value)} items]"
     if isinstance(value, dict):

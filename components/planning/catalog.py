@@ -10,6 +10,7 @@ Pure: no Pulumi import.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import json
 import re
 from dataclasses import dataclass, field
@@ -178,6 +179,32 @@ def _shipped() -> tuple[dict, tuple[str, ...]]:
     return data["types"], tuple(data["regions"])
 
 
+SIZES = ("nano", "micro", "small", "medium", "large")
+
+
+def natural_order(name: str) -> tuple:
+    """Sort key of a type name as people read it: families by their numbers (p4d before p5, g6 before g6e),
+    sizes by their size (large, xlarge, 2xlarge, ... 48xlarge, metal), not as strings."""
+    family, _, size = name.partition(".")
+    numbered = re.fullmatch(r"(\d*)xlarge", size)
+    if size in SIZES:
+        rank = (0, SIZES.index(size), "")
+    elif numbered:
+        rank = (1, int(numbered.group(1) or 1), "")
+    elif size.startswith("metal"):
+        rank = (2, int(re.sub(r"\D", "", size) or 0), "")
+    else:
+        rank = (3, 0, size)
+    return [int(c) if c.isdigit() else c for c in re.split(r"(\d+)", family)], rank
+
+
+def matches(name: str, pattern: str) -> bool:
+    """A type by family (p5), by name (p5.48xlarge) or by a shell pattern with * and ? (g6*.*xlarge)."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern if "." in pattern else name.partition(".")[0] == pattern
+
+
 def regions() -> tuple[str, ...]:
     return _shipped()[1]
 
@@ -190,7 +217,8 @@ class Catalog:
         self._cache: dict[str, InstanceType] = {}
 
     def names(self) -> list[str]:
-        return sorted(set(_shipped()[0]) | set(self._extra))
+        """Every type's name, in natural order."""
+        return sorted(set(_shipped()[0]) | set(self._extra), key=natural_order)
 
     def __contains__(self, name: str) -> bool:
         return name in self._extra or name in _shipped()[0]

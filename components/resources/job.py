@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pulumi
-import pulumi_aws as aws
 
 from ..planning import data_access, launch
 from ..planning.config import JobConfig, StackConfig
@@ -36,6 +35,8 @@ class Job(pulumi.ComponentResource):
             pod_identity(job.name, cluster_name, plan.namespace, plan.service_account, data_access.job_policy(cfg, job),
                          tags or {}, pulumi.ResourceOptions(parent=self, depends_on=cluster_ready or []))
         if plan.target == "ec2":
+            import pulumi_aws as aws  # loaded only where a job creates AWS resources (not for a cluster's jobs)
+
             document = aws.ssm.Document(
                 f"{job.name}-launch",
                 aws.ssm.DocumentArgs(

@@ -19,10 +19,7 @@ from ..planning import config as config_mod
 from ..planning import existing as existing_mod
 from ..planning import plan as plan_mod
 from ..planning.capacity_window import Schedule
-from .fleet import EfaFleet
-from .fsx import FsxLustre
 from .job import Job
-from .network import EfaNetwork
 
 
 def settings_from_engine() -> dict:
@@ -34,7 +31,7 @@ def load_config() -> config_mod.StackConfig:
     """The stack's config as `pulumi up` sees it; invalid config ends the run
     with the list of problems and no Python traceback."""
     try:
-        return config_mod.load(config_mod.document_from_settings(settings_from_engine()), f"stack {pulumi.get_stack()}")
+        return config_mod.load_settings(settings_from_engine(), f"stack {pulumi.get_stack()}")
     except config_mod.ConfigError as err:
         raise pulumi.RunError(str(err)) from None
 
@@ -59,9 +56,11 @@ def read_existing(plan: plan_mod.StackPlan) -> tuple[str | None, existing_mod.Cl
     (pulumi-aws data sources) and check them against the plan; raises pulumi.RunError naming each
     problem. Returns the VPC id, the cluster, each Capacity Block fleet's window and each
     reservation fleet's reservations."""
+    cfg = plan.config
+    if not (cfg.network.existing or cfg.eks.existing or any(f.capacity.type != "on-demand" for f in cfg.fleets)):
+        return None, None, {}, {}  # nothing to read: pulumi-aws stays unloaded for a stack of jobs only
     import pulumi_aws as aws
 
-    cfg = plan.config
     problems: list = []
     vpc_id = cluster = None
     windows: dict[str, Schedule] = {}
@@ -138,10 +137,15 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
-    fleets: dict[str, EfaFleet] = {}
+    fleets: dict = {}  # name -> EfaFleet
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
+        # pulumi-aws loads only for stacks that create AWS resources: a stack of jobs for another team's cluster does not.
+        from .fleet import EfaFleet
+        from .fsx import FsxLustre
+        from .network import EfaNetwork
+
         net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
         outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
         security_groups = [net.security_group_id]

@@ -12,16 +12,23 @@ across fields in checks and sizing, problems in errors, loading in loading.
 This package's names are the config's public API.
 """
 
-from .checks import advisories
-from .errors import ConfigError, Problem, key_path
-from .fleets import FleetConfig
-from .jobs import JobConfig
-from .loading import document_from_settings, load, load_file, read_stack_file
-from .network import ExistingNetwork
-from .schema import stack_file_schema
-from .sizing import address_plan, fleet_addresses_per_node
-from .stack import StackConfig
+from importlib import import_module
 
-__all__ = ["ConfigError", "advisories", "ExistingNetwork", "FleetConfig", "JobConfig", "Problem", "StackConfig", "address_plan",
-           "document_from_settings", "fleet_addresses_per_node", "key_path", "load", "load_file",
-           "read_stack_file", "stack_file_schema"]
+# Each name from the module that defines it, loaded on first use: a command loads only what it reads
+# (the CLI catches ConfigError without building the models, `types` never builds them).
+_WHERE = {
+    "ConfigError": "problems", "Problem": "problems", "key_path": "errors", "advisories": "checks",
+    "FleetConfig": "fleets", "JobConfig": "jobs", "ExistingNetwork": "network", "StackConfig": "stack",
+    "document_from_settings": "loading", "load": "loading", "load_file": "loading", "load_settings": "loading",
+    "read_stack_file": "loading", "stack_file_schema": "schema", "address_plan": "sizing",
+    "fleet_addresses_per_node": "sizing",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -3,8 +3,6 @@ project's namespace, the name patterns, and the validators that need the validat
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, ValidationInfo
 from pydantic.alias_generators import to_camel
 
@@ -19,13 +17,8 @@ NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label, as K
 class Model(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
-        use_attribute_docstrings=False,
+        use_attribute_docstrings=False, defer_build=True,
     )
-
-
-def in_region(az: str, region: str) -> bool:
-    """An AZ name of the region: us-east-1a for us-east-1."""
-    return re.fullmatch(re.escape(region) + r"[a-z]", az) is not None
 
 
 def known_type(name: str, value: str, info: ValidationInfo) -> str:

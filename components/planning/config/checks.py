@@ -6,11 +6,11 @@ from __future__ import annotations
 import difflib
 from datetime import date, datetime, timezone
 
-from .. import capacity_window, deployer, devices, efa, eks_rules, eks_versions
+from .. import capacity_window, deployer, devices, efa, eks_rules, eks_versions, zones
 from ..bootstrap import DROP_INS_SINCE, HUGEPAGES_MIB, POD_MEMORY_SHARE, pod_memory_gib
 from ..catalog import Catalog, InstanceType, regions
-from .base import in_region
-from .errors import Problem, key_path
+from .errors import key_path
+from .problems import Problem
 from .fleets import FleetConfig
 from .jobs import JobConfig
 from .sizing import subnet_key_checks
@@ -30,7 +30,7 @@ def fleet_checks(i: int, f: FleetConfig, cat: Catalog) -> list[Problem]:
     itype = cat.get(f.instance_type)  # known: checked with the fields
     if f.efa and not itype.efa_supported:
         family = f.instance_type.split(".")[0]
-        alike = [t.name for t in cat.efa_types() if t.name.split(".")[0] == family][:4]
+        alike = [t.name for t in cat.efa_types() if t.name.split(".")[0] == family]  # every size, smallest first
         hint = f"EFA sizes of {family}: {', '.join(alike)}" if alike else "python -m components types lists them"
         out.append(Problem(at("efa"), f"{f.instance_type} has no EFA device; set efa: false or pick an EFA type ({hint})"))
     elif f.efa:
@@ -145,13 +145,13 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("fleets", i, "name")), f"{f.name!r} is already the name of fleets[{seen[f.name]}]"))
         seen.setdefault(f.name, i)
     for k, az in enumerate(cfg.network.availability_zones):
-        if not in_region(az, cfg.region):
-            out.append(Problem(key_path(("network", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
+        if why := zones.refusal(az, cfg.region):
+            out.append(Problem(key_path(("network", "availabilityZones", k)), why))
     existing = cfg.network.existing
     if existing is not None:
         for az in existing.private_subnet_ids:
-            if not in_region(az, cfg.region):
-                out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), f"{az!r} is not an AZ of region {cfg.region}"))
+            if why := zones.refusal(az, cfg.region):
+                out.append(Problem(key_path(("network", "existing", "privateSubnetIds", az)), why))
         for i, f in fleets:
             if f.availability_zone not in existing.private_subnet_ids:
                 out.append(Problem(key_path(("fleets", i, "availabilityZone")),
@@ -185,7 +185,8 @@ def stack_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]], jobs: 
             out.append(Problem(key_path(("clusters", k, "name")), f"{c.name!r} is already the name of fleets[{seen[c.name]}]"))
         if c.ec2_type in cat and not cat.get(c.ec2_type).efa_supported:
             out.append(Problem(key_path(("clusters", k, "instanceType")), f"{c.instance_type} has no EFA device; name the cluster's EFA node type"))
-    known = {f.name: f for _, f in fleets}
+    # A name two fleets share is reported above: jobs on it are not checked against either.
+    known = {f.name: f for _, f in fleets if sum(g.name == f.name for _, g in fleets) == 1}
     for j, job in jobs:
         if job.fleet not in raw_fleet_names and job.fleet not in clusters:
             out.append(Problem(key_path(("jobs", j, "fleet")),

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
-from .base import NAME_PATTERN, Model, in_region, known_type
+from .. import zones
+from .base import NAME_PATTERN, Model, known_type
 from .data import FsxConfig
 
 
@@ -150,8 +151,9 @@ class FleetConfig(Model):
     @classmethod
     def _in_region(cls, v: str, info: ValidationInfo) -> str:
         region = (info.context or {}).get("region")
-        if isinstance(region, str) and not in_region(v, region):
-            raise ValueError(f"not an AZ of region {region}; expected {region}a, {region}b, ...")
+        why = zones.refusal(v, region) if isinstance(region, str) else None
+        if why:
+            raise ValueError(why)
         return v
 
     @property

@@ -3,18 +3,21 @@ full (fields, then the checks across them, then sizing) or refused with every pr
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+
+from . import yaml_reading
 
 from .base import NAMESPACE
 from .checks import fleet_checks, stack_checks
 from .data_checks import data_checks
 from .eks import EksConfig
-from .errors import ConfigError, Problem, from_pydantic
+from .errors import from_pydantic, section_names
+from .problems import ConfigError, Problem
 from .fleets import FleetConfig, InstanceTypeSpec
 from .jobs import ClusterConfig, JobConfig
 from .network import NetworkConfig
@@ -77,7 +80,9 @@ def load(raw: dict, source: str = "stack config") -> StackConfig:
         if not problems and cfg.network.existing is None:  # existing subnets are checked at deploy time
             problems.extend(sizing_checks(cfg, fleets, cat))
     if problems:
-        raise ConfigError(list(dict.fromkeys(problems)), source)
+        # Root causes first: a wrong region is why its AZs and types look wrong.
+        problems = sorted(dict.fromkeys(problems), key=lambda p: p.path != "aws:region")
+        raise ConfigError(problems, source)
     return cfg
 
 
@@ -102,6 +107,30 @@ def document_from_settings(settings: dict[str, Any]) -> dict:
     return doc
 
 
+def stray_keys(settings: dict[str, Any]) -> list[Problem]:
+    """Keys written without a namespace that name one of the config's keys (`fleets:` for `efa-infra:fleets:`):
+    the program reads only namespaced keys, so such a section would be dropped without a word."""
+    ours = {name: f"{NAMESPACE}:{name}" for name in section_names()} | {"region": "aws:region"}
+    out = []
+    for key in settings:
+        if not isinstance(key, str) or ":" in key:
+            continue
+        near = ours.get(key) or next(iter(ours[m] for m in difflib.get_close_matches(key, ours, n=1)), None)
+        if near:
+            out.append(Problem(key, f"a key without a namespace, which the program does not read; write it as {near!r}"))
+    return out
+
+
+def load_settings(settings: dict[str, Any], source: str = "stack config") -> StackConfig:
+    """Validate a stack's settings (`{"ns:key": value}`, as a stack file or the engine gives them) or raise
+    ConfigError. Keys that would be dropped are reported alone: the rest would be checked against a
+    config the file does not mean."""
+    stray = stray_keys(settings)
+    if stray:
+        raise ConfigError(stray, source)
+    return load(document_from_settings(settings), source)
+
+
 def read_stack_file(path: str | Path) -> dict[str, Any]:
     """The `config:` map of a Pulumi stack file, keys as written (`ns:key`)."""
     p = Path(path)
@@ -109,15 +138,15 @@ def read_stack_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text()
     except FileNotFoundError:
         raise ConfigError([Problem(str(p), "no such stack file")], str(p)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(str(p), f"cannot be read as a stack file ({exc.__class__.__name__})")], str(p)) from None
     return parse_stack_file(text, str(p))
 
 
 def parse_stack_file(text: str, source: str) -> dict[str, Any]:
-    """The `config:` map of a stack file's text (`source` names it in errors)."""
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(source, f"not valid YAML: {exc}")], source) from None
+    """The `config:` map of a stack file's text (`source` names it in errors): YAML read strictly, a key
+    given twice in one mapping refused (YAML would keep the last without a word)."""
+    data = yaml_reading.read(text, source)
     settings = data.get("config") if isinstance(data, dict) else None
     if not isinstance(settings, dict):
         raise ConfigError([Problem(source, "a stack file needs a top-level 'config:' mapping")], source)
@@ -126,4 +155,4 @@ def parse_stack_file(text: str, source: str) -> dict[str, Any]:
 
 def load_file(path: str | Path) -> StackConfig:
     """Load and validate a stack file such as stacks/Pulumi.dev.yaml."""
-    return load(document_from_settings(read_stack_file(path)), str(path))
+    return load_settings(read_stack_file(path), str(path))

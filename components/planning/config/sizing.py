@@ -3,10 +3,10 @@ the keys that place subnets (the cluster's AZs, explicit CIDRs, the NAT's AZ, se
 
 from __future__ import annotations
 
-from .. import addressing, efa
+from .. import addressing, efa, zones
 from ..catalog import Catalog
-from .base import in_region
-from .errors import Problem, key_path
+from .errors import key_path
+from .problems import Problem
 from .fleets import FleetConfig
 from .stack import StackConfig
 
@@ -67,8 +67,8 @@ def subnet_key_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -
     net, eks = cfg.network, cfg.eks
     existing = net.existing
     for k, az in enumerate(eks.availability_zones):
-        if not in_region(az, cfg.region):
-            out.append(Problem(key_path(("eks", "availabilityZones", k)), f"{az!r} is not an AZ of region {cfg.region}"))
+        if why := zones.refusal(az, cfg.region):
+            out.append(Problem(key_path(("eks", "availabilityZones", k)), why))
         elif existing is not None and az not in existing.private_subnet_ids:
             out.append(Problem(key_path(("eks", "availabilityZones", k)),
                                f"no subnet for {az} in network.existing.privateSubnetIds (has {', '.join(sorted(existing.private_subnet_ids))})"))
@@ -81,8 +81,8 @@ def subnet_key_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -
                            f"{', '.join(have) or 'none'}"))
     used = stack_azs(cfg)
     for az in net.subnet_cidrs:
-        if not in_region(az, cfg.region):
-            out.append(Problem(key_path(("network", "subnetCidrs", az)), f"{az!r} is not an AZ of region {cfg.region}"))
+        if why := zones.refusal(az, cfg.region):
+            out.append(Problem(key_path(("network", "subnetCidrs", az)), why))
         elif az not in used:
             out.append(Problem(key_path(("network", "subnetCidrs", az)),
                                f"the stack has no subnets in {az} (its AZs: {', '.join(sorted(used))}); add it to "
@@ -90,8 +90,8 @@ def subnet_key_checks(cfg: StackConfig, fleets: list[tuple[int, FleetConfig]]) -
         elif net.subnet_cidrs[az].secondary and not net.secondary_cidr:
             out.append(Problem(key_path(("network", "subnetCidrs", az, "secondary")), "needs network.secondaryCidr"))
     nat_az = net.nat_availability_zone
-    if nat_az is not None and not in_region(nat_az, cfg.region):
-        out.append(Problem(key_path(("network", "natAvailabilityZone")), f"{nat_az!r} is not an AZ of region {cfg.region}"))
+    if nat_az is not None and (why := zones.refusal(nat_az, cfg.region)):
+        out.append(Problem(key_path(("network", "natAvailabilityZone")), why))
     if nat_az is not None and net.nat_gateways != "single":
         out.append(Problem(key_path(("network", "natAvailabilityZone")), "only used with natGateways single (every AZ has one with per-az)"))
     for i, f in fleets:

@@ -61,9 +61,17 @@ def _service_account(plan: JobPlan) -> dict:
             "automountServiceAccountToken": False}
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a shared object out at each place it appears: no &anchor / *alias, which a reader of a
+    Worker spec saying `template: *id002` would have to chase."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def manifests_yaml(docs: list[dict]) -> str:
     """The manifests as one multi-document YAML file, for kubectl apply -f."""
-    return yaml.safe_dump_all(docs, sort_keys=False)
+    return yaml.dump_all(docs, Dumper=_PlainDumper, sort_keys=False)
 
 
 def _labels(plan: JobPlan, component: str | None = None) -> dict[str, str]:
