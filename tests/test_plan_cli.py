@@ -82,3 +82,14 @@ def test_plan_and_types_quote_the_instances_stated_bandwidth(tmp_path):
     rows = {line.split()[0]: line for line in types.stdout.splitlines() if line.strip()}
     assert rows["g6e.48xlarge"].split()[3:6] == ["400", "of", "400"]  # columns: type cards EFA | EFA Gbps of all Gbps
     assert rows["p6-b200.48xlarge"].split()[3:6] == ["3200", "of", "3200"]
+
+
+def test_a_jobs_only_stack_loads_no_pulumi_aws():
+    """A stack that only renders jobs for clusters it does not manage registers no AWS resource, so its plan leaves
+    pulumi-aws (its largest import) unloaded: the resources that need it import it where they are created."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "components", "plan", "--stack", "hyperpod-jobs"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "components.offline.mocks" in loaded  # the import log is there to be read
+    assert "pulumi_aws" not in loaded

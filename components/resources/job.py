@@ -15,7 +15,6 @@ import pulumi
 
 from ..planning import data_access, launch
 from ..planning.config import JobConfig, StackConfig
-from .data_access import pod_identity
 
 
 class Job(pulumi.ComponentResource):
@@ -32,6 +31,8 @@ class Job(pulumi.ComponentResource):
         super().__init__("efa-infra:index:Job", job.name, None, opts)
         plan = launch.job_plan(cfg, job)
         if plan.service_account:
+            from .data_access import pod_identity  # pulumi-aws, loaded only where a job has a data role
+
             pod_identity(job.name, cluster_name, plan.namespace, plan.service_account, data_access.job_policy(cfg, job),
                          tags or {}, pulumi.ResourceOptions(parent=self, depends_on=cluster_ready or []))
         if plan.target == "ec2":
