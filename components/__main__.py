@@ -24,9 +24,10 @@ from pathlib import Path
 
 from .offline import exit_codes
 from .offline.exit_codes import ToolError, UsageError
+from .planning.project import stacks_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-STACKS = ROOT / "stacks"
+STACKS = stacks_dir()  # the stacks of the project the command runs in, not of an installed copy
 # What render wrote into its folder (JSON), so that it removes only its own files. No .json/.yaml extension:
 # `kubectl apply -f DIR` reads only such files of a folder (k8s.io/cli-runtime pkg/resource/visitor.go, ignoreFile).
 RENDERED = ".efa-infra-render"
@@ -397,7 +398,8 @@ def run() -> int:
     return code
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """`python -m components` and the installed `efa-infra` command: main, as a process ends it."""
     # A short-lived process: the cyclic collector's passes over the many objects the SDKs create at import
     # cost a tenth to a fifth of a plan's time and free nothing that matters before it exits (same peak memory).
     gc.disable()
@@ -409,3 +411,7 @@ if __name__ == "__main__":
     # Skip interpreter teardown: with the SDKs loaded it is slow, and finalizing the
     # event loops the mock monitor's threads leave behind prints a spurious error.
     os._exit(code)
+
+
+if __name__ == "__main__":
+    console()

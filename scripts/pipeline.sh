@@ -52,7 +52,7 @@ check() {
   venv/bin/python -m pytest -q
 }
 
-scan() {  # checkov over each stack's Terraform-plan export and manifests; checkov-skips.yaml lists the skipped checks
+scan() {  # checkov over each stack's Terraform-plan export and manifests; components/data/checkov-skips.yaml lists the skipped checks
   python3 -m venv venv-checkov && venv-checkov/bin/pip install -r requirements-checkov.txt
   local stack status=0
   for stack in $(stacks); do

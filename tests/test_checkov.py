@@ -1,5 +1,5 @@
 """checkov, the common IaC scanner, over what every example stack would create: its Terraform-plan export
-and its jobs' manifests (python -m components scan-inputs). A check may fail only if checkov-skips.yaml
+and its jobs' manifests (python -m components scan-inputs). A check may fail only if components/data/checkov-skips.yaml
 lists it with its reason, and every listed check must still fail somewhere (else the entry goes)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_the_skip_list_is_short_reasoned_and_still_needed(findings):
     for check, reason in skips.items():
         assert isinstance(reason, str) and len(reason) > 40 and "\n" not in reason.strip(), check
     failing = {f.split()[0] for s in findings.values() for f in s["failed"]}
-    assert set(skips) <= failing, f"no longer failing anywhere, drop from checkov-skips.yaml: {sorted(set(skips) - failing)}"
+    assert set(skips) <= failing, f"no longer failing anywhere, drop from components/data/checkov-skips.yaml: {sorted(set(skips) - failing)}"
 
 
 def test_the_checkov_config_carries_the_skip_list(tmp_path):

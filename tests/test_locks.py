@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 LOCKS = {"requirements.txt": "requirements.lock", "requirements-test.txt": "requirements-test.lock",
          "requirements-checkov.txt": "requirements-checkov.lock"}
 
@@ -38,6 +40,8 @@ def requirements(path: str) -> tuple[list[Requirement], list[str]]:
             constraints += cons
         elif line.startswith("-c "):
             constraints.append(line[3:].strip())
+        elif line in (".", "-e ."):  # this repository's package: its dependencies are pyproject.toml's
+            reqs += [Requirement(r) for r in PROJECT["dependencies"]]
         else:
             reqs.append(Requirement(line))
     return reqs, constraints
@@ -52,6 +56,13 @@ def test_every_requirement_is_pinned_within_its_range(ranges, lock):
         name = canonicalize_name(req.name)
         assert name in pinned, f"{req.name} ({ranges}) has no pin in {lock}"
         assert req.specifier.contains(pinned[name], prereleases=True), f"{lock} pins {req.name} {pinned[name]}, outside {req} ({ranges})"
+
+
+def test_the_runtime_ranges_live_in_pyproject_only():
+    """requirements.txt installs the package, whose metadata states the ranges: no second copy to drift."""
+    lines = [raw.split(" #")[0].strip() for raw in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert [line for line in lines if line and not line.startswith("#")] == ["-c requirements.lock", "-e ."]
+    assert {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]} <= set(pins("requirements.lock"))
 
 
 def test_runtime_and_test_locks_agree():
@@ -70,7 +81,8 @@ def installed(python: Path) -> dict[str, str]:
 def test_the_suite_runs_on_the_locked_set():
     """What passes here is what a fresh install from the locks gets: the venv running the tests is the lock."""
     here = {canonicalize_name(d.metadata["Name"]): d.version.split("+")[0] for d in metadata.distributions()}
-    here = {n: v for n, v in here.items() if n not in {"pip", "setuptools", "wheel"}}
+    # The package itself (requirements.txt installs this tree, editable) is not pinned: it is what is tested.
+    here = {n: v for n, v in here.items() if n not in {"pip", "setuptools", "wheel", canonicalize_name(PROJECT["name"])}}
     assert here == pins("requirements-test.lock")
 
 

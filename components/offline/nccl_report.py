@@ -24,11 +24,11 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..planning import config, efa, nccl_log
+from ..planning import config, efa, nccl_log, project
 from . import exit_codes
 from .nccl_tests import ReportError, Run, load_run
 
-STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+STACKS_DIR = project.stacks_dir()
 # Exit statuses, from the CLI's one table (exit_codes; README, "Exit codes").
 NOT_ON_EFA = exit_codes.GATE
 BAD_INPUT = exit_codes.INVALID

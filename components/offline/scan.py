@@ -1,6 +1,6 @@
 """What an IaC scanner reads of a stack, written to a directory: the offline plan
 as Terraform plan JSON, every job's Kubernetes manifests, and the checkov config
-with the project's skip list (`checkov-skips.yaml`, each check with its reason).
+with the project's skip list (`data/checkov-skips.yaml`, each check with its reason).
 
 Scanners check the pod templates of the kinds Kubernetes defines, not those
 inside an operator's resource (PyTorchJob, MPIJob, TrainJob): each replica's
@@ -20,8 +20,7 @@ from ..planning import config, launch
 from ..planning.launch import trainjob
 from . import mocks, terraform_plan, trainer_model
 
-ROOT = Path(__file__).resolve().parents[2]
-SKIPS = ROOT / "checkov-skips.yaml"
+SKIPS = Path(__file__).resolve().parent.parent / "data" / "checkov-skips.yaml"
 PLAN_FILE, MANIFESTS, CONFIG_FILE = "plan.tf.json", "manifests", "checkov.yaml"
 # The operators' resources and where they keep their replicas' pod templates.
 REPLICAS = {"PyTorchJob": "pytorchReplicaSpecs", "MPIJob": "mpiReplicaSpecs"}

@@ -11,6 +11,8 @@ the fleets' EFA launch templates, the VPC CNI add-on version that handles
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -33,9 +35,11 @@ NVIDIA_PLUGIN = ("nvidia-device-plugin", "https://nvidia.github.io/k8s-device-pl
 NEURON_PLUGIN = devices.driver("neuron").chart  # one chart runs the Neuron device plugin or its DRA driver (OCI: no repository)
 # Our kustomize overlay of the training operator: PyTorchJob only, so that it can sit beside the MPI operator.
 # Relative to the project directory, where Pulumi runs the program and its providers: an absolute path would put
-# the checkout's location in the state, and a laptop's preview would differ from a pipeline's.
-TRAINING_OPERATOR = "components/manifests/training-operator"
-TRAINER = "components/manifests/trainer"  # Kubeflow Trainer v2 with JobSet, pinned like the training operator
+# the checkout's location in the state, and a laptop's preview would differ from a pipeline's. From a checkout
+# these are components/manifests/...; from an installed package, the paths into the project's venv.
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+TRAINING_OPERATOR = os.path.relpath(MANIFESTS / "training-operator")
+TRAINER = os.path.relpath(MANIFESTS / "trainer")  # Kubeflow Trainer v2 with JobSet, pinned like the training operator
 MPI_OPERATOR = "https://raw.githubusercontent.com/kubeflow/mpi-operator/v0.6.0/deploy/v2beta1/mpi-operator.yaml"
 # Pod Security Admission level of the jobs' namespaces: IPC_LOCK, which EFA needs, is outside baseline
 # (Kubernetes, "Pod Security Standards": baseline allows adding only its listed capabilities).

@@ -108,7 +108,8 @@ def block_schedules(name: str, plan: FleetPlan, window: Schedule, group_name: pu
 
 
 class EfaFleet(pulumi.ComponentResource):
-    launch_template: aws.ec2.LaunchTemplate | None  # None for a Karpenter fleet
+    # self.launch_template (aws.ec2.LaunchTemplate, None for a Karpenter fleet): not a class annotation, for the
+    # annotated attributes are the component package's outputs (resources/hosted.py), which give plain ids.
     placement_group_name: pulumi.Output[str] | None
     asg_name: pulumi.Output[str] | None
     run_log_group: pulumi.Output[str] | None  # plain EC2: where SSM puts the output of the commands run on the nodes

@@ -18,7 +18,8 @@ from ..planning.config import JobConfig, StackConfig
 
 
 class Job(pulumi.ComponentResource):
-    outputs: dict
+    # self.outputs: the job's stack outputs. Not a class annotation: the annotated attributes are the component
+    # package's outputs (resources/hosted.py), each typed.
 
     def __init__(self, job: JobConfig, cfg: StackConfig, stack: str, k8s_provider=None,
                  tags: dict[str, str] | None = None, namespaces: list[pulumi.Resource] | None = None,

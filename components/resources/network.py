@@ -22,7 +22,8 @@ from ..planning.plan import StackPlan
 class EfaNetwork(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     private_subnet_ids: dict[str, pulumi.Output[str]]  # the primary private subnet of each AZ
-    subnet_ids: dict[tuple[str, str], pulumi.Output[str]]  # every private subnet by (kind, AZ): where fleets go
+    # self.subnet_ids: every private subnet by (kind, AZ), where fleets go. Not a class annotation: the annotated
+    # attributes are the component package's outputs (resources/hosted.py), and a tuple-keyed map is no output.
     security_group_id: pulumi.Output[str]
 
     def __init__(self, name: str, plan: StackPlan, tags: dict[str, str], existing_vpc_id: str | None = None,

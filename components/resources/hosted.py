@@ -1,0 +1,168 @@
+"""The component package for other languages: EfaNetwork, EfaFleet and Job hosted through Pulumi's
+component_provider_host (the plugin's entry point is plugin/__main__.py).
+
+Each hosted component is the stack program's own component, given its arguments as a stack file's sections
+(`arguments.py` derives them from the config models) and a few plain ids of other components' resources.
+The arguments are validated by the same `config.load` as a stack file, so a bad argument gets the same
+key-naming error, before anything is registered; the plan the stack program would make then drives the
+same resources with the same inputs.
+
+No `from __future__ import annotations` here: Pulumi's schema inference reads these annotations as types.
+"""
+
+import re
+from typing import Optional
+
+import pulumi
+
+from ..planning import config as config_mod
+from ..planning import plan as plan_mod
+from ..planning import data_access, launch
+from . import arguments, fleet, job, network
+from .stack import read_existing
+
+NAME = "efa-infra"
+# The release this package is (pyproject.toml's version; a test keeps them equal).
+VERSION = "0.1.0"
+
+ARGS = arguments.derive({
+    "EfaNetwork": ("An EFA-ready VPC: subnets sized for the fleets, NAT, endpoints, flow logs and the EFA security group "
+                   "(or, with network.existing, only the security group in that VPC).",
+                   ["region", "network", "fleets", "instanceTypes"], []),
+    "EfaFleet": ("One GPU fleet on plain EC2: its placement group, launch template with every EFA device, instance "
+                 "profile and Auto Scaling group, in a subnet of an EfaNetwork (or any VPC's private subnet).",
+                 ["region", "instanceTypes"],
+                 [("fleet", config_mod.FleetConfig, "The fleet, as one entry of a stack file's efa-infra:fleets."),
+                  ("subnetId", "pulumi.Input[str]", "The private subnet the fleet runs in (an EfaNetwork's "
+                   "privateSubnetIds[availabilityZone]); it must be in the fleet's availabilityZone."),
+                  ("securityGroupIds", "pulumi.Input[list[pulumi.Input[str]]]",
+                   "Security groups of the fleet's interfaces, the EFA group first (an EfaNetwork's securityGroupId).")]),
+    "Job": ("A training job rendered for its fleet: on a plain EC2 fleet an SSM Command document that launches it on "
+            "every node (and the send-command line that runs it); on a cluster of clusters (HyperPod, another team's "
+            "EKS) its Kubernetes manifests. The resource's name is the job's name.",
+            ["region", "fleets", "clusters", "instanceTypes"],
+            [("job", config_mod.JobConfig, "The job, as one entry of a stack file's efa-infra:jobs."),
+             ("runLogGroup", "typing.Optional[pulumi.Input[str]]",
+              "For a job on a plain EC2 fleet: the fleet's log group (an EfaFleet's runLogGroup), where the launch's "
+              "output goes.")]),
+}, __name__ + "_arguments")
+EfaNetworkArgs, EfaFleetArgs, JobArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.JobArgs
+
+
+def stack_config(document: dict, renames: dict[str, str]) -> config_mod.StackConfig:
+    """The arguments as a validated stack config; invalid ones raise InputPropertyError naming each key as the
+    component's arguments spell it (`fleet.nodes.max`), with the value and what would be valid."""
+    try:
+        return config_mod.load(document, "arguments")
+    except config_mod.ConfigError as err:
+        def key(path: str) -> str:
+            path = re.sub(r"^(aws|efa-infra):", "", path)
+            for stack_key, arg in renames.items():
+                path = re.sub(rf"^{re.escape(stack_key)}(?=$|[.\[])", arg, path)
+            return path
+        problems = [f"{key(p.path)}: {p.message}" for p in err.problems]
+        raise pulumi.InputPropertyError(key(err.problems[0].path), "; ".join(problems)) from None
+
+
+def tags() -> dict[str, str]:
+    return {plan_mod.STACK_TAG: pulumi.get_stack()}
+
+
+class EfaNetwork(network.EfaNetwork):
+    """An EFA-ready VPC with its private subnets and the EFA security group."""
+
+    vpc_id: pulumi.Output[str]
+    """The VPC's id."""
+    private_subnet_ids: dict[str, pulumi.Output[str]]
+    """The private subnet of each AZ, by AZ: where fleets go."""
+    security_group_id: pulumi.Output[str]
+    """The EFA security group (all traffic within itself), for the fleets' interfaces."""
+
+    def __init__(self, name: str, args: EfaNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        cfg = stack_config(dict(args), {})
+        plan = plan_mod.build(cfg)
+        existing_vpc_id, *_ = read_existing(plan)
+        super().__init__(name, plan, tags(), existing_vpc_id=existing_vpc_id, opts=opts)
+
+
+class EfaFleet(fleet.EfaFleet):
+    """A GPU fleet on plain EC2 whose nodes attach every EFA device their type has."""
+
+    launch_template_id: pulumi.Output[str]
+    """The launch template's id."""
+    launch_template_version: pulumi.Output[int]
+    """The launch template's latest version."""
+    placement_group_name: Optional[pulumi.Output[str]]
+    """The cluster placement group (none for placement mode none)."""
+    asg_name: Optional[pulumi.Output[str]]
+    """The Auto Scaling group that runs the nodes."""
+    run_log_group: Optional[pulumi.Output[str]]
+    """The log group that holds the output of commands run on the nodes through SSM."""
+
+    def __init__(self, name: str, args: EfaFleetArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        given = dict(args)
+        document = {k: v for k, v in given.items() if k in ("region", "instanceTypes")}
+        document["fleets"] = [given.get("fleet")]
+        cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
+        if cfg.fleets[0].fsx is not None:  # refused rather than left out: the stack program makes it beside the fleet
+            raise pulumi.InputPropertyError("fleet.fsx", "fleet.fsx: the package's EfaFleet does not make FSx for Lustre "
+                                            "file systems yet; use a stack of this repository for a fleet with one")
+        plan = plan_mod.build(cfg)
+        _, _, windows, *_ = read_existing(plan)
+        fp = plan.fleets[0]
+        groups = given["securityGroupIds"]
+        super().__init__(name, fp, pulumi.get_stack(), subnet_id=given["subnetId"],
+                         security_group_ids=groups if isinstance(groups, list) else [groups], tags=tags(),
+                         region=cfg.region, window=windows.get(fp.name), opts=opts)
+        self.launch_template_id = self.launch_template.id
+        self.launch_template_version = self.launch_template.latest_version
+
+
+class Job(job.Job):
+    """A training job's launch artifacts, rendered for its fleet or cluster."""
+
+    ssm_document: Optional[pulumi.Output[str]]
+    """Plain EC2: the SSM Command document that launches the job on a node."""
+    run: Optional[pulumi.Output[str]]
+    """Plain EC2: the aws ssm send-command line that runs the document on every node of the fleet."""
+    log_group: Optional[pulumi.Output[str]]
+    """Plain EC2: the log group that holds every node's output."""
+    manifests: Optional[pulumi.Output[str]]
+    """On a cluster: the job's Kubernetes manifests, as one multi-document YAML text for kubectl apply -f."""
+
+    def __init__(self, name: str, args: JobArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        given = dict(args)
+        document = {k: v for k, v in given.items() if k in ("region", "fleets", "clusters", "instanceTypes")}
+        document["jobs"] = [given.get("job")]
+        cfg = stack_config(document, {"jobs[0]": "job", "jobs": "job"})
+        spec = cfg.jobs[0]
+        problems = []
+        if spec.name != name:
+            problems.append(f"job.name: {spec.name!r}, but the resource is named {name!r}: name the resource as the job")
+        if spec.apply:
+            problems.append("job.apply: the package renders manifests and leaves applying them to the program "
+                            "(its kubernetes provider); set apply false")
+        if launch.job_plan(cfg, spec).target == "ec2":
+            if given.get("runLogGroup") is None:
+                problems.append("runLogGroup: a job on a plain EC2 fleet needs its fleet's log group (EfaFleet's runLogGroup)")
+            if data_access.job_policy(cfg, spec) is not None:
+                # The stack program grants it on the fleet's node role, which the package's EfaFleet makes without it.
+                problems.append("job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role, which the "
+                                "package's EfaFleet does not grant yet; use a stack of this repository for it")
+        if problems:
+            raise pulumi.InputPropertyError(problems[0].split(":")[0], "; ".join(problems))
+        super().__init__(spec, cfg, pulumi.get_stack(), tags=tags(), run_log_group=given.get("runLogGroup"), opts=opts)
+        self.ssm_document = self.outputs.get("ssmDocument")
+        self.run = self.outputs.get("run")
+        self.log_group = self.outputs.get("logGroup")
+        manifests = self.outputs.get("manifests")
+        self.manifests = None if manifests is None else pulumi.Output.from_input(launch.manifests_yaml(manifests))
+
+
+COMPONENTS = [EfaNetwork, EfaFleet, Job]
+
+
+def main() -> None:
+    from pulumi.provider.experimental import component_provider_host
+
+    component_provider_host(COMPONENTS, NAME, version=VERSION)

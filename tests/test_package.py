@@ -1,0 +1,284 @@
+"""The component package: its schema, built by the SDK's own ComponentProvider, carries every config field
+with a type; constructing a component through the provider's construct path, from inputs as the engine sends
+them, registers what the stack program registers for the same settings; bad arguments register nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import typing
+from pathlib import Path
+
+import pulumi
+import pytest
+from google.protobuf import struct_pb2
+from pulumi.provider.experimental.component import ComponentProvider
+from pulumi.runtime import rpc
+import yaml
+from pydantic import BaseModel
+
+from components.offline import mocks
+from components.planning import config
+from components.planning.config import StackConfig
+from components.resources import hosted
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = "dev"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
+    return json.loads(provider.schema)
+
+
+def models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in models_in(a)]
+
+
+def test_the_version_is_the_distributions():
+    assert hosted.VERSION == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_every_config_field_is_a_typed_argument(schema):
+    """Every field of every model under the hosted sections is a property of the schema type of that model,
+    and no property anywhere is untyped (Any)."""
+    assert sorted(schema["resources"]) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork", "efa-infra:index:Job"]
+    fleet_inputs = schema["resources"]["efa-infra:index:EfaFleet"]["inputProperties"]
+    network_inputs = schema["resources"]["efa-infra:index:EfaNetwork"]["inputProperties"]
+    for key in ("region", "network", "fleets", "instanceTypes"):
+        field = next(f for n, f in StackConfig.model_fields.items() if (f.alias or n) == key)
+        assert network_inputs[key]["description"] == field.description
+    assert fleet_inputs["fleet"]["$ref"] == "#/types/efa-infra:index:FleetConfig"
+    seen, todo = set(), [m for f in StackConfig.model_fields.values() for m in models_in(f.annotation)
+                         if (f.alias or "") in ("network", "fleets", "instanceTypes", "clusters", "jobs")]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        props = schema["types"][f"efa-infra:index:{model.__name__}"]["properties"]
+        keys = {f.alias or n for n, f in model.model_fields.items()}
+        assert keys - set(props) == set(), f"{model.__name__}: config fields missing from the package arguments"
+        for name, field in model.model_fields.items():
+            assert props[field.alias or name]["description"] == field.description
+            todo += models_in(field.annotation)
+    assert {"FleetConfig", "NetworkConfig", "NodeCounts", "CapacityConfig", "ExistingNetwork", "JobConfig",
+            "ClusterConfig"} <= {m.__name__ for m in seen}
+    assert schema["resources"]["efa-infra:index:Job"]["inputProperties"]["job"]["$ref"] == "#/types/efa-infra:index:JobConfig"
+    assert "pulumi.json#/Any" not in json.dumps(schema)
+    for resource in schema["resources"].values():
+        for prop in [*resource["inputProperties"].values(), *resource["properties"].values()]:
+            assert "type" in prop or "$ref" in prop
+
+
+def engine_shaped(values: dict) -> dict:
+    """Inputs as the engine hands them to Construct: through a protobuf Struct (every number a float)."""
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return rpc.deserialize_properties(struct)
+
+
+def construct(component: str, name: str, inputs: dict, settings: dict, stack: str = STACK) -> mocks.Run:
+    """Construct through the provider, under the offline plan's mocks; what it registered, and (as the run's
+    outputs) the component's state."""
+    provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
+    monocks = mocks.PlanMocks(mocks.stand_in_lookups(settings))
+    monitor = mocks.PlanMonitor(monocks)
+    pulumi.runtime.set_mocks(monocks, project=mocks.PROJECT, stack=stack, preview=False, monitor=monitor)
+    error, state = None, {}
+
+    @pulumi.runtime.test
+    def program():
+        result = provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs))
+        return pulumi.Output.all(**result.state).apply(state.update) if result.state else None
+
+    try:
+        program()
+    except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
+        error = exc
+    names = {urn: n for urn, _, _, n in monitor.order}
+    return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None, True,
+                                       monocks.inputs[(typ, n)][0]) for urn, parent, typ, n in sorted(monitor.order)],
+                     state, error=error)
+
+
+def under(run: mocks.Run, parent: str) -> list[tuple[str, str, str]]:
+    return sorted((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources if r.parent == parent)
+
+
+@pytest.fixture(scope="module")
+def program_run():
+    settings = config.read_stack_file(ROOT / "stacks" / f"Pulumi.{STACK}.yaml")
+    return settings, mocks.run(settings, STACK)
+
+
+def test_efa_network_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    inputs = {k: doc[k] for k in ("region", "network", "fleets") if k in doc}
+    built = construct("EfaNetwork", "efa", inputs, settings)
+    assert built.error is None, built.error
+    assert len(under(built, "efa")) > 10
+    assert under(built, "efa") == under(run, "efa")
+    assert [r.type for r in built.resources if r.parent is None] == ["efa-infra:index:EfaNetwork"]
+
+
+def test_efa_fleet_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    fleet = doc["fleets"][0]
+    template = run.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["networkInterfaces"][0]
+    inputs = {"region": doc["region"], "fleet": fleet, "subnetId": template["subnetId"],
+              "securityGroupIds": template["securityGroups"]}
+    built = construct("EfaFleet", fleet["name"], inputs, settings)
+    assert built.error is None, built.error
+    assert len(under(built, fleet["name"])) > 5
+    assert under(built, fleet["name"]) == under(run, fleet["name"])
+
+
+def test_a_job_on_ec2_registers_what_the_stack_program_does(program_run):
+    settings, run = program_run
+    doc = config.document_from_settings(settings)
+    job = doc["jobs"][0]
+    inputs = {"region": doc["region"], "fleets": doc["fleets"], "job": job,
+              "runLogGroup": run.outputs["jobs"][job["name"]]["logGroup"]}
+    built = construct("Job", job["name"], inputs, settings)
+    assert built.error is None, built.error
+    assert [t for t, _, _ in under(built, job["name"])] == ["aws:ssm/document:Document"]
+    assert under(built, job["name"]) == under(run, job["name"])
+    assert built.outputs["run"] == run.outputs["jobs"][job["name"]]["run"]
+
+
+def test_a_job_on_a_cluster_renders_the_stack_programs_manifests():
+    settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.hyperpod-jobs.yaml")
+    run = mocks.run(settings, "hyperpod-jobs")
+    doc = config.document_from_settings(settings)
+    job = doc["jobs"][0]
+    built = construct("Job", job["name"], {"region": doc["region"], "clusters": doc["clusters"], "job": job}, settings,
+                      stack="hyperpod-jobs")
+    assert built.error is None, built.error
+    assert under(built, job["name"]) == under(run, job["name"]) == []
+    manifests = run.outputs["jobs"][job["name"]]["manifests"]
+    assert list(yaml.safe_load_all(built.outputs["manifests"])) == manifests
+    assert [m["kind"] for m in manifests] == ["Service", "Job"]
+
+
+def test_a_job_refuses_what_the_package_does_not_do(program_run):
+    settings, _ = program_run
+    doc = config.document_from_settings(settings)
+    built = construct("Job", "other", {"region": doc["region"], "fleets": doc["fleets"], "job": doc["jobs"][0]}, settings)
+    message = str(built.error)
+    assert "job.name: 'smoke', but the resource is named 'other'" in message
+    assert "runLogGroup: a job on a plain EC2 fleet needs its fleet's log group" in message
+    assert built.resources == []
+
+
+def test_what_the_package_does_not_make_yet_is_refused_not_left_out():
+    settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.ec2-fsx.yaml")
+    doc = config.document_from_settings(settings)
+    fleet = next(f for f in doc["fleets"] if "fsx" in f)
+    built = construct("EfaFleet", fleet["name"], {"region": doc["region"], "fleet": fleet, "subnetId": "subnet-0123456789abcdef0",
+                                                  "securityGroupIds": ["sg-0123456789abcdef0"]}, settings, stack="ec2-fsx")
+    assert "fleet.fsx: the package's EfaFleet does not make FSx" in str(built.error)
+    assert built.resources == []
+    job = next(j for j in doc["jobs"] if j.get("s3"))
+    built = construct("Job", job["name"], {"region": doc["region"], "fleets": doc["fleets"], "job": job,
+                                           "runLogGroup": "/efa-infra/ec2-fsx/x/run-command"}, settings, stack="ec2-fsx")
+    assert "job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role" in str(built.error)
+    assert built.resources == []
+
+
+def test_bad_arguments_name_their_keys_and_register_nothing(program_run):
+    settings, _ = program_run
+    doc = config.document_from_settings(settings)
+    fleet = {**doc["fleets"][0], "nodes": {"min": 0, "desired": 3, "max": 2}, "rootVolumeGiB": 5}
+    built = construct("EfaFleet", "gpu", {"region": doc["region"], "fleet": fleet, "subnetId": "subnet-0123456789abcdef0",
+                                         "securityGroupIds": ["sg-0123456789abcdef0"]}, settings)
+    message = str(built.error)
+    for key in ("fleet.nodes: need min <= desired <= max", "fleet.rootVolumeGiB"):
+        assert key in message, message
+    assert "efa-infra:fleets" not in message
+    # The component itself is registered by the provider only after its arguments validated: nothing is.
+    assert built.resources == []
+
+
+EXAMPLES = ROOT / "examples"
+
+
+def check_arguments(value, prop: dict, schema: dict, at: str) -> list[str]:
+    """Where `value` (an example's argument) does not fit the schema property `prop`: unknown keys, missing
+    required ones, objects where the schema has none. Interpolations (`${...}`, TS identifiers) pass."""
+    if "$ref" in prop:
+        typ = schema["types"][prop["$ref"].removeprefix("#/types/")]
+        if not isinstance(value, dict):
+            return [] if isinstance(value, str) else [f"{at}: not an object"]
+        return check_object(value, typ["properties"], typ.get("required", []), schema, at)
+    if prop.get("type") == "array":
+        return [p for i, v in enumerate(value) for p in check_arguments(v, prop["items"], schema, f"{at}[{i}]")] \
+            if isinstance(value, list) else []
+    if prop.get("type") == "object" and isinstance(value, dict):
+        return [p for k, v in value.items() for p in check_arguments(v, prop["additionalProperties"], schema, f"{at}.{k}")]
+    return [f"{at}: an object where the schema has {prop.get('type')}"] if isinstance(value, dict) else []
+
+
+def check_object(value: dict, props: dict, required: list[str], schema: dict, at: str) -> list[str]:
+    problems = [f"{at}.{k}: no such argument" for k in value if k not in props]
+    problems += [f"{at}.{k}: required" for k in required if k not in value]
+    return problems + [p for k, v in value.items() if k in props for p in check_arguments(v, props[k], schema, f"{at}.{k}")]
+
+
+def test_the_examples_reference_this_release_of_the_package(schema):
+    for example in ("yaml-fleet", "typescript-fleet"):
+        project = yaml.safe_load((EXAMPLES / example / "Pulumi.yaml").read_text())
+        assert project["packages"][hosted.NAME].endswith(f"/plugin@v{hosted.VERSION}")
+        assert f"pulumi package add {project['packages'][hosted.NAME]}" in (EXAMPLES / example / "README.md").read_text()
+    assert (ROOT / "plugin" / "PulumiPlugin.yaml").is_file()
+
+
+def test_the_yaml_example_uses_the_schemas_arguments_and_outputs(schema):
+    program = yaml.safe_load((EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text())
+    kinds = {name: r["type"] for name, r in program["resources"].items()}
+    assert sorted(kinds.values()) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork"]
+    for name, resource in program["resources"].items():
+        spec = schema["resources"][resource["type"]]
+        assert check_object(resource["properties"], spec["inputProperties"], spec["requiredInputs"], schema, name) == []
+    text = (EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text()
+    refs = re.findall(r"\$\{(\w+)\.(\w+)", text)
+    assert len(refs) >= 5
+    for resource, output in refs:
+        assert output in schema["resources"][kinds[resource]]["properties"], f"{resource}.{output}"
+
+
+def object_literal(text: str, start: int) -> str:
+    """The balanced {...} at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    raise ValueError("unbalanced braces")
+
+
+def test_the_typescript_example_uses_the_schemas_arguments_and_outputs(schema):
+    text = (EXAMPLES / "typescript-fleet" / "index.ts").read_text()
+    assert 'from "@pulumi/efa-infra"' in text
+    # Object literals in the example are YAML flow mappings: identifiers read as strings, consts substituted.
+    consts = {m.group(1): yaml.safe_load(object_literal(text, m.end() - 1))
+              for m in re.finditer(r"const (\w+) = \{", text)}
+    made = {}
+    for m in re.finditer(r'const (\w+) = new efa\.(\w+)\("[\w-]+", \{', text):
+        args = yaml.safe_load(object_literal(text, m.end() - 1))
+        args = {k: consts.get(v, v) if isinstance(v, str) else v for k, v in args.items()}
+        args = {k: [consts.get(x, x) if isinstance(x, str) else x for x in v] if isinstance(v, list) else v for k, v in args.items()}
+        spec = schema["resources"][f"{hosted.NAME}:index:{m.group(2)}"]
+        assert check_object(args, spec["inputProperties"], spec["requiredInputs"], schema, m.group(1)) == []
+        made[m.group(1)] = spec
+    assert len(made) == 2
+    refs = re.findall(rf"\b({'|'.join(made)})\.(\w+)", text)
+    assert len(refs) >= 5
+    for resource, output in refs:
+        assert output in made[resource]["properties"], f"{resource}.{output}"
