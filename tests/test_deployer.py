@@ -173,11 +173,39 @@ def test_the_workflow_deploys_each_stack_from_the_runner_its_config_names(tmp_pa
             assert deploys[stack] == deployer.HOSTED_RUNNER
 
 
-def test_pipeline_sh_names_the_runner_and_refuses_to_deploy_elsewhere():
-    script = ROOT / "scripts" / "pipeline.sh"
-    where = subprocess.run([str(script), "where", "prod"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert where.returncode == 0 and where.stdout.strip() == "efa-infra-prod"
-    text = script.read_text()
-    deploy = text[text.index("deploy() {"):]
-    # The runner check comes before anything reaches AWS or the Pulumi backend.
-    assert deploy.index('runs_on=$(where "$stack")') < deploy.index('if [[ ${RUNNER_LABEL:-} != "$runs_on" ]]') < deploy.index("pulumi stack select")
+def pipeline_copy(tmp_path):
+    """The repository's tracked files in a scratch tree whose venv and pulumi are stand-ins: its installs do nothing,
+    its python is the suite's, and pulumi records its calls."""
+    tree = tmp_path / "tree"
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes((ROOT / name).read_bytes())
+    (tree / "scripts" / "pipeline.sh").chmod(0o755)
+    stand_in = tmp_path / "bin"
+    for where, name, body in ((tree / "venv" / "bin", "python", f'exec {sys.executable} "$@"'),
+                              (tree / "venv" / "bin", "pip", "exit 0"),
+                              (stand_in, "python3", "exit 0"),  # `python3 -m venv venv`: the venv above stays
+                              (stand_in, "pulumi", f'echo "$*" >> {tmp_path / "pulumi.log"}')):
+        where.mkdir(parents=True, exist_ok=True)
+        (where / name).write_text(f"#!/bin/sh\n{body}\n")
+        (where / name).chmod(0o755)
+    return tree, {**os.environ, "PATH": f"{stand_in}:{os.environ['PATH']}"}
+
+
+def test_pipeline_sh_names_the_runner_and_refuses_to_deploy_elsewhere(tmp_path):
+    tree, env = pipeline_copy(tmp_path)
+    script = tree / "scripts" / "pipeline.sh"
+    where = subprocess.run([str(script), "where", "prod"], env=env, capture_output=True, text=True, timeout=300)
+    assert where.returncode == 0 and where.stdout.strip() == "efa-infra-prod", where.stderr
+    # Another runner: refused before anything reaches the Pulumi backend or AWS.
+    elsewhere = subprocess.run([str(script), "up", "prod"], env={**env, "RUNNER_LABEL": "ubuntu-latest"},
+                               capture_output=True, text=True, timeout=300)
+    assert elsewhere.returncode == 2 and "stack prod deploys from efa-infra-prod" in elsewhere.stderr
+    assert not (tmp_path / "pulumi.log").exists()
+    # Its own runner: the stack is selected and brought up with the policy pack.
+    there = subprocess.run([str(script), "up", "prod"], env={**env, "RUNNER_LABEL": "efa-infra-prod"},
+                           capture_output=True, text=True, timeout=300)
+    assert there.returncode == 0, there.stderr
+    calls = (tmp_path / "pulumi.log").read_text().splitlines()
+    assert calls[0].startswith("stack select --create prod") and calls[1].startswith("up --stack prod --policy-pack policy")
