@@ -411,7 +411,10 @@ def schema_versions(cfg: config.StackConfig) -> list[str]:
     oldest is the one its drivers need."""
     oldest = K8S_VERSION
     if cfg.eks.devices == "dra":
-        oldest = "1.35.0"  # components/data/dra_drivers.json: DRANET's minimum, the highest of the drivers'
+        from components.planning import devices
+
+        # The highest of the drivers' minimums (components/data/dra_drivers.json): DRANET's.
+        oldest = "%d.%d.0" % max(devices.driver(kind).min_kubernetes for kind in ("efa", "gpu", "neuron"))
     versions = sorted({oldest, f"{cfg.eks.version}.0"})
     assert set(versions) <= set(kubernetes_validate.utils.all_versions())
     return versions
