@@ -45,6 +45,10 @@ class EfaNetwork(pulumi.ComponentResource):
             "securityGroupId": self.security_group_id,
         })
 
+    def fleet_subnet_ids(self, plan: StackPlan) -> dict[str, pulumi.Output[str]]:
+        """The subnet each fleet's nodes go in, by fleet name."""
+        return {fp.name: self.subnet_ids[(s.kind, s.az)] for fp in plan.fleets for s in [plan.fleet_subnet(fp)]}
+
     @staticmethod
     def _create_vpc(name: str, plan: StackPlan, tagged, child: pulumi.ResourceOptions):
         """The VPC, its subnets and routes, NAT and endpoints; returns its id and its private subnets' ids."""

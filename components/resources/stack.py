@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from datetime import datetime, timezone
 
 import pulumi
@@ -130,63 +131,18 @@ def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTra
     return pulumi.ResourceTransformationResult(args.props, pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(protect=True)))
 
 
-def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
-    """Register the stack's resources; returns the stack outputs."""
-    plan = plan_mod.build(cfg)
-    existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
-    tags = {plan_mod.STACK_TAG: stack}
-    outputs: dict = {}
-    cluster = None
-    fleets: dict = {}  # name -> EfaFleet
-    # Transformations reach every child of a component: only the guarded kinds are marked.
-    guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
-    if plan.fleets:
-        # pulumi-aws loads only for stacks that create AWS resources: a stack of jobs for another team's cluster does not.
-        from .fleet import EfaFleet
-        from .fsx import FsxLustre
-        from .network import EfaNetwork
+@dataclasses.dataclass
+class Fleets:
+    """What `build_fleets` made: the cluster of an EKS stack, each fleet and each fleet's file system, by fleet name."""
+    cluster: typing.Any  # eks.EfaCluster, or None; its module loads only for EKS stacks
+    fleets: dict
+    file_systems: dict
 
-        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
-        outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
-        security_groups = [net.security_group_id]
-        if cfg.eks.enabled:
-            from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
-
-            # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
-            cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)}
-            cluster = EfaCluster("eks", plan, stack, cluster_subnets, net.vpc_id, tags, existing=existing_cluster, opts=guarded)
-            # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
-            # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
-            security_groups.append(cluster.node_security_group_id)
-            outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
-        karpenter = None
-        if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
-            from .karpenter import Karpenter
-
-            karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags)
-            karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
-        file_systems = {}
-        for fp in plan.fleets:
-            fleet_subnet = plan.fleet_subnet(fp)
-            subnet_id = net.subnet_ids[(fleet_subnet.kind, fleet_subnet.az)]
-            groups = security_groups
-            if fp.config.fsx is not None:
-                # In the fleet's subnet; its group goes on the fleet's nodes, which it admits to Lustre (and EFA).
-                fs = file_systems[fp.name] = FsxLustre(fp.name, fp.config.fsx, fp.fsx_efa, net.vpc_id, subnet_id, tags, opts=guarded)
-                groups = [*security_groups, fs.security_group_id]
-            fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=groups, tags=tags,
-                                       region=cfg.region,
-                                       cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
-                                       window=windows.get(fp.name), file_system=file_systems.get(fp.name),
-                                       data_policy=None if fp.on_eks else data_access.fleet_policy(cfg, fp.name))
-            if karpenter is not None and fp.config.provisioner == "karpenter":
-                # The same security groups as the node groups' launch templates carry.
-                karpenter.fleet(fp, stack, cluster.node_role, subnet_id, groups, fleets[fp.name].placement_group_name,
-                                cluster.provider)
-            elif cluster is not None:
-                cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
-            if cluster is not None and fp.name in file_systems:
-                cluster.file_system_volume(fp, file_systems[fp.name].file_system)
+    def outputs(self, windows: dict[str, Schedule]) -> dict:
+        fleets, file_systems = self.fleets, self.file_systems
+        outputs: dict = {}
+        if self.cluster is not None:
+            outputs.update(clusterName=self.cluster.name, kubeconfig=self.cluster.kubeconfig)
         outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
@@ -199,13 +155,94 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             outputs["fileSystems"] = {n: {"id": fs.file_system.id, "dnsName": fs.file_system.dns_name,
                                           "mountName": fs.file_system.mount_name, "mountPath": fs.mount_path}
                                       for n, fs in file_systems.items()}
+        return outputs
+
+
+def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, vpc_id: pulumi.Input[str],
+                 fleet_subnet_ids: dict[str, pulumi.Input[str]], cluster_subnet_ids: dict[str, pulumi.Input[str]],
+                 efa_group_id: pulumi.Input[str], existing_cluster: existing_mod.ClusterFacts | None,
+                 windows: dict[str, Schedule], guarded: pulumi.ResourceOptions | None = None,
+                 parent: pulumi.ResourceOptions | None = None) -> Fleets:
+    """The fleets in their subnets (`fleet_subnet_ids`, by fleet), with the EKS cluster, its node groups or
+    Karpenter when the stack has EKS, and the fleets' file systems. Used by the stack program and by the
+    component package's EfaCluster (`parent`: the component). `guarded`: the options of the kinds `diff`
+    guards, which the stack program marks protected."""
+    cfg = plan.config
+    from .fleet import EfaFleet
+    from .fsx import FsxLustre
+
+    guarded = pulumi.ResourceOptions.merge(guarded, parent)
+    security_groups = [efa_group_id]
+    cluster = None
+    if cfg.eks.enabled:
+        from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
+
+        cluster = EfaCluster("eks", plan, stack, cluster_subnet_ids, vpc_id, tags, existing=existing_cluster, opts=guarded)
+        # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
+        # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
+        security_groups.append(cluster.node_security_group_id)
+    karpenter = None
+    if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
+        from .karpenter import Karpenter
+
+        karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags,
+                              opts=parent)
+        karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
+    fleets: dict = {}
+    file_systems: dict = {}
+    for fp in plan.fleets:
+        subnet_id = fleet_subnet_ids[fp.name]
+        groups = security_groups
+        if fp.config.fsx is not None:
+            # In the fleet's subnet; its group goes on the fleet's nodes, which it admits to Lustre (and EFA).
+            fs = file_systems[fp.name] = FsxLustre(fp.name, fp.config.fsx, fp.fsx_efa, vpc_id, subnet_id, tags, opts=guarded)
+            groups = [*security_groups, fs.security_group_id]
+        fleets[fp.name] = EfaFleet(fp.name, fp, stack, subnet_id=subnet_id, security_group_ids=groups, tags=tags,
+                                   region=cfg.region,
+                                   cluster_join=cluster.node_join if cluster is not None and fp.config.ami else None,
+                                   window=windows.get(fp.name), file_system=file_systems.get(fp.name),
+                                   data_policy=None if fp.on_eks else data_access.fleet_policy(cfg, fp.name), opts=parent)
+        if karpenter is not None and fp.config.provisioner == "karpenter":
+            # The same security groups as the node groups' launch templates carry.
+            karpenter.fleet(fp, stack, cluster.node_role, subnet_id, groups, fleets[fp.name].placement_group_name,
+                            cluster.provider)
+        elif cluster is not None:
+            cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
+        if cluster is not None and fp.name in file_systems:
+            cluster.file_system_volume(fp, file_systems[fp.name].file_system)
+    return Fleets(cluster, fleets, file_systems)
+
+
+def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
+    """Register the stack's resources; returns the stack outputs."""
+    plan = plan_mod.build(cfg)
+    existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
+    tags = {plan_mod.STACK_TAG: stack}
+    outputs: dict = {}
+    made = Fleets(None, {}, {})
+    # Transformations reach every child of a component: only the guarded kinds are marked.
+    guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
+    if plan.fleets:
+        # pulumi-aws loads only for stacks that create AWS resources: a stack of jobs for another team's cluster does not.
+        from .network import EfaNetwork
+
+        net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
+        outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
+        # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
+        cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)} if cfg.eks.enabled else {}
+        made = build_fleets(plan, stack, tags, vpc_id=net.vpc_id, fleet_subnet_ids=net.fleet_subnet_ids(plan),
+                            cluster_subnet_ids=cluster_subnets,
+                            efa_group_id=net.security_group_id, existing_cluster=existing_cluster, windows=windows,
+                            guarded=guarded)
+        outputs.update(made.outputs(windows))
         if reservations:
             outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
+    cluster = made.cluster
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
                         namespaces=cluster.namespaces if cluster else None,
-                        run_log_group=fleets[j.fleet].run_log_group if j.fleet in fleets else None,
+                        run_log_group=made.fleets[j.fleet].run_log_group if j.fleet in made.fleets else None,
                         cluster_name=cluster.name if cluster else None,
                         cluster_ready=cluster.ready if cluster else None).outputs for j in cfg.jobs
         }
