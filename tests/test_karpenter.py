@@ -279,6 +279,17 @@ def test_the_controller_chart_values_merge_into_its_defaults():
     assert (identity["namespace"], identity["serviceAccount"]) == (release["namespace"], "karpenter")
 
 
+def test_the_controller_waits_for_what_it_runs_on_and_not_for_the_gpu_node_groups():
+    """Its pods need the control plane, the system nodes, the VPC CNI and (for its role) the Pod Identity agent;
+    a fleet's node group, which may wait for GPU nodes to boot, is not among them."""
+    result = stack(P5, {**kfleet("trn", "trn1.32xlarge"), "provisioner": "node-group"})
+    release = result.one("kubernetes:helm.sh/v3:Release", "karpenter-controller")
+    waits = {u.split("::")[-1] for u in release.depends_on}
+    assert {"eks-cluster", "eks-system", "eks-vpc-cni", "eks-pod-identity-agent", "karpenter-controller"} <= waits
+    assert result.one("aws:eks/nodeGroup:NodeGroup", "trn-nodes").urn not in release.depends_on
+    assert not any(u.endswith("::eks") for u in release.depends_on)  # the cluster component, which holds the node groups
+
+
 def test_the_controller_policies_are_karpenters_own_filled_in_and_valid_iam():
     result = stack(P5)
     policies = {r.name: r.inputs["policy"] for r in result.of_type("aws:iam/policy:Policy")}

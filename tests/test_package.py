@@ -22,6 +22,7 @@ from components.offline import mocks
 from components.planning import config
 from components.planning.config import StackConfig
 from components.resources import hosted
+from conftest import DEPLOYER, settings_of
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "dev"
@@ -46,15 +47,17 @@ def test_the_version_is_the_distributions():
 def test_every_config_field_is_a_typed_argument(schema):
     """Every field of every model under the hosted sections is a property of the schema type of that model,
     and no property anywhere is untyped (Any)."""
-    assert sorted(schema["resources"]) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork", "efa-infra:index:Job"]
+    assert sorted(schema["resources"]) == ["efa-infra:index:EfaCluster", "efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork",
+                                           "efa-infra:index:Job"]
     fleet_inputs = schema["resources"]["efa-infra:index:EfaFleet"]["inputProperties"]
     network_inputs = schema["resources"]["efa-infra:index:EfaNetwork"]["inputProperties"]
-    for key in ("region", "network", "fleets", "instanceTypes"):
+    cluster_inputs = schema["resources"]["efa-infra:index:EfaCluster"]["inputProperties"]
+    for key in ("region", "network", "eks", "fleets", "instanceTypes"):
         field = next(f for n, f in StackConfig.model_fields.items() if (f.alias or n) == key)
-        assert network_inputs[key]["description"] == field.description
+        assert network_inputs[key]["description"] == cluster_inputs[key]["description"] == field.description
     assert fleet_inputs["fleet"]["$ref"] == "#/types/efa-infra:index:FleetConfig"
     seen, todo = set(), [m for f in StackConfig.model_fields.values() for m in models_in(f.annotation)
-                         if (f.alias or "") in ("network", "fleets", "instanceTypes", "clusters", "jobs")]
+                         if (f.alias or "") in ("network", "eks", "fleets", "instanceTypes", "clusters", "jobs")]
     while todo:
         model = todo.pop()
         if model in seen:
@@ -67,7 +70,7 @@ def test_every_config_field_is_a_typed_argument(schema):
             assert props[field.alias or name]["description"] == field.description
             todo += models_in(field.annotation)
     assert {"FleetConfig", "NetworkConfig", "NodeCounts", "CapacityConfig", "ExistingNetwork", "JobConfig",
-            "ClusterConfig"} <= {m.__name__ for m in seen}
+            "ClusterConfig", "EksConfig"} <= {m.__name__ for m in seen}
     assert schema["resources"]["efa-infra:index:Job"]["inputProperties"]["job"]["$ref"] == "#/types/efa-infra:index:JobConfig"
     assert "pulumi.json#/Any" not in json.dumps(schema)
     for resource in schema["resources"].values():
@@ -138,6 +141,119 @@ def test_efa_fleet_registers_what_the_stack_program_does(program_run):
     assert built.error is None, built.error
     assert len(under(built, fleet["name"])) > 5
     assert under(built, fleet["name"]) == under(run, fleet["name"])
+
+
+def family(run: mocks.Run, keep) -> list[tuple[str, str, str]]:
+    """(type, name, inputs) of every resource whose chain of parents (itself first) `keep` accepts."""
+    by_urn = {r.urn: r for r in run.resources}
+
+    def chain(r: mocks.Registered) -> list[mocks.Registered]:
+        out = [r]
+        while r.parent_urn in by_urn:
+            r = by_urn[r.parent_urn]
+            out.append(r)
+        return out
+    return sorted((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources if keep(chain(r)))
+
+
+CLUSTER_SECTIONS = ("region", "network", "eks", "fleets", "instanceTypes")
+
+
+def network_then_cluster(settings: dict, stack: str, name: str = "eks") -> tuple[mocks.Run, mocks.Run]:
+    """EfaNetwork and then EfaCluster constructed from a stack's sections, the cluster's ids being the network's
+    outputs, as a program in another language passes them."""
+    doc = config.document_from_settings(settings)
+    sections = {k: doc[k] for k in CLUSTER_SECTIONS if k in doc}
+    net = construct("EfaNetwork", "efa", sections, settings, stack=stack)
+    assert net.error is None, net.error
+    ids = {k: net.outputs[k] for k in ("vpcId", "fleetSubnetIds", "privateSubnetIds")}
+    built = construct("EfaCluster", name, {**sections, **ids, "securityGroupId": net.outputs["securityGroupId"]},
+                      settings, stack=stack)
+    assert built.error is None, built.error
+    return net, built
+
+
+def compute(run: mocks.Run) -> list[tuple[str, str, str]]:
+    """What the stack program registers beside its network and its jobs: the cluster, fleets, file systems, Karpenter."""
+    return family(run, lambda c: c[-1].type not in ("pulumi:pulumi:Stack", "efa-infra:index:EfaNetwork", "efa-infra:index:Job"))
+
+
+@pytest.mark.parametrize("stack", ["eks-data", "eks-pinned-ami", "eks-capacity-block", "eks-dra", "prod"])
+def test_efa_cluster_registers_what_the_stack_program_does(stack):
+    """The cluster with its node groups, the fleets' launch templates and placement groups, their file systems:
+    the same resources with the same inputs (a pinned AMI's join data, a Capacity Block's schedules, DRA drivers,
+    FSx volumes) as the stack program's, all inside the one component."""
+    settings = config.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+    run = mocks.run(settings, stack)
+    net, built = network_then_cluster(settings, stack)
+    assert under(net, "efa") == under(run, "efa")
+    assert [r.type for r in built.resources if r.parent is None] == ["efa-infra:index:EfaCluster"]
+    assert len(compute(run)) > 15
+    assert family(built, lambda c: True) == compute(run)
+    assert built.outputs["clusterName"] == run.outputs["clusterName"] == f"{stack}-eks"
+    assert built.outputs["launchTemplateIds"] == {n: t["id"] for n, t in run.outputs["launchTemplates"].items()}
+    assert built.outputs["placementGroupNames"] == run.outputs["placementGroups"]
+
+
+def cluster_doc(*fleets: dict, eks: dict | None = None) -> dict:
+    return {"region": "us-east-1", "fleets": list(fleets),
+            "eks": eks or {"enabled": True, "availabilityZones": ["us-east-1a", "us-east-1b"], **DEPLOYER}}
+
+
+def fleet_doc(name: str, itype: str, **more) -> dict:
+    return {"name": name, "instanceType": itype, "availabilityZone": "us-east-1a", "nodes": {"desired": 0, "max": 8}, **more}
+
+
+@pytest.mark.parametrize("doc", [
+    cluster_doc(fleet_doc("p5", "p5.48xlarge", provisioner="karpenter"), fleet_doc("trn", "trn1.32xlarge")),
+    cluster_doc(fleet_doc("p5", "p5.48xlarge"),
+                eks={"enabled": True, "existing": {"clusterName": "ml-shared"}, "deployer": {"runsOn": "ci-runner"}}),
+], ids=["karpenter-beside-a-node-group", "joins-an-existing-cluster"])
+def test_efa_cluster_with_karpenter_or_joining_a_cluster_registers_what_the_stack_program_does(doc):
+    settings = settings_of(doc)
+    run = mocks.run(settings, STACK)
+    assert run.error is None, run.error
+    _, built = network_then_cluster(settings, STACK, name="eks")
+    assert family(built, lambda c: True) == compute(run)
+    kinds = {t for t, _, _ in compute(run)}
+    assert ("efa-infra:index:Karpenter" in kinds) == ("karpenter" in json.dumps(doc))
+    assert ("aws:eks/accessEntry:AccessEntry" in kinds) == ("existing" in doc["eks"])
+
+
+def test_efa_cluster_refuses_what_it_cannot_build_and_registers_nothing():
+    doc = cluster_doc(fleet_doc("p5", "p5.48xlarge"), fleet_doc("p4", "p4d.24xlarge"))
+    inputs = {**doc, "vpcId": "vpc-0123456789abcdef0", "securityGroupId": "sg-0123456789abcdef0",
+              "fleetSubnetIds": {"p5": "subnet-0123456789abcdef0"}, "privateSubnetIds": {"us-east-1a": "subnet-0123456789abcdef0"}}
+    built = construct("EfaCluster", "eks", inputs, settings_of(doc))
+    message = str(built.error)
+    assert "fleetSubnetIds: no id for p4 (it has p5)" in message
+    assert "privateSubnetIds: no id for us-east-1b (it has us-east-1a)" in message
+    assert built.resources == []
+    plain = construct("EfaCluster", "eks", {**inputs, "eks": {"enabled": False}, "fleetSubnetIds": {"p5": "s", "p4": "s"}},
+                      settings_of(doc))
+    assert "eks.enabled: false, but an EfaCluster is an EKS cluster" in str(plain.error)
+    assert plain.resources == []
+    bad = construct("EfaCluster", "eks", {**inputs, "eks": {**doc["eks"], "devices": "mig"}}, settings_of(doc))
+    assert "eks.devices" in str(bad.error) and "efa-infra:eks" not in str(bad.error)
+    assert bad.resources == []
+
+
+def test_a_job_with_s3_on_an_efa_clusters_fleet_gets_its_data_role_there():
+    """A job on an EKS fleet renders its manifests; with S3 access it needs the cluster's name, and then makes
+    the same data role and pod identity association as the stack program."""
+    settings = config.read_stack_file(ROOT / "stacks" / "Pulumi.eks-data.yaml")
+    run = mocks.run(settings, "eks-data")
+    doc = config.document_from_settings(settings)
+    job = next(j for j in doc["jobs"] if j.get("s3"))
+    inputs = {k: doc[k] for k in ("region", "eks", "fleets") if k in doc} | {"job": {**job, "apply": False}}
+    refused = construct("Job", job["name"], inputs, settings, stack="eks-data")
+    assert "clusterName: a job with S3 access on an EKS fleet needs its cluster" in str(refused.error)
+    assert refused.resources == []
+    built = construct("Job", job["name"], {**inputs, "clusterName": run.outputs["clusterName"]}, settings, stack="eks-data")
+    assert built.error is None, built.error
+    assert "aws:eks/podIdentityAssociation:PodIdentityAssociation" in {t for t, _, _ in under(built, job["name"])}
+    assert under(built, job["name"]) == [r for r in under(run, job["name"]) if r[0] != "kubernetes:yaml/v2:ConfigGroup"]
+    assert list(yaml.safe_load_all(built.outputs["manifests"])) == run.outputs["jobs"][job["name"]]["manifests"]
 
 
 def test_a_job_on_ec2_registers_what_the_stack_program_does(program_run):

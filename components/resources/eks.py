@@ -78,13 +78,15 @@ def _release(name: str, chart: tuple[str, str | None, str], opts: pulumi.Resourc
 
 
 class EfaCluster(pulumi.ComponentResource):
-    name: str
-    node_security_group_id: pulumi.Output[str]
-    kubeconfig: pulumi.Output[str]
-    provider: k8s.Provider
-    namespaces: list[k8s.core.v1.Namespace]  # the jobs' namespaces, on a cluster the stack creates
-    node_join: pulumi.Input[dict]  # nodeadm's spec.cluster, for fleets that pin an AMI
-    ready: list[pulumi.Resource]  # the cluster, or for one the stack joins the node role's access entry
+    # Its attributes, not class annotations: the annotated attributes are the component package's outputs
+    # (resources/hosted.py), each typed, and a provider or a list of resources is no output.
+    #   name (str), node_security_group_id and kubeconfig (outputs), node_role;
+    #   provider: the cluster's kubernetes provider;
+    #   namespaces: the jobs' namespaces, on a cluster the stack creates;
+    #   node_join: nodeadm's spec.cluster, for fleets that pin an AMI;
+    #   ready: the cluster, or for one the stack joins the node role's access entry;
+    #   base: what a workload of the cluster's own waits for (Karpenter's controller): `ready`, and on a cluster the
+    #   stack creates its system nodes and the add-ons their pods need (VPC CNI, Pod Identity agent).
 
     def __init__(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
                  vpc_id: pulumi.Input[str], tags: dict[str, str], existing: ClusterFacts | None = None,
@@ -98,12 +100,14 @@ class EfaCluster(pulumi.ComponentResource):
         self.node_role, attachments = self._node_role(name, tags, child)
         if existing is not None:
             ready: list[pulumi.Resource] = [self._join_existing(name, plan, existing, tags, child)]
+            self.base = list(ready)
             device_plugins = cfg.existing.device_plugins
         else:
-            cluster = self._create_cluster(name, plan, stack, private_subnet_ids, vpc_id, tags, child)
+            cluster, vpc_cni = self._create_cluster(name, plan, stack, private_subnet_ids, vpc_id, tags, child)
             self._admit_deployer(name, plan, tags, [cluster])
-            self._system_nodes(name, private_subnet_ids, tags, cfg.node_group_version, [cluster, *attachments])
+            system = self._system_nodes(name, private_subnet_ids, tags, cfg.node_group_version, [cluster, *attachments])
             ready = [cluster]
+            self.base = [cluster, vpc_cni, system]
             device_plugins = True
         self.ready = ready  # what resources in the cluster (or naming it, as pod identity associations do) wait for
         self._node_deps = pulumi.ResourceOptions(parent=self, depends_on=[*ready, *attachments])
@@ -168,9 +172,9 @@ class EfaCluster(pulumi.ComponentResource):
             )
 
     def _system_nodes(self, name: str, private_subnet_ids: dict[str, pulumi.Input[str]], tags: dict[str, str],
-                      version: str | None, after: list[pulumi.Resource]) -> None:
+                      version: str | None, after: list[pulumi.Resource]) -> aws.eks.NodeGroup:
         """The node group for cluster add-ons (CoreDNS, controllers), off the GPU nodes."""
-        aws.eks.NodeGroup(
+        return aws.eks.NodeGroup(
             f"{name}-system",
             aws.eks.NodeGroupArgs(
                 cluster_name=self.name, node_role_arn=self.node_role.arn, subnet_ids=list(private_subnet_ids.values()),
@@ -182,7 +186,9 @@ class EfaCluster(pulumi.ComponentResource):
         )
 
     def _create_cluster(self, name: str, plan: StackPlan, stack: str, private_subnet_ids: dict[str, pulumi.Input[str]],
-                        vpc_id: pulumi.Input[str], tags: dict[str, str], child: pulumi.ResourceOptions) -> eks.Cluster:
+                        vpc_id: pulumi.Input[str], tags: dict[str, str],
+                        child: pulumi.ResourceOptions) -> tuple[eks.Cluster, aws.eks.Addon]:
+        """The control plane, and its VPC CNI add-on."""
         cfg = plan.config.eks
         self.name = f"{stack}-{name}"
         key = account_key(f"{name}-secrets", f"EKS secrets encryption for {self.name}", tags, child)
@@ -225,7 +231,7 @@ class EfaCluster(pulumi.ComponentResource):
                 aws.eks.AddonArgs(cluster_name=self.name, addon_name="eks-node-monitoring-agent", tags=tags),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
             )
-        aws.eks.Addon(
+        vpc_cni = aws.eks.Addon(
             f"{name}-vpc-cni",
             aws.eks.AddonArgs(
                 cluster_name=self.name, addon_name="vpc-cni", addon_version=cfg.vpc_cni_version,
@@ -233,7 +239,7 @@ class EfaCluster(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
-        return cluster
+        return cluster, vpc_cni
 
     def _device_plugins(self, name: str, plan: StackPlan, on_k8s: pulumi.ResourceOptions) -> None:
         """Each plugin goes to the nodes our labels name, and tolerates their taints. Helm merges maps into the
@@ -295,7 +301,7 @@ class EfaCluster(pulumi.ComponentResource):
         FSx. A joined cluster keeps its own (read_existing checks it has the agent; the README asks for the driver)."""
         if not creates:
             return
-        eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready))
+        self.base.append(eks_data.pod_identity_agent(name, self.name, tags, pulumi.ResourceOptions(parent=self, depends_on=ready)))
         if any(fp.config.fsx for fp in plan.fleets):
             _release(f"{name}-fsx-csi-driver", eks_data.csi_chart(), on_k8s, eks_data.csi_values(plan.config.region))
 

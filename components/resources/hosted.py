@@ -1,4 +1,4 @@
-"""The component package for other languages: EfaNetwork, EfaFleet and Job hosted through Pulumi's
+"""The component package for other languages: EfaNetwork, EfaFleet, EfaCluster and Job hosted through Pulumi's
 component_provider_host (the plugin's entry point is plugin/__main__.py).
 
 Each hosted component is the stack program's own component, given its arguments as a stack file's sections
@@ -18,17 +18,20 @@ import pulumi
 from ..planning import config as config_mod
 from ..planning import plan as plan_mod
 from ..planning import data_access, launch
-from . import arguments, fleet, job, network
-from .stack import read_existing
+from . import arguments, eks, fleet, job, network
+from .stack import build_fleets, read_existing
 
 NAME = "efa-infra"
 # The release this package is (pyproject.toml's version; a test keeps them equal).
 VERSION = "0.1.0"
 
-ARGS = arguments.derive({
+# Each component: its description, the stack config sections it takes, and its other inputs.
+SPECS: dict[str, tuple[str, list[str], list[arguments.Extra]]] = {
     "EfaNetwork": ("An EFA-ready VPC: subnets sized for the fleets, NAT, endpoints, flow logs and the EFA security group "
-                   "(or, with network.existing, only the security group in that VPC).",
-                   ["region", "network", "fleets", "instanceTypes"], []),
+                   "(or, with network.existing, only the security group in that VPC). Give it the same sections as the "
+                   "fleets' components: its subnets are sized for the fleets at nodes.max (on EKS, with their pods' "
+                   "addresses) and placed in their AZs and eks.availabilityZones.",
+                   ["region", "network", "eks", "fleets", "instanceTypes"], []),
     "EfaFleet": ("One GPU fleet on plain EC2: its placement group, launch template with every EFA device, instance "
                  "profile and Auto Scaling group, in a subnet of an EfaNetwork (or any VPC's private subnet).",
                  ["region", "instanceTypes"],
@@ -37,16 +40,39 @@ ARGS = arguments.derive({
                    "privateSubnetIds[availabilityZone]); it must be in the fleet's availabilityZone."),
                   ("securityGroupIds", "pulumi.Input[list[pulumi.Input[str]]]",
                    "Security groups of the fleet's interfaces, the EFA group first (an EfaNetwork's securityGroupId).")]),
+    "EfaCluster": ("An EKS cluster whose fleets join it: the control plane, system nodes, add-ons, device plugins (or DRA "
+                   "drivers) and operators, and for each fleet its placement group, EFA launch template and managed node "
+                   "group (or Karpenter node pool), in the subnets of an EfaNetwork built from the same sections. With "
+                   "eks.existing, the fleets join that cluster instead.",
+                   ["region", "network", "eks", "fleets", "instanceTypes"],
+                   [("vpcId", "pulumi.Input[str]", "The VPC (an EfaNetwork's vpcId)."),
+                    ("fleetSubnetIds", "pulumi.Input[dict[str, pulumi.Input[str]]]",
+                     "The subnet of each fleet, by fleet name (an EfaNetwork's fleetSubnetIds)."),
+                    ("privateSubnetIds", "typing.Optional[pulumi.Input[dict[str, pulumi.Input[str]]]]",
+                     "The private subnet of each AZ (an EfaNetwork's privateSubnetIds): a new cluster's control plane "
+                     "and system nodes go in those of eks.availabilityZones. Not used with eks.existing."),
+                    ("securityGroupId", "pulumi.Input[str]",
+                     "The EFA security group (an EfaNetwork's securityGroupId), first on every fleet's interfaces.")]),
     "Job": ("A training job rendered for its fleet: on a plain EC2 fleet an SSM Command document that launches it on "
-            "every node (and the send-command line that runs it); on a cluster of clusters (HyperPod, another team's "
-            "EKS) its Kubernetes manifests. The resource's name is the job's name.",
-            ["region", "fleets", "clusters", "instanceTypes"],
+            "every node (and the send-command line that runs it); on an EfaCluster's fleet or a cluster of clusters "
+            "(HyperPod, another team's EKS) its Kubernetes manifests, and with S3 access its data role. The resource's "
+            "name is the job's name.",
+            ["region", "eks", "fleets", "clusters", "instanceTypes"],
             [("job", config_mod.JobConfig, "The job, as one entry of a stack file's efa-infra:jobs."),
              ("runLogGroup", "typing.Optional[pulumi.Input[str]]",
               "For a job on a plain EC2 fleet: the fleet's log group (an EfaFleet's runLogGroup), where the launch's "
-              "output goes.")]),
-}, __name__ + "_arguments")
-EfaNetworkArgs, EfaFleetArgs, JobArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.JobArgs
+              "output goes."),
+             ("clusterName", "typing.Optional[pulumi.Input[str]]",
+              "For a job with S3 access on an EfaCluster's fleet: the cluster (an EfaCluster's clusterName), where "
+              "the job's pods get its data role through EKS Pod Identity.")]),
+}
+ARGS = arguments.derive(SPECS, __name__ + "_arguments")
+EfaNetworkArgs, EfaFleetArgs, EfaClusterArgs, JobArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.EfaClusterArgs, ARGS.JobArgs
+
+
+def sections(component: str, given: dict) -> dict:
+    """The stack config sections among a component's arguments."""
+    return {k: given[k] for k in SPECS[component][1] if k in given}
 
 
 def stack_config(document: dict, renames: dict[str, str]) -> config_mod.StackConfig:
@@ -77,12 +103,16 @@ class EfaNetwork(network.EfaNetwork):
     """The private subnet of each AZ, by AZ: where fleets go."""
     security_group_id: pulumi.Output[str]
     """The EFA security group (all traffic within itself), for the fleets' interfaces."""
+    fleet_subnet_ids: dict[str, pulumi.Output[str]]
+    """The subnet each fleet goes in, by fleet name: its AZ's private subnet, or the secondary one for a fleet with
+    subnet secondary."""
 
     def __init__(self, name: str, args: EfaNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        cfg = stack_config(dict(args), {})
+        cfg = stack_config(sections("EfaNetwork", dict(args)), {})
         plan = plan_mod.build(cfg)
         existing_vpc_id, *_ = read_existing(plan)
         super().__init__(name, plan, tags(), existing_vpc_id=existing_vpc_id, opts=opts)
+        self.fleet_subnet_ids = self.fleet_subnets(plan)
 
 
 class EfaFleet(fleet.EfaFleet):
@@ -101,8 +131,7 @@ class EfaFleet(fleet.EfaFleet):
 
     def __init__(self, name: str, args: EfaFleetArgs, opts: Optional[pulumi.ResourceOptions] = None):
         given = dict(args)
-        document = {k: v for k, v in given.items() if k in ("region", "instanceTypes")}
-        document["fleets"] = [given.get("fleet")]
+        document = {**sections("EfaFleet", given), "fleets": [given.get("fleet")]}
         cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
         if cfg.fleets[0].fsx is not None:  # refused rather than left out: the stack program makes it beside the fleet
             raise pulumi.InputPropertyError("fleet.fsx", "fleet.fsx: the package's EfaFleet does not make FSx for Lustre "
@@ -116,6 +145,64 @@ class EfaFleet(fleet.EfaFleet):
                          region=cfg.region, window=windows.get(fp.name), opts=opts)
         self.launch_template_id = self.launch_template.id
         self.launch_template_version = self.launch_template.latest_version
+
+
+def pick(ids: pulumi.Input[dict], key: str, argument: str) -> pulumi.Output[str]:
+    """One id of a map argument (known or not until the deploy), failing by the argument's name when it lacks it."""
+    def get(known: dict) -> str:
+        if key not in known:
+            raise pulumi.InputPropertyError(argument, f"{argument}: no id for {key!r} (it has {', '.join(sorted(known)) or 'none'})")
+        return known[key]
+    return pulumi.Output.from_input(ids).apply(get)
+
+
+class EfaCluster(eks.EfaCluster):
+    """An EKS cluster with its EFA fleets as node groups (or Karpenter node pools)."""
+
+    cluster_name: pulumi.Output[str]
+    """The cluster's name."""
+    kubeconfig: pulumi.Output[str]
+    """A kubeconfig for the cluster (secret), for a kubernetes provider that applies jobs' manifests."""
+    node_security_group_id: pulumi.Output[str]
+    """EKS's cluster security group, which the control plane and every node carry."""
+    node_role_arn: pulumi.Output[str]
+    """The role of the fleets' nodes."""
+    launch_template_ids: dict[str, pulumi.Output[str]]
+    """Each node group fleet's EFA launch template, by fleet name (Karpenter's fleets have an EC2NodeClass instead)."""
+    placement_group_names: dict[str, pulumi.Output[str]]
+    """Each fleet's cluster placement group, by fleet name (none for placement mode none)."""
+
+    def __init__(self, name: str, args: EfaClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        given = dict(args)
+        cfg = stack_config(sections("EfaCluster", given), {})
+        problems = []
+        if not cfg.eks.enabled:
+            problems.append("eks.enabled: false, but an EfaCluster is an EKS cluster: set it true (fleets on plain EC2 "
+                            "are EfaFleets)")
+        for argument, wanted in (("fleetSubnetIds", [f.name for f in cfg.fleets]),
+                                 ("privateSubnetIds", [] if cfg.eks.existing else cfg.eks.availability_zones)):
+            known = given.get(argument)
+            if wanted and known is None:
+                problems.append(f"{argument}: required, with ids for {', '.join(wanted)}")
+            elif isinstance(known, dict) and (missing := [w for w in wanted if w not in known]):
+                problems.append(f"{argument}: no id for {', '.join(missing)} (it has {', '.join(sorted(known)) or 'none'})")
+        if problems:
+            raise pulumi.InputPropertyError(problems[0].split(":")[0], "; ".join(problems))
+        plan = plan_mod.build(cfg)
+        _, existing_cluster, windows, _ = read_existing(plan)
+        stack = pulumi.get_stack()
+        cluster_subnets = {} if cfg.eks.existing else {
+            az: pick(given["privateSubnetIds"], az, "privateSubnetIds") for az in sorted(cfg.eks.availability_zones)}
+        super().__init__(name, plan, stack, cluster_subnets, given["vpcId"], tags(), existing=existing_cluster, opts=opts)
+        made = build_fleets(plan, stack, tags(), vpc_id=given["vpcId"],
+                            fleet_subnet_ids={f.name: pick(given["fleetSubnetIds"], f.name, "fleetSubnetIds") for f in cfg.fleets},
+                            efa_group_id=given["securityGroupId"], cluster=self, windows=windows,
+                            parent=pulumi.ResourceOptions(parent=self))
+        self.cluster_name = pulumi.Output.from_input(self.name)
+        self.node_role_arn = self.node_role.arn
+        self.launch_template_ids = {n: f.launch_template.id for n, f in made.fleets.items() if f.launch_template is not None}
+        self.placement_group_names = {n: f.placement_group_name for n, f in made.fleets.items()
+                                      if f.placement_group_name is not None}
 
 
 class Job(job.Job):
@@ -132,8 +219,7 @@ class Job(job.Job):
 
     def __init__(self, name: str, args: JobArgs, opts: Optional[pulumi.ResourceOptions] = None):
         given = dict(args)
-        document = {k: v for k, v in given.items() if k in ("region", "fleets", "clusters", "instanceTypes")}
-        document["jobs"] = [given.get("job")]
+        document = {**sections("Job", given), "jobs": [given.get("job")]}
         cfg = stack_config(document, {"jobs[0]": "job", "jobs": "job"})
         spec = cfg.jobs[0]
         problems = []
@@ -149,9 +235,13 @@ class Job(job.Job):
                 # The stack program grants it on the fleet's node role, which the package's EfaFleet makes without it.
                 problems.append("job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role, which the "
                                 "package's EfaFleet does not grant yet; use a stack of this repository for it")
+        elif launch.job_plan(cfg, spec).service_account and given.get("clusterName") is None:
+            problems.append("clusterName: a job with S3 access on an EKS fleet needs its cluster (EfaCluster's clusterName), "
+                            "where its pods get the job's data role")
         if problems:
             raise pulumi.InputPropertyError(problems[0].split(":")[0], "; ".join(problems))
-        super().__init__(spec, cfg, pulumi.get_stack(), tags=tags(), run_log_group=given.get("runLogGroup"), opts=opts)
+        super().__init__(spec, cfg, pulumi.get_stack(), tags=tags(), run_log_group=given.get("runLogGroup"),
+                         cluster_name=given.get("clusterName"), opts=opts)
         self.ssm_document = self.outputs.get("ssmDocument")
         self.run = self.outputs.get("run")
         self.log_group = self.outputs.get("logGroup")
@@ -159,7 +249,7 @@ class Job(job.Job):
         self.manifests = None if manifests is None else pulumi.Output.from_input(launch.manifests_yaml(manifests))
 
 
-COMPONENTS = [EfaNetwork, EfaFleet, Job]
+COMPONENTS = [EfaNetwork, EfaFleet, EfaCluster, Job]
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class EfaNetwork(pulumi.ComponentResource):
             "securityGroupId": self.security_group_id,
         })
 
-    def fleet_subnet_ids(self, plan: StackPlan) -> dict[str, pulumi.Output[str]]:
+    def fleet_subnets(self, plan: StackPlan) -> dict[str, pulumi.Output[str]]:
         """The subnet each fleet's nodes go in, by fleet name."""
         return {fp.name: self.subnet_ids[(s.kind, s.az)] for fp in plan.fleets for s in [plan.fleet_subnet(fp)]}
 

@@ -133,17 +133,13 @@ def protect_kinds(args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTra
 
 @dataclasses.dataclass
 class Fleets:
-    """What `build_fleets` made: the cluster of an EKS stack, each fleet and each fleet's file system, by fleet name."""
-    cluster: typing.Any  # eks.EfaCluster, or None; its module loads only for EKS stacks
+    """What `build_fleets` made, by fleet name: each fleet and each fleet's file system."""
     fleets: dict
     file_systems: dict
 
     def outputs(self, windows: dict[str, Schedule]) -> dict:
         fleets, file_systems = self.fleets, self.file_systems
-        outputs: dict = {}
-        if self.cluster is not None:
-            outputs.update(clusterName=self.cluster.name, kubeconfig=self.cluster.kubeconfig)
-        outputs["placementGroups"] = {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}
+        outputs: dict = {"placementGroups": {n: f.placement_group_name for n, f in fleets.items() if f.placement_group_name is not None}}
         outputs["launchTemplates"] = {
             n: {"id": f.launch_template.id, "version": f.launch_template.latest_version} for n, f in fleets.items()
             if f.launch_template is not None
@@ -159,13 +155,12 @@ class Fleets:
 
 
 def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, vpc_id: pulumi.Input[str],
-                 fleet_subnet_ids: dict[str, pulumi.Input[str]], cluster_subnet_ids: dict[str, pulumi.Input[str]],
-                 efa_group_id: pulumi.Input[str], existing_cluster: existing_mod.ClusterFacts | None,
+                 fleet_subnet_ids: dict[str, pulumi.Input[str]], efa_group_id: pulumi.Input[str], cluster: typing.Any,
                  windows: dict[str, Schedule], guarded: pulumi.ResourceOptions | None = None,
                  parent: pulumi.ResourceOptions | None = None) -> Fleets:
-    """The fleets in their subnets (`fleet_subnet_ids`, by fleet), with the EKS cluster, its node groups or
-    Karpenter when the stack has EKS, and the fleets' file systems. Used by the stack program and by the
-    component package's EfaCluster (`parent`: the component). `guarded`: the options of the kinds `diff`
+    """The fleets in their subnets (`fleet_subnet_ids`, by fleet name) with their file systems, and on the EKS
+    `cluster` (an eks.EfaCluster, or None) their node groups or Karpenter. Used by the stack program and by the
+    component package's EfaCluster (`parent`: that component). `guarded`: the options of the kinds `diff`
     guards, which the stack program marks protected."""
     cfg = plan.config
     from .fleet import EfaFleet
@@ -173,11 +168,7 @@ def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, 
 
     guarded = pulumi.ResourceOptions.merge(guarded, parent)
     security_groups = [efa_group_id]
-    cluster = None
-    if cfg.eks.enabled:
-        from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
-
-        cluster = EfaCluster("eks", plan, stack, cluster_subnet_ids, vpc_id, tags, existing=existing_cluster, opts=guarded)
+    if cluster is not None:
         # A launch template's security groups replace EKS's own: add EKS's cluster group, which the control
         # plane and the system nodes carry (CoreDNS, webhooks), beside the EFA group.
         security_groups.append(cluster.node_security_group_id)
@@ -185,7 +176,7 @@ def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, 
     if cluster is not None and any(fp.config.provisioner == "karpenter" for fp in plan.fleets):
         from .karpenter import Karpenter
 
-        karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, [cluster], tags,
+        karpenter = Karpenter("karpenter", plan, cluster.name, cluster.node_role, cluster.provider, cluster.base, tags,
                               opts=parent)
         karpenter.overlays([fp for fp in plan.fleets if fp.config.provisioner == "karpenter"], cluster.provider)
     fleets: dict = {}
@@ -210,7 +201,7 @@ def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, 
             cluster.node_group(fp, fleets[fp.name].launch_template, subnet_id, tags, window=windows.get(fp.name))
         if cluster is not None and fp.name in file_systems:
             cluster.file_system_volume(fp, file_systems[fp.name].file_system)
-    return Fleets(cluster, fleets, file_systems)
+    return Fleets(fleets, file_systems)
 
 
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
@@ -219,7 +210,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
-    made = Fleets(None, {}, {})
+    cluster = None
+    made = Fleets({}, {})
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
     if plan.fleets:
@@ -228,16 +220,18 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
 
         net = EfaNetwork("efa", plan, tags, existing_vpc_id=existing_vpc_id, opts=guarded)
         outputs.update(vpcId=net.vpc_id, privateSubnetIds=net.private_subnet_ids, securityGroupId=net.security_group_id)
-        # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
-        cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)} if cfg.eks.enabled else {}
-        made = build_fleets(plan, stack, tags, vpc_id=net.vpc_id, fleet_subnet_ids=net.fleet_subnet_ids(plan),
-                            cluster_subnet_ids=cluster_subnets,
-                            efa_group_id=net.security_group_id, existing_cluster=existing_cluster, windows=windows,
-                            guarded=guarded)
+        if cfg.eks.enabled:
+            from .eks import EfaCluster  # pulumi-eks and pulumi-kubernetes load only for EKS stacks
+
+            # The cluster's subnets are those of its named AZs only: a fleet in a new AZ leaves them alone.
+            cluster_subnets = {az: net.private_subnet_ids[az] for az in sorted(cfg.eks.availability_zones)}
+            cluster = EfaCluster("eks", plan, stack, cluster_subnets, net.vpc_id, tags, existing=existing_cluster, opts=guarded)
+            outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
+        made = build_fleets(plan, stack, tags, vpc_id=net.vpc_id, fleet_subnet_ids=net.fleet_subnets(plan),
+                            efa_group_id=net.security_group_id, cluster=cluster, windows=windows, guarded=guarded)
         outputs.update(made.outputs(windows))
         if reservations:
             outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
-    cluster = made.cluster
     if cfg.jobs:
         outputs["jobs"] = {
             j.name: Job(j, cfg, stack, k8s_provider=cluster.provider if cluster else None, tags=tags,
