@@ -48,7 +48,9 @@ def test_every_config_field_is_a_typed_argument(schema):
     """Every field of every model under the hosted sections is a property of the schema type of that model,
     and no property anywhere is untyped (Any)."""
     assert sorted(schema["resources"]) == ["efa-infra:index:EfaCluster", "efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork",
-                                           "efa-infra:index:Job"]
+                                           "efa-infra:index:EfaStack", "efa-infra:index:Job"]
+    stack_inputs = schema["resources"]["efa-infra:index:EfaStack"]["inputProperties"]
+    assert set(stack_inputs) == {f.alias or n for n, f in StackConfig.model_fields.items()}
     fleet_inputs = schema["resources"]["efa-infra:index:EfaFleet"]["inputProperties"]
     network_inputs = schema["resources"]["efa-infra:index:EfaNetwork"]["inputProperties"]
     cluster_inputs = schema["resources"]["efa-infra:index:EfaCluster"]["inputProperties"]
@@ -104,9 +106,9 @@ def construct(component: str, name: str, inputs: dict, settings: dict, stack: st
     except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
         error = exc
     names = {urn: n for urn, _, _, n in monitor.order}
-    return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None, True,
-                                       monocks.inputs[(typ, n)][0]) for urn, parent, typ, n in sorted(monitor.order)],
-                     state, error=error)
+    return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None,
+                                       monocks.inputs[(typ, n)][1], monocks.inputs[(typ, n)][0], urn in monitor.protected)
+                      for urn, parent, typ, n in sorted(monitor.order)], state, error=error)
 
 
 def under(run: mocks.Run, parent: str) -> list[tuple[str, str, str]]:
@@ -256,6 +258,40 @@ def test_a_job_with_s3_on_an_efa_clusters_fleet_gets_its_data_role_there():
     assert list(yaml.safe_load_all(built.outputs["manifests"])) == run.outputs["jobs"][job["name"]]["manifests"]
 
 
+@pytest.mark.parametrize("stack", sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml")
+                                          for p in (ROOT / "stacks").glob("Pulumi.*.yaml")))
+def test_efa_stack_registers_every_resource_of_the_stack_program(stack):
+    """The whole stack file as one component's arguments: every resource the stack program registers, with the
+    same inputs and protection (prod is protected by its name), and its outputs typed."""
+    settings = config.read_stack_file(ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+    run = mocks.run(settings, stack)
+    built = construct("EfaStack", "all", config.document_from_settings(settings), settings, stack=stack)
+    assert built.error is None, built.error
+    assert [r.type for r in built.resources if r.parent is None] == ["efa-infra:index:EfaStack"]
+
+    def resources(r: mocks.Run, top: str) -> list:
+        return sorted((x.type, x.name, x.protect, json.dumps(x.inputs, sort_keys=True)) for x in r.resources if x.type != top)
+    assert resources(built, "efa-infra:index:EfaStack") == resources(run, "pulumi:pulumi:Stack")
+    assert any(r.protect for r in run.resources) == (stack == "prod")
+    out, want = built.outputs, run.outputs
+    assert (out.get("vpcId"), out.get("clusterName")) == (want.get("vpcId"), want.get("clusterName"))
+    assert out["launchTemplateIds"] == {n: t["id"] for n, t in want.get("launchTemplates", {}).items()}
+    jobs = want.get("jobs", {})
+    assert out["jobRuns"] == {n: j["run"] for n, j in jobs.items() if "run" in j}
+    assert {n: list(yaml.safe_load_all(m)) for n, m in out["jobManifests"].items()} == {
+        n: j["manifests"] for n, j in jobs.items() if "manifests" in j}
+    assert bool(out["jobRuns"] or out["jobManifests"]) == bool(jobs)
+
+
+def test_efa_stack_refuses_a_bad_stack_file_and_registers_nothing(program_run):
+    settings, _ = program_run
+    doc = config.document_from_settings(settings)
+    doc["fleets"] = [{**doc["fleets"][0], "nodes": {"min": 0, "desired": 3, "max": 2}}]
+    built = construct("EfaStack", "all", doc, settings)
+    assert "fleets[0].nodes: need min <= desired <= max" in str(built.error)
+    assert built.resources == []
+
+
 def test_a_job_on_ec2_registers_what_the_stack_program_does(program_run):
     settings, run = program_run
     doc = config.document_from_settings(settings)
@@ -299,12 +335,13 @@ def test_what_the_package_does_not_make_yet_is_refused_not_left_out():
     fleet = next(f for f in doc["fleets"] if "fsx" in f)
     built = construct("EfaFleet", fleet["name"], {"region": doc["region"], "fleet": fleet, "subnetId": "subnet-0123456789abcdef0",
                                                   "securityGroupIds": ["sg-0123456789abcdef0"]}, settings, stack="ec2-fsx")
-    assert "fleet.fsx: the package's EfaFleet does not make FSx" in str(built.error)
+    assert "fleet.fsx: the package's EfaFleet does not make FSx for Lustre file systems; EfaStack builds" in str(built.error)
     assert built.resources == []
     job = next(j for j in doc["jobs"] if j.get("s3"))
     built = construct("Job", job["name"], {"region": doc["region"], "fleets": doc["fleets"], "job": job,
                                            "runLogGroup": "/efa-infra/ec2-fsx/x/run-command"}, settings, stack="ec2-fsx")
     assert "job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role" in str(built.error)
+    assert "EfaStack builds the fleet with the job's access" in str(built.error)
     assert built.resources == []
 
 

@@ -1,4 +1,4 @@
-"""The component package for other languages: EfaNetwork, EfaFleet, EfaCluster and Job hosted through Pulumi's
+"""The component package for other languages: EfaNetwork, EfaFleet, EfaCluster, EfaStack and Job hosted through Pulumi's
 component_provider_host (the plugin's entry point is plugin/__main__.py).
 
 Each hosted component is the stack program's own component, given its arguments as a stack file's sections
@@ -19,7 +19,7 @@ from ..planning import config as config_mod
 from ..planning import plan as plan_mod
 from ..planning import data_access, launch
 from . import arguments, eks, fleet, job, network
-from .stack import build_fleets, read_existing
+from .stack import build_fleets, build_plan, read_existing
 
 NAME = "efa-infra"
 # The release this package is (pyproject.toml's version; a test keeps them equal).
@@ -53,6 +53,11 @@ SPECS: dict[str, tuple[str, list[str], list[arguments.Extra]]] = {
                      "and system nodes go in those of eks.availabilityZones. Not used with eks.existing."),
                     ("securityGroupId", "pulumi.Input[str]",
                      "The EFA security group (an EfaNetwork's securityGroupId), first on every fleet's interfaces.")]),
+    "EfaStack": ("A whole stack, as `pulumi up` of a stack file builds it: its arguments are the stack file's settings "
+                 "(aws:region and the efa-infra: keys), and its resources those of the stack program, with the same "
+                 "protection (protect, or a stack named prod*). What the other components leave out (a fleet's FSx, "
+                 "S3 access on plain EC2, applying jobs' manifests) is built here.",
+                 [f.alias or n for n, f in config_mod.StackConfig.model_fields.items()], []),
     "Job": ("A training job rendered for its fleet: on a plain EC2 fleet an SSM Command document that launches it on "
             "every node (and the send-command line that runs it); on an EfaCluster's fleet or a cluster of clusters "
             "(HyperPod, another team's EKS) its Kubernetes manifests, and with S3 access its data role. The resource's "
@@ -67,7 +72,8 @@ SPECS: dict[str, tuple[str, list[str], list[arguments.Extra]]] = {
               "the job's pods get its data role through EKS Pod Identity.")]),
 }
 ARGS = arguments.derive(SPECS, __name__ + "_arguments")
-EfaNetworkArgs, EfaFleetArgs, EfaClusterArgs, JobArgs = ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.EfaClusterArgs, ARGS.JobArgs
+EfaNetworkArgs, EfaFleetArgs, EfaClusterArgs, EfaStackArgs, JobArgs = (
+    ARGS.EfaNetworkArgs, ARGS.EfaFleetArgs, ARGS.EfaClusterArgs, ARGS.EfaStackArgs, ARGS.JobArgs)
 
 
 def sections(component: str, given: dict) -> dict:
@@ -135,7 +141,7 @@ class EfaFleet(fleet.EfaFleet):
         cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
         if cfg.fleets[0].fsx is not None:  # refused rather than left out: the stack program makes it beside the fleet
             raise pulumi.InputPropertyError("fleet.fsx", "fleet.fsx: the package's EfaFleet does not make FSx for Lustre "
-                                            "file systems yet; use a stack of this repository for a fleet with one")
+                                            "file systems; EfaStack builds a fleet with its file system")
         plan = plan_mod.build(cfg)
         _, _, windows, *_ = read_existing(plan)
         fp = plan.fleets[0]
@@ -205,6 +211,51 @@ class EfaCluster(eks.EfaCluster):
                                       if f.placement_group_name is not None}
 
 
+class EfaStack(pulumi.ComponentResource):
+    """Everything a stack file describes, in one component."""
+
+    vpc_id: Optional[pulumi.Output[str]]
+    """The VPC's id (none for a stack of jobs only)."""
+    private_subnet_ids: Optional[dict[str, pulumi.Output[str]]]
+    """The private subnet of each AZ, by AZ."""
+    security_group_id: Optional[pulumi.Output[str]]
+    """The EFA security group."""
+    cluster_name: Optional[pulumi.Output[str]]
+    """The EKS cluster's name (with eks.enabled)."""
+    kubeconfig: Optional[pulumi.Output[str]]
+    """A kubeconfig for the EKS cluster (secret)."""
+    launch_template_ids: Optional[dict[str, pulumi.Output[str]]]
+    """Each fleet's EFA launch template, by fleet name (not Karpenter's fleets)."""
+    placement_group_names: Optional[dict[str, pulumi.Output[str]]]
+    """Each fleet's cluster placement group, by fleet name."""
+    auto_scaling_group_names: Optional[dict[str, pulumi.Output[str]]]
+    """Each plain EC2 fleet's Auto Scaling group, by fleet name."""
+    file_system_ids: Optional[dict[str, pulumi.Output[str]]]
+    """Each fleet's FSx for Lustre file system, by fleet name."""
+    job_runs: Optional[dict[str, pulumi.Output[str]]]
+    """Each job on a plain EC2 fleet: the aws ssm send-command line that launches it on every node, by job name."""
+    job_manifests: Optional[dict[str, pulumi.Output[str]]]
+    """Each job on a cluster: its Kubernetes manifests as one multi-document YAML text, by job name."""
+
+    def __init__(self, name: str, args: EfaStackArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        cfg = stack_config(sections("EfaStack", dict(args)), {})
+        plan = plan_mod.build(cfg)
+        found = read_existing(plan)  # before anything is registered: a missing VPC or cluster creates nothing
+        super().__init__("efa-infra:index:EfaStack", name, None, opts)
+        out = build_plan(plan, found, pulumi.get_stack(), parent=pulumi.ResourceOptions(parent=self))
+        self.vpc_id, self.private_subnet_ids = out.get("vpcId"), out.get("privateSubnetIds")
+        self.security_group_id, self.cluster_name, self.kubeconfig = out.get("securityGroupId"), out.get("clusterName"), out.get("kubeconfig")
+        self.launch_template_ids = {n: t["id"] for n, t in out.get("launchTemplates", {}).items()}
+        self.placement_group_names = out.get("placementGroups")
+        self.auto_scaling_group_names = out.get("autoScalingGroups")
+        self.file_system_ids = {n: f["id"] for n, f in out.get("fileSystems", {}).items()}
+        jobs = out.get("jobs", {})
+        self.job_runs = {n: j["run"] for n, j in jobs.items() if "run" in j}
+        self.job_manifests = {n: pulumi.Output.from_input(launch.manifests_yaml(j["manifests"])) for n, j in jobs.items()
+                              if "manifests" in j}
+        self.register_outputs({k: getattr(self, k) for k in EfaStack.__annotations__})
+
+
 class Job(job.Job):
     """A training job's launch artifacts, rendered for its fleet or cluster."""
 
@@ -234,7 +285,7 @@ class Job(job.Job):
             if data_access.job_policy(cfg, spec) is not None:
                 # The stack program grants it on the fleet's node role, which the package's EfaFleet makes without it.
                 problems.append("job.s3: on a plain EC2 fleet a job's S3 access goes on the fleet's node role, which the "
-                                "package's EfaFleet does not grant yet; use a stack of this repository for it")
+                                "package's EfaFleet does not grant; EfaStack builds the fleet with the job's access")
         elif launch.job_plan(cfg, spec).service_account and given.get("clusterName") is None:
             problems.append("clusterName: a job with S3 access on an EKS fleet needs its cluster (EfaCluster's clusterName), "
                             "where its pods get the job's data role")
@@ -249,7 +300,7 @@ class Job(job.Job):
         self.manifests = None if manifests is None else pulumi.Output.from_input(launch.manifests_yaml(manifests))
 
 
-COMPONENTS = [EfaNetwork, EfaFleet, EfaCluster, Job]
+COMPONENTS = [EfaNetwork, EfaFleet, EfaCluster, EfaStack, Job]
 
 
 def main() -> None:

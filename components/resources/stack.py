@@ -207,13 +207,21 @@ def build_fleets(plan: plan_mod.StackPlan, stack: str, tags: dict[str, str], *, 
 def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
     """Register the stack's resources; returns the stack outputs."""
     plan = plan_mod.build(cfg)
-    existing_vpc_id, existing_cluster, windows, reservations = read_existing(plan)
+    return build_plan(plan, read_existing(plan), stack)
+
+
+def build_plan(plan: plan_mod.StackPlan, found: tuple, stack: str, parent: pulumi.ResourceOptions | None = None) -> dict:
+    """Register the resources of a plan whose existing resources were read (`found`: what read_existing returned),
+    under `parent` (the component package's EfaStack) or at the top of the stack; returns the stack outputs."""
+    cfg = plan.config
+    existing_vpc_id, existing_cluster, windows, reservations = found
     tags = {plan_mod.STACK_TAG: stack}
     outputs: dict = {}
     cluster = None
     made = Fleets({}, {})
     # Transformations reach every child of a component: only the guarded kinds are marked.
     guarded = pulumi.ResourceOptions(transformations=[protect_kinds]) if plan_mod.protected(cfg, stack) else None
+    guarded = pulumi.ResourceOptions.merge(guarded, parent)
     if plan.fleets:
         # pulumi-aws loads only for stacks that create AWS resources: a stack of jobs for another team's cluster does not.
         from .network import EfaNetwork
@@ -228,7 +236,8 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
             cluster = EfaCluster("eks", plan, stack, cluster_subnets, net.vpc_id, tags, existing=existing_cluster, opts=guarded)
             outputs.update(clusterName=cluster.name, kubeconfig=cluster.kubeconfig)
         made = build_fleets(plan, stack, tags, vpc_id=net.vpc_id, fleet_subnet_ids=net.fleet_subnets(plan),
-                            efa_group_id=net.security_group_id, cluster=cluster, windows=windows, guarded=guarded)
+                            efa_group_id=net.security_group_id, cluster=cluster, windows=windows, guarded=guarded,
+                            parent=parent)
         outputs.update(made.outputs(windows))
         if reservations:
             outputs["capacityReservations"] = {n: [dataclasses.asdict(r) for r in rs] for n, rs in reservations.items()}
@@ -238,7 +247,7 @@ def build(cfg: config_mod.StackConfig, stack: str) -> dict[str, pulumi.Output]:
                         namespaces=cluster.namespaces if cluster else None,
                         run_log_group=made.fleets[j.fleet].run_log_group if j.fleet in made.fleets else None,
                         cluster_name=cluster.name if cluster else None,
-                        cluster_ready=cluster.ready if cluster else None).outputs for j in cfg.jobs
+                        cluster_ready=cluster.ready if cluster else None, opts=parent).outputs for j in cfg.jobs
         }
     return outputs
 
