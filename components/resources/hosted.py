@@ -1,10 +1,11 @@
 """The component package for other languages: EfaNetwork, EfaFleet, EfaCluster, EfaStack and Job hosted through Pulumi's
 component_provider_host (the plugin's entry point is plugin/__main__.py).
 
-Each hosted component is the stack program's own component, given its arguments as a stack file's sections
-(`arguments.py` derives them from the config models) and a few plain ids of other components' resources.
-The arguments are validated by the same `config.load` as a stack file, so a bad argument gets the same
-key-naming error, before anything is registered; the plan the stack program would make then drives the
+Each hosted component is the stack program's own component (EfaCluster with its fleets, through the stack
+program's `build_fleets`; EfaStack the whole program, through `build_plan`), given its arguments as a stack
+file's sections (`arguments.py` derives them from the config models) and a few plain ids of other components'
+resources. The arguments are validated by the same `config.load` as a stack file, so a bad argument gets the
+same key-naming error, before anything is registered; the plan the stack program would make then drives the
 same resources with the same inputs.
 
 No `from __future__ import annotations` here: Pulumi's schema inference reads these annotations as types.
@@ -23,7 +24,7 @@ from .stack import build_fleets, build_plan, read_existing
 
 NAME = "efa-infra"
 # The release this package is (pyproject.toml's version; a test keeps them equal).
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 # Each component: its description, the stack config sections it takes, and its other inputs.
 SPECS: dict[str, tuple[str, list[str], list[arguments.Extra]]] = {
@@ -204,7 +205,9 @@ class EfaCluster(eks.EfaCluster):
                             fleet_subnet_ids={f.name: pick(given["fleetSubnetIds"], f.name, "fleetSubnetIds") for f in cfg.fleets},
                             efa_group_id=given["securityGroupId"], cluster=self, windows=windows,
                             parent=pulumi.ResourceOptions(parent=self))
-        self.cluster_name = pulumi.Output.from_input(self.name)
+        # The name, carrying the cluster (or a joined one's access entry) as its dependency: what uses it (a Job's pod
+        # identity association) waits for the cluster to exist.
+        self.cluster_name = pulumi.Output.all(self.name, *[r.urn for r in self.ready]).apply(lambda v: v[0])
         self.node_role_arn = self.node_role.arn
         self.launch_template_ids = {n: f.launch_template.id for n, f in made.fleets.items() if f.launch_template is not None}
         self.placement_group_names = {n: f.placement_group_name for n, f in made.fleets.items()
