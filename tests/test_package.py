@@ -4,6 +4,7 @@ them, registers what the stack program registers for the same settings; bad argu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import tomllib
@@ -14,6 +15,7 @@ import pulumi
 import pytest
 from google.protobuf import struct_pb2
 from pulumi.provider.experimental.component import ComponentProvider
+from pulumi.provider.server import ProviderServicer
 from pulumi.runtime import rpc
 import yaml
 from pydantic import BaseModel
@@ -87,28 +89,36 @@ def engine_shaped(values: dict) -> dict:
     return rpc.deserialize_properties(struct)
 
 
-def construct(component: str, name: str, inputs: dict, settings: dict, stack: str = STACK) -> mocks.Run:
+def construct(component: str, name: str, inputs: dict, settings: dict, stack: str = STACK,
+              options: pulumi.ResourceOptions | None = None) -> mocks.Run:
     """Construct through the provider, under the offline plan's mocks; what it registered, and (as the run's
     outputs) the component's state."""
     provider = ComponentProvider(hosted.COMPONENTS, hosted.NAME, version=hosted.VERSION)
     monocks = mocks.PlanMocks(mocks.stand_in_lookups(settings))
     monitor = mocks.PlanMonitor(monocks)
     pulumi.runtime.set_mocks(monocks, project=mocks.PROJECT, stack=stack, preview=False, monitor=monitor)
-    error, state = None, {}
+    error, state, response = None, {}, {}
 
     @pulumi.runtime.test
     def program():
-        result = provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs))
-        return pulumi.Output.all(**result.state).apply(state.update) if result.state else None
+        result = provider.construct(name, f"{hosted.NAME}:index:{component}", engine_shaped(inputs), options)
+        # The response the engine gets, made by the SDK's own server code: the state and each output's dependencies.
+        sent = asyncio.ensure_future(ProviderServicer._construct_response(None, result))
+        return pulumi.Output.all(**result.state, sent_=pulumi.Output.from_input(sent)).apply(
+            lambda v: (response.update(sent=v.pop("sent_")), state.update(v))) if result.state else None
 
     try:
         program()
     except Exception as exc:  # noqa: BLE001 - the error is what the test looks at
         error = exc
     names = {urn: n for urn, _, _, n in monitor.order}
-    return mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None,
-                                       monocks.inputs[(typ, n)][1], monocks.inputs[(typ, n)][0], urn in monitor.protected)
-                      for urn, parent, typ, n in sorted(monitor.order)], state, error=error)
+    run = mocks.Run([mocks.Registered(typ, n, urn, names.get(parent), parent if parent in names else None,
+                                      monocks.inputs[(typ, n)][1], monocks.inputs[(typ, n)][0], urn in monitor.protected)
+                     for urn, parent, typ, n in sorted(monitor.order)], state, error=error)
+    sent = response.get("sent")
+    # Which resources (by name) each output carries as a dependency to the program that uses it.
+    run.state_dependencies = {k: sorted(names[u] for u in d.urns) for k, d in sent.stateDependencies.items()} if sent else {}
+    return run
 
 
 def under(run: mocks.Run, parent: str) -> list[tuple[str, str, str]]:
@@ -193,8 +203,22 @@ def test_efa_cluster_registers_what_the_stack_program_does(stack):
     assert len(compute(run)) > 15
     assert family(built, lambda c: True) == compute(run)
     assert built.outputs["clusterName"] == run.outputs["clusterName"] == f"{stack}-eks"
+    # A program that uses the name (a Job's data role) waits for the cluster itself.
+    assert built.state_dependencies["clusterName"] == ["eks-cluster"]
+    assert built.state_dependencies["launchTemplateIds"] == sorted(f"{n}-lt" for n in built.outputs["launchTemplateIds"])
     assert built.outputs["launchTemplateIds"] == {n: t["id"] for n, t in run.outputs["launchTemplates"].items()}
     assert built.outputs["placementGroupNames"] == run.outputs["placementGroups"]
+
+
+def test_pulumis_protect_option_on_a_component_reaches_all_its_resources():
+    """The separate components carry no protection of their own; the program's protect option covers them."""
+    doc = cluster_doc(fleet_doc("p5", "p5.48xlarge"))
+    settings = settings_of(doc)
+    _, plain = network_then_cluster(settings, STACK)
+    assert not any(r.protect for r in plain.resources)
+    net = construct("EfaNetwork", "efa", doc, settings, options=pulumi.ResourceOptions(protect=True))
+    assert net.error is None, net.error
+    assert len(net.resources) > 10 and all(r.protect for r in net.resources)
 
 
 def cluster_doc(*fleets: dict, eks: dict | None = None) -> dict:
@@ -220,6 +244,7 @@ def test_efa_cluster_with_karpenter_or_joining_a_cluster_registers_what_the_stac
     kinds = {t for t, _, _ in compute(run)}
     assert ("efa-infra:index:Karpenter" in kinds) == ("karpenter" in json.dumps(doc))
     assert ("aws:eks/accessEntry:AccessEntry" in kinds) == ("existing" in doc["eks"])
+    assert built.state_dependencies["clusterName"] == ["eks-node-access" if "existing" in doc["eks"] else "eks-cluster"]
 
 
 def test_efa_cluster_refuses_what_it_cannot_build_and_registers_nothing():
@@ -384,26 +409,72 @@ def check_object(value: dict, props: dict, required: list[str], schema: dict, at
     return problems + [p for k, v in value.items() if k in props for p in check_arguments(v, props[k], schema, f"{at}.{k}")]
 
 
+YAML_EXAMPLES = ["yaml-fleet", "yaml-cluster"]
+
+
 def test_the_examples_reference_this_release_of_the_package(schema):
-    for example in ("yaml-fleet", "typescript-fleet"):
+    for example in (*YAML_EXAMPLES, "typescript-fleet"):
         project = yaml.safe_load((EXAMPLES / example / "Pulumi.yaml").read_text())
         assert project["packages"][hosted.NAME].endswith(f"/plugin@v{hosted.VERSION}")
         assert f"pulumi package add {project['packages'][hosted.NAME]}" in (EXAMPLES / example / "README.md").read_text()
     assert (ROOT / "plugin" / "PulumiPlugin.yaml").is_file()
 
 
-def test_the_yaml_example_uses_the_schemas_arguments_and_outputs(schema):
-    program = yaml.safe_load((EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text())
+@pytest.mark.parametrize("example", YAML_EXAMPLES)
+def test_a_yaml_example_uses_the_schemas_arguments_and_outputs(schema, example):
+    text = (EXAMPLES / example / "Pulumi.yaml").read_text()
+    program = yaml.safe_load(text)
     kinds = {name: r["type"] for name, r in program["resources"].items()}
-    assert sorted(kinds.values()) == ["efa-infra:index:EfaFleet", "efa-infra:index:EfaNetwork"]
-    for name, resource in program["resources"].items():
-        spec = schema["resources"][resource["type"]]
-        assert check_object(resource["properties"], spec["inputProperties"], spec["requiredInputs"], schema, name) == []
-    text = (EXAMPLES / "yaml-fleet" / "Pulumi.yaml").read_text()
-    refs = re.findall(r"\$\{(\w+)\.(\w+)", text)
+    ours = {name: kind for name, kind in kinds.items() if kind.startswith(f"{hosted.NAME}:")}
+    assert len(ours) >= 2
+    for name, kind in ours.items():
+        spec = schema["resources"][kind]
+        props = program["resources"][name]["properties"]
+        assert check_object(props, spec["inputProperties"], spec["requiredInputs"], schema, name) == []
+    refs = re.findall(r"\$\{([\w-]+)\.(\w+)", text)
     assert len(refs) >= 5
     for resource, output in refs:
-        assert output in schema["resources"][kinds[resource]]["properties"], f"{resource}.{output}"
+        if resource in ours:
+            assert output in schema["resources"][ours[resource]]["properties"], f"{resource}.{output}"
+
+
+REFERENCE = re.compile(r'\$\{([\w-]+)(?:\.(\w+))?(?:\["([\w-]+)"\])?\}')
+
+
+def resolve(value, variables: dict, outputs: dict):
+    """A YAML program's value with its ${variable} and ${resource.output["key"]} references filled in."""
+    if isinstance(value, dict):
+        return {k: resolve(v, variables, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, variables, outputs) for v in value]
+    if isinstance(value, str) and (m := REFERENCE.fullmatch(value)):
+        name, output, key = m.groups()
+        found = outputs[name][output] if output else variables[name]
+        return found[key] if key else found
+    return value
+
+
+@pytest.mark.parametrize("example", YAML_EXAMPLES)
+def test_a_yaml_example_constructs_through_the_provider(example):
+    """Each of the example's components, in its order, constructed through the provider from its arguments with
+    the program's variables and the earlier components' outputs filled in: valid config, and the ids flow."""
+    program = yaml.safe_load((EXAMPLES / example / "Pulumi.yaml").read_text())
+    variables, outputs = program.get("variables", {}), {}
+    for name, resource in program["resources"].items():
+        if not resource["type"].startswith(f"{hosted.NAME}:"):
+            continue
+        inputs = resolve(resource["properties"], variables, outputs)
+        sections = {k: v for k, v in inputs.items() if k in ("region", "network", "eks", "fleets", "instanceTypes")}
+        if "fleet" in inputs:
+            sections["fleets"] = [inputs["fleet"]]
+        built = construct(resource["type"].rsplit(":", 1)[-1], name, inputs, settings_of(sections), stack="example")
+        assert built.error is None, f"{name}: {built.error}"
+        assert built.resources
+        outputs[name] = built.outputs
+    if example == "yaml-cluster":
+        assert outputs["cluster"]["launchTemplateIds"] == {"gpu": "<gpu-lt.id>"}
+        kinds = [m["kind"] for m in yaml.safe_load_all(outputs["nccl-efa"]["manifests"])]
+        assert "MPIJob" in kinds
 
 
 def object_literal(text: str, start: int) -> str:
