@@ -7,16 +7,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import tomllib
 import typing
 from pathlib import Path
 
 import pulumi
 import pytest
-from google.protobuf import struct_pb2
+import grpc
+from google.protobuf import empty_pb2, struct_pb2
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.server import ProviderServicer
 from pulumi.runtime import rpc
+from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 import yaml
 from pydantic import BaseModel
 
@@ -506,3 +510,22 @@ def test_the_typescript_example_uses_the_schemas_arguments_and_outputs(schema):
     assert len(refs) >= 5
     for resource, output in refs:
         assert output in made[resource]["properties"], f"{resource}.{output}"
+
+
+def test_the_plugin_serves_the_schema_as_the_engine_asks_for_it(schema):
+    """plugin/__main__.py started as the engine starts a provider (its address as the argument): it prints its
+    port, and answers GetPluginInfo and GetSchema over gRPC with this release and the same schema."""
+    plugin = ROOT / "plugin"
+    proc = subprocess.Popen([sys.executable, str(plugin / "__main__.py"), "127.0.0.1:1"], cwd=plugin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = provider_pb2_grpc.ResourceProviderStub(channel)
+            assert stub.GetPluginInfo(empty_pb2.Empty(), timeout=60).version == hosted.VERSION
+            served = json.loads(stub.GetSchema(provider_pb2.GetSchemaRequest(version=0), timeout=60).schema)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert served == schema
+    assert len(served["resources"]) == len(hosted.COMPONENTS)
