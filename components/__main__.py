@@ -26,7 +26,6 @@ from .offline import exit_codes
 from .offline.exit_codes import ToolError, UsageError
 from .planning.project import stacks_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 STACKS = stacks_dir()  # the stacks of the project the command runs in, not of an installed copy
 # What render wrote into its folder (JSON), so that it removes only its own files. No .json/.yaml extension:
 # `kubectl apply -f DIR` reads only such files of a folder (k8s.io/cli-runtime pkg/resource/visitor.go, ignoreFile).
@@ -139,31 +138,56 @@ def cmd_scan_inputs(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
-def committed_resources(ref: str, rel: Path, name: str) -> tuple[list | None, str]:
-    """What the repository at `ref` registers for its copy of the stack file `rel`: that commit's program
-    on that commit's file, run offline in a copy of the tree (None: the file did not exist there)."""
+def repository_of(path: Path) -> tuple[Path, Path]:
+    """The git repository holding a stack file, and the file's path in it."""
+    top = subprocess.run(["git", "-C", str(path.resolve().parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        raise UsageError(f"--base-ref needs a stack file in a git repository ({path} is not in one); "
+                         "give the committed one with --base FILE")
+    repo = Path(top.stdout.strip()).resolve()
+    return repo, path.resolve().relative_to(repo)
+
+
+def committed_resources(ref: str, repo: Path, rel: Path, name: str) -> tuple[list | None, str]:
+    """What `ref` registers for its copy of the stack file `rel` (None: the file did not exist there). A
+    repository that holds the program (this one) runs that commit's program on that commit's file, offline in a
+    copy of the tree; a project that uses the installed package runs the installed program on that file."""
     import tempfile
 
     from .offline import diff
 
     source = f"{rel.as_posix()} at {ref}"
-    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True)
+    git = ["git", "-C", str(repo)]
+    known = subprocess.run([*git, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True)
     if known.returncode != 0:
-        raise ToolError(f"--base-ref: {ref!r} is not a commit of this repository")
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, rel.as_posix()], capture_output=True, text=True)
-    if not listed.stdout.strip():
+        raise ToolError(f"--base-ref: {ref!r} is not a commit of {repo}")
+    listed = subprocess.run([*git, "ls-tree", "--name-only", ref, rel.as_posix(), "components/__main__.py"],
+                            capture_output=True, text=True).stdout.split()
+    if rel.as_posix() not in listed:
         return None, f"{source} (not there: every resource is new)"
-    # The name is passed only when the file's own does not give it: older commits' CLIs lack --stack-name.
-    named = [] if name_of_file(rel) == name else ["--stack-name", name]
     with tempfile.TemporaryDirectory(prefix="efa-infra-base-") as tree:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True)
+        if "components/__main__.py" not in listed:
+            from .offline import mocks
+            from .planning import config
+
+            copy = Path(tree) / rel.name
+            copy.write_bytes(subprocess.run([*git, "show", f"{ref}:{rel.as_posix()}"], capture_output=True, check=True).stdout)
+            settings = config.read_stack_file(copy)
+            config.load_settings(settings, source)
+            run = mocks.run(settings, name)
+            if run.error:
+                raise ToolError(f"the base, {source}, cannot be planned: {run.error}")
+            return run.resources, source
+        # The name is passed only when the file's own does not give it: older commits' CLIs lack --stack-name.
+        named = [] if name_of_file(rel) == name else ["--stack-name", name]
+        archive = subprocess.run([*git, "archive", ref], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
         planned = subprocess.run([sys.executable, "-m", "components", "plan", "--config", rel.as_posix(), *named, "--json"],
                                  cwd=tree, capture_output=True, text=True)
     if planned.returncode != 0:
         raise ToolError(f"the base, {source}, cannot be planned: {planned.stderr.strip().removeprefix('error: ')}")
     # Paths the program passes as inputs (a kustomize directory) name the copy: they are the repository's.
-    doc = json.loads(planned.stdout.replace(json.dumps(tree)[1:-1], json.dumps(str(ROOT))[1:-1]))
+    doc = json.loads(planned.stdout.replace(json.dumps(tree)[1:-1], json.dumps(str(repo))[1:-1]))
     return [diff.Resource(r["type"], r["name"], r["urn"], r["inputs"], r.get("protect", False)) for r in doc["resources"]], source
 
 
@@ -190,12 +214,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         before = config.read_stack_file(args.base)
         config.load_settings(before, args.base)
     else:
-        try:
-            rel = path.resolve().relative_to(ROOT)
-        except ValueError:
-            raise UsageError(f"--base-ref needs a stack file inside the repository ({path} is not); "
-                             "give the committed one with --base FILE") from None
-        base_resources, base = committed_resources(args.base_ref, rel, name)
+        base_resources, base = committed_resources(args.base_ref, *repository_of(path), name)
 
     from .offline import mocks
 
