@@ -93,3 +93,21 @@ def test_a_jobs_only_stack_loads_no_pulumi_aws():
     loaded = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "components.offline.mocks" in loaded  # the import log is there to be read
     assert "pulumi_aws" not in loaded
+
+
+def test_the_plan_does_not_follow_the_order_of_protobuf_maps():
+    """Inputs reach the mocks through protobuf Structs, whose maps protobuf 6 iterates in a different order from
+    run to run: the recorded inputs, which every plan format prints, have their keys sorted at every depth."""
+    import pulumi
+
+    from components.offline import mocks
+
+    recorded = mocks.PlanMocks({})
+    for name, order in (("a", ["version", "id"]), ("b", ["id", "version"])):
+        inputs = {"tags": {"z": "1", "a": "2"}, "launchTemplate": {k: k for k in order}, "blocks": [{k: k for k in order}]}
+        recorded.new_resource(pulumi.runtime.MockResourceArgs("aws:autoscaling/group:Group", name, dict(reversed(inputs.items()))
+                                                              if name == "b" else inputs, custom=True))
+    a, b = (recorded.inputs[("aws:autoscaling/group:Group", n)][0] for n in ("a", "b"))
+    assert json.dumps(a) == json.dumps(b)
+    assert list(a) == ["blocks", "launchTemplate", "tags"] and list(a["launchTemplate"]) == ["id", "version"]
+    assert list(a["blocks"][0]) == ["id", "version"] and list(a["tags"]) == ["a", "z"]

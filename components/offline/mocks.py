@@ -99,6 +99,16 @@ def stand_in_lookups(settings: dict[str, Any]) -> Lookups:
     }
 
 
+def ordered(value: Any) -> Any:
+    """Inputs with every map's keys sorted. They reach the mocks through a protobuf Struct, whose maps have no
+    order: protobuf 6 iterates them differently from run to run, and the plan must not change with it."""
+    if isinstance(value, dict):
+        return {k: ordered(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [ordered(v) for v in value]
+    return value
+
+
 class PlanMocks(pulumi.runtime.Mocks):
     """Answers registrations with the inputs plus placeholders for what AWS assigns,
     and data-source lookups from `lookups`."""
@@ -108,7 +118,7 @@ class PlanMocks(pulumi.runtime.Mocks):
         self.lookups = lookups
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.inputs[(args.typ, args.name)] = (dict(args.inputs), args.custom)
+        self.inputs[(args.typ, args.name)] = (ordered(args.inputs), args.custom)
         state = dict(args.inputs)
         state.setdefault("name", placeholder(args.name, "name"))
         state.setdefault("arn", placeholder(args.name, "arn"))
