@@ -124,6 +124,19 @@ def test_unknown_values_and_references_follow_the_engine():
     assert "vpc_id" not in _change(plan, "aws_subnet.efa-private-us-east-1a")["after"]
 
 
+def test_each_reference_comes_from_its_own_inputs_dependencies():
+    """Resources of different kinds share names (a subnet and its route table, a flow log's role and log group):
+    a placeholder is matched among the dependencies of the input that holds it, not of the whole resource."""
+    _, plan = exported("dev")
+    refs = lambda address, key: _config(plan, address)["expressions"][key]["references"][0]  # noqa: E731
+    association = "aws_route_table_association.efa-private-us-east-1a"
+    assert refs(association, "route_table_id") == "aws_route_table.efa-private-us-east-1a.id"
+    assert refs(association, "subnet_id") == "aws_subnet.efa-private-us-east-1a.id"
+    assert refs("aws_flow_log.efa-flow-logs", "iam_role_arn") == "aws_iam_role.efa-flow-logs.arn"
+    assert refs("aws_flow_log.efa-flow-logs", "log_destination") == "aws_cloudwatch_log_group.efa-flow-logs.arn"
+    assert refs("aws_iam_role_policy.efa-flow-logs", "role") == "aws_iam_role.efa-flow-logs.id"
+
+
 def test_the_eks_cluster_is_what_pulumi_eks_creates():
     run, plan = exported("prod")
     cluster = _change(plan, "aws_eks_cluster.eks-cluster")["after"]

@@ -23,7 +23,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .mocks import Registered, is_placeholder
 
@@ -110,8 +110,11 @@ class _Exporter:
                 return [f"{typ}.{name}.{attr}", f"{typ}.{name}"]
         return []
 
-    def convert(self, token: str, inputs: dict, deps: list[str], types_key: str = "resources") -> tuple[dict, dict, dict]:
-        """Inputs of `token` -> (known values, after_unknown, configuration expressions), in Terraform names."""
+    def convert(self, token: str, inputs: dict, deps: Callable[[str], list[str]],
+                types_key: str = "resources") -> tuple[dict, dict, dict]:
+        """Inputs of `token` -> (known values, after_unknown, configuration expressions), in Terraform names.
+        `deps(key)`: the resources the input came from, among which its placeholders' references are found
+        (a subnet and its route table share a name: only the input's own dependencies tell them apart)."""
         spec = names()[types_key][token]
         attributes = spec["attributes"]
         values: dict = {}
@@ -127,7 +130,7 @@ class _Exporter:
             if isinstance(entry, list):  # a nested block: always a list in Terraform
                 tf, nested = entry
                 items = value if isinstance(value, list) else [value]
-                converted = [self.convert(nested, item, deps, "types") for item in items]
+                converted = [self.convert(nested, item, lambda _, k=key: deps(k), "types") for item in items]
                 values[tf] = [c[0] for c in converted]
                 if any(c[1] for c in converted):
                     unknown[tf] = [c[1] for c in converted]
@@ -136,12 +139,12 @@ class _Exporter:
             tf = entry
             if is_placeholder(value):
                 unknown[tf] = True
-                refs = self.reference(value, deps)
+                refs = self.reference(value, deps(key))
                 exprs[tf] = {"references": refs} if refs else {}
             elif isinstance(value, list) and any(is_placeholder(v) for v in value):
                 values[tf] = [None if is_placeholder(v) else _number(v) for v in value]
                 unknown[tf] = [is_placeholder(v) for v in value]
-                refs = [ref for v in value if is_placeholder(v) for ref in self.reference(v, deps)]
+                refs = [ref for v in value if is_placeholder(v) for ref in self.reference(v, deps(key))]
                 exprs[tf] = {"references": refs} if refs else {}
             else:
                 values[tf] = _number(value)
@@ -158,8 +161,11 @@ class _Exporter:
             raise ExportError(f"{r.type} {r.name}: a component the export cannot see into")
         if token not in names()["resources"]:
             raise ExportError(f"{r.type} {r.name}: no Terraform type in {NAMES_FILE.name}; add it from the bridge metadata")
-        deps = [urn for urns in r.dependencies.values() for urn in urns]
-        values, unknown, exprs = self.convert(token, inputs, deps)
+        if r.type == EKS_COMPONENT:  # its inputs were renamed into the cluster's: any of its dependencies may serve
+            every = [urn for urns in r.dependencies.values() for urn in urns]
+            values, unknown, exprs = self.convert(token, inputs, lambda _: every)
+        else:
+            values, unknown, exprs = self.convert(token, inputs, lambda key: r.dependencies.get(key, []))
         typ, name = self.address[r.urn]
         head = {"address": f"{typ}.{name}", "mode": "managed", "type": typ, "name": name, "provider_name": PROVIDER}
         planned = {**head, "schema_version": 0, "values": values, "sensitive_values": {}}
