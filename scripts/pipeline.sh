@@ -49,6 +49,7 @@ check() {
     echo "offline plan: out/plan-$stack.json"
   done
   scan
+  python3 -m venv venv-floor && venv-floor/bin/pip install -r requirements-floor.txt
   venv/bin/python -m pytest -q
 }
 

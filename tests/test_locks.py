@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 LOCKS = {"requirements.txt": "requirements.lock", "requirements-test.txt": "requirements-test.lock",
-         "requirements-checkov.txt": "requirements-checkov.lock"}
+         "requirements-checkov.txt": "requirements-checkov.lock", "requirements-floor.txt": "requirements-floor.lock"}
 
 
 def pins(lock: str) -> dict[str, str]:

@@ -9,6 +9,7 @@
 #                                                          both together); the package is not pinned: it is this tree
 #   requirements-test.txt     -> requirements-test.lock     test tools, on top of requirements.lock
 #   requirements-checkov.txt  -> requirements-checkov.lock  checkov's own venv
+#   requirements-floor.txt    -> requirements-floor.lock    the lowest versions of pyproject.toml's ranges (venv-floor)
 #
 # The range files constrain themselves with their lock (`-c` lines); those lines are left out while
 # resolving. After a refresh, regenerate the catalog from the locked moto (tools/refresh_catalog.py)
@@ -34,6 +35,7 @@ freeze() {  # VENV OUT HEADER: the venv's packages pinned; a local label (torch'
 ranges requirements.txt
 ranges requirements-test.txt
 ranges requirements-checkov.txt
+ranges requirements-floor.txt
 
 python3 -m venv "$tmp/runtime"
 "$tmp/runtime/bin/pip" install -q -r "$tmp/requirements.txt" -r policy/requirements.txt
@@ -47,5 +49,9 @@ python3 -m venv "$tmp/checkov"
 "$tmp/checkov/bin/pip" install -q -r "$tmp/requirements-checkov.txt"
 freeze "$tmp/checkov" requirements-checkov.lock "checkov's venv lock: requirements-checkov.txt."
 
-for venv in runtime test checkov; do "$tmp/$venv/bin/pip" check; done
-echo "wrote requirements.lock, requirements-test.lock, requirements-checkov.lock"
+python3 -m venv "$tmp/floor"
+"$tmp/floor/bin/pip" install -q -r "$tmp/requirements-floor.txt"
+freeze "$tmp/floor" requirements-floor.lock "Floor lock: requirements-floor.txt, the lowest versions of pyproject.toml's ranges."
+
+for venv in runtime test checkov floor; do "$tmp/$venv/bin/pip" check; done
+echo "wrote requirements.lock, requirements-test.lock, requirements-checkov.lock, requirements-floor.lock"

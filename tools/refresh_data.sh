@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/lock.sh
-rm -rf venv venv-checkov
+rm -rf venv venv-checkov venv-floor
 python3 -m venv venv && venv/bin/pip install -q -r requirements-test.txt
 python3 -m venv venv-checkov && venv-checkov/bin/pip install -q -r requirements-checkov.txt
+python3 -m venv venv-floor && venv-floor/bin/pip install -q -r requirements-floor.txt
 venv/bin/python tools/refresh_catalog.py
 venv/bin/python tools/gen_schema.py
 venv/bin/python -m pytest -q
