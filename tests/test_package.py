@@ -172,7 +172,7 @@ def family(run: mocks.Run, keep) -> list[tuple[str, str, str]]:
     return sorted((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources if keep(chain(r)))
 
 
-CLUSTER_SECTIONS = ("region", "network", "eks", "fleets", "instanceTypes")
+CLUSTER_SECTIONS = hosted.SPECS["EfaCluster"][1]
 
 
 def network_then_cluster(settings: dict, stack: str, name: str = "eks") -> tuple[mocks.Run, mocks.Run]:
@@ -468,7 +468,7 @@ def test_a_yaml_example_constructs_through_the_provider(example):
         if not resource["type"].startswith(f"{hosted.NAME}:"):
             continue
         inputs = resolve(resource["properties"], variables, outputs)
-        sections = {k: v for k, v in inputs.items() if k in ("region", "network", "eks", "fleets", "instanceTypes")}
+        sections = {k: v for k, v in inputs.items() if k in CLUSTER_SECTIONS}
         if "fleet" in inputs:
             sections["fleets"] = [inputs["fleet"]]
         built = construct(resource["type"].rsplit(":", 1)[-1], name, inputs, settings_of(sections), stack="example")

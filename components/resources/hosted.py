@@ -205,8 +205,8 @@ class EfaCluster(eks.EfaCluster):
                             fleet_subnet_ids={f.name: pick(given["fleetSubnetIds"], f.name, "fleetSubnetIds") for f in cfg.fleets},
                             efa_group_id=given["securityGroupId"], cluster=self, windows=windows,
                             parent=pulumi.ResourceOptions(parent=self))
-        # The name, carrying the cluster (or a joined one's access entry) as its dependency: what uses it (a Job's pod
-        # identity association) waits for the cluster to exist.
+        # The name, carrying the cluster (or a joined one's access entry) as its dependency, which the engine records
+        # for what uses it (a Job's pod identity association): created after the cluster, deleted before it.
         self.cluster_name = pulumi.Output.all(self.name, *[r.urn for r in self.ready]).apply(lambda v: v[0])
         self.node_role_arn = self.node_role.arn
         self.launch_template_ids = {n: f.launch_template.id for n, f in made.fleets.items() if f.launch_template is not None}
