@@ -38,7 +38,8 @@ SPECS: dict[str, tuple[str, list[str], list[arguments.Extra]]] = {
                  ["region", "instanceTypes"],
                  [("fleet", config_mod.FleetConfig, "The fleet, as one entry of a stack file's efa-infra:fleets."),
                   ("subnetId", "pulumi.Input[str]", "The private subnet the fleet runs in (an EfaNetwork's "
-                   "privateSubnetIds[availabilityZone]); it must be in the fleet's availabilityZone."),
+                   "fleetSubnetIds[fleet name], or privateSubnetIds[availabilityZone]); it must be in the fleet's "
+                   "availabilityZone."),
                   ("securityGroupIds", "pulumi.Input[list[pulumi.Input[str]]]",
                    "Security groups of the fleet's interfaces, the EFA group first (an EfaNetwork's securityGroupId).")]),
     "EfaCluster": ("An EKS cluster whose fleets join it: the control plane, system nodes, add-ons, device plugins (or DRA "
