@@ -44,6 +44,20 @@ def settings_of(doc: dict) -> dict:
     return {("aws:region" if k == "region" else f"efa-infra:{k}"): v for k, v in doc.items()}
 
 
+def strict(schema):
+    """The schema with unknown fields refused where the API server would prune them (a structural CRD schema
+    drops fields it does not list unless x-kubernetes-preserve-unknown-fields says otherwise): a misspelt key
+    fails here instead of vanishing on apply."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
 def stand_in_devices(efa: int, gpus: int = 0) -> str:
     """sh (as root, in a private mount namespace) that puts a fresh /dev in place with `efa` EFA device
     nodes (/dev/infiniband/uverbsN, char 231:192+N as the kernel numbers them) and `gpus` NVIDIA ones

@@ -20,7 +20,7 @@ import yaml
 
 from components.offline import flows, mocks
 from components.planning import bootstrap, config, efa, karpenter, launch, plan
-from conftest import DEPLOYER, settings_of
+from conftest import DEPLOYER, settings_of, strict
 from scheduling import HELM_DATA, coalesce, karpenter_launches, pod_requests
 from test_launch import node_pods
 
@@ -41,18 +41,6 @@ def crd(version: str, kind: str) -> tuple[str, dict]:
     doc = yaml.safe_load((CRDS / f"karpenter-{version}" / FILES[kind]).read_text())
     (served,) = [v for v in doc["spec"]["versions"] if v.get("storage")]
     return f"{doc['spec']['group']}/{served['name']}", served["schema"]["openAPIV3Schema"]
-
-
-def strict(schema):
-    """The schema with no unknown field allowed where it lists properties (the API server prunes them silently)."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) for k, v in schema.items()}
-    if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
 
 
 # Kubernetes' CEL libraries beyond standard CEL that these CRDs use (k8s.io/apiserver/pkg/cel/library):

@@ -19,7 +19,7 @@ import yaml
 from components.offline import trainer_model
 from components.planning import catalog, config, launch, ofi_platform, preflight
 from components.planning.launch import trainjob
-from conftest import DEPLOYER
+from conftest import DEPLOYER, strict
 
 CRD_DIR = Path(__file__).resolve().parent / "data" / "crds"  # PyTorchJob and MPIJob: copies of ../shared/schemas/crds
 # Trainer v2.3 and JobSet v0.12.0 (the one its manager overlay installs): tests/data/crds/SOURCES.md.
@@ -368,20 +368,6 @@ def name_rule_holds(rule: str, doc: dict) -> bool:
     if m := re.fullmatch(r"size\(self\.metadata\.name\) <= (\d+)", rule):
         return len(name) <= int(m[1])
     raise AssertionError(f"a CEL rule this check does not evaluate: {rule}")
-
-
-def strict(schema):
-    """The schema with unknown fields refused where the API server would prune them (a structural CRD schema
-    drops fields it does not list unless x-kubernetes-preserve-unknown-fields says otherwise): a misspelt key
-    fails here instead of vanishing on apply."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) for k, v in schema.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-        out["additionalProperties"] = False
-    return out
 
 
 def check_manifest(doc: dict, versions: list[str]) -> None:
