@@ -83,9 +83,16 @@ def sections(component: str, given: dict) -> dict:
     return {k: given[k] for k in SPECS[component][1] if k in given}
 
 
-def stack_config(document: dict, renames: dict[str, str]) -> config_mod.StackConfig:
-    """The arguments as a validated stack config; invalid ones raise InputPropertyError naming each key as the
-    component's arguments spell it (`fleet.nodes.max`), with the value and what would be valid."""
+def stack_config(component: str, given: dict, entry: tuple[str, str] | None = None) -> config_mod.StackConfig:
+    """A component's arguments as a validated stack config: its sections, and with `entry` (section, argument) the
+    one entry of a list section it takes as an argument (a fleet, a job). Invalid ones raise InputPropertyError
+    naming each key as the component's arguments spell it (`fleet.nodes.max`), with the value and what would be valid."""
+    document = sections(component, given)
+    renames = {}
+    if entry is not None:
+        section, argument = entry
+        document[section] = [given.get(argument)]
+        renames = {f"{section}[0]": argument, section: argument}
     try:
         return config_mod.load(document, "arguments")
     except config_mod.ConfigError as err:
@@ -116,7 +123,7 @@ class EfaNetwork(network.EfaNetwork):
     subnet secondary."""
 
     def __init__(self, name: str, args: EfaNetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        cfg = stack_config(sections("EfaNetwork", dict(args)), {})
+        cfg = stack_config("EfaNetwork", dict(args))
         plan = plan_mod.build(cfg)
         existing_vpc_id, *_ = read_existing(plan)
         super().__init__(name, plan, tags(), existing_vpc_id=existing_vpc_id, opts=opts)
@@ -139,8 +146,7 @@ class EfaFleet(fleet.EfaFleet):
 
     def __init__(self, name: str, args: EfaFleetArgs, opts: Optional[pulumi.ResourceOptions] = None):
         given = dict(args)
-        document = {**sections("EfaFleet", given), "fleets": [given.get("fleet")]}
-        cfg = stack_config(document, {"fleets[0]": "fleet", "fleets": "fleet"})
+        cfg = stack_config("EfaFleet", given, ("fleets", "fleet"))
         if cfg.fleets[0].fsx is not None:  # refused rather than left out: the stack program makes it beside the fleet
             raise pulumi.InputPropertyError("fleet.fsx", "fleet.fsx: the package's EfaFleet does not make FSx for Lustre "
                                             "file systems; EfaStack builds a fleet with its file system")
@@ -182,7 +188,7 @@ class EfaCluster(eks.EfaCluster):
 
     def __init__(self, name: str, args: EfaClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         given = dict(args)
-        cfg = stack_config(sections("EfaCluster", given), {})
+        cfg = stack_config("EfaCluster", given)
         problems = []
         if not cfg.eks.enabled:
             problems.append("eks.enabled: false, but an EfaCluster is an EKS cluster: set it true (fleets on plain EC2 "
@@ -242,7 +248,7 @@ class EfaStack(pulumi.ComponentResource):
     """Each job on a cluster: its Kubernetes manifests as one multi-document YAML text, by job name."""
 
     def __init__(self, name: str, args: EfaStackArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        cfg = stack_config(sections("EfaStack", dict(args)), {})
+        cfg = stack_config("EfaStack", dict(args))
         plan = plan_mod.build(cfg)
         found = read_existing(plan)  # before anything is registered: a missing VPC or cluster creates nothing
         super().__init__("efa-infra:index:EfaStack", name, None, opts)
@@ -274,8 +280,7 @@ class Job(job.Job):
 
     def __init__(self, name: str, args: JobArgs, opts: Optional[pulumi.ResourceOptions] = None):
         given = dict(args)
-        document = {**sections("Job", given), "jobs": [given.get("job")]}
-        cfg = stack_config(document, {"jobs[0]": "job", "jobs": "job"})
+        cfg = stack_config("Job", given, ("jobs", "job"))
         spec = cfg.jobs[0]
         problems = []
         if spec.name != name:
