@@ -529,3 +529,23 @@ def test_the_plugin_serves_the_schema_as_the_engine_asks_for_it(schema):
         proc.wait()
     assert served == schema
     assert len(served["resources"]) == len(hosted.COMPONENTS)
+
+
+def test_an_id_map_known_only_at_deploy_fails_then_by_its_argument():
+    """A map of ids that arrives as an output (known only once another resource exists) cannot be checked before
+    registering; its missing key fails the lookup, naming the argument and what the map has."""
+    pulumi.runtime.set_mocks(mocks.PlanMocks({}), project=mocks.PROJECT, stack=STACK, preview=False)
+    late = pulumi.Output.from_input({"p5": "subnet-0123456789abcdef0"})
+
+    @pulumi.runtime.test
+    def found():
+        return hosted.pick(late, "p5", "fleetSubnetIds").apply(lambda v: (v == "subnet-0123456789abcdef0") or pytest.fail(v))
+
+    found()
+
+    @pulumi.runtime.test
+    def missing():
+        return hosted.pick(late, "p4", "fleetSubnetIds")
+
+    with pytest.raises(pulumi.InputPropertyError, match=r"fleetSubnetIds: no id for 'p4' \(it has p5\)"):
+        missing()
